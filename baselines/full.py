@@ -1,0 +1,22 @@
+"""Full cache: the uncompressed reference every budget is compared against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from starkv.compressor import Compressor, register
+from starkv.context import LayerContext
+
+
+@register("full")
+@dataclass
+class FullCache(Compressor):
+    """Keeps every token whatever the budget (the no-op compressor)."""
+
+    def layer_capacity(self, prompt_length: int, cap: int, layer_idx: int, num_layers: int) -> int:
+        return prompt_length
+
+    def select(self, ctx: LayerContext) -> torch.Tensor:  # pragma: no cover - never compresses
+        return torch.arange(ctx.length).expand(ctx.num_kv_heads, -1)

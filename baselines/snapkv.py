@@ -1,0 +1,32 @@
+"""SnapKV (Li et al., 2024, arXiv 2404.14469) with GUI-KV parity settings, at KV-head granularity.
+
+Score = attention the last ``window_size`` queries put on each past token (summed over the window,
+fp32 softmax, causal inside the window), average-pooled with ``kernel_size``; the G query heads of a
+KV group are averaged so each KV head keeps its own top-(C − W) set (the GQA reduction rule), plus the
+window. Budget ``C = int(L·b/100)`` with the window inside C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from starkv.compressor import ScorerCompressor, register
+from starkv.context import LayerContext
+from starkv.scoring import group_mean, window_scores
+
+
+@register("snapkv")
+@dataclass
+class SnapKV(ScorerCompressor):
+    """Observation-window attention, pooled, one index set per KV head.
+
+    Fields: ``window_size`` observation window W (8); ``kernel_size`` avg-pool kernel (5).
+    """
+
+    kernel_size: int = 5
+
+    def score(self, ctx: LayerContext) -> torch.Tensor:
+        head = window_scores(ctx.queries, ctx.keys, ctx.plan.window, ctx.plan.past, self.kernel_size)
+        return group_mean(head, ctx.num_kv_heads)

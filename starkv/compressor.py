@@ -1,0 +1,124 @@
+"""The pluggable compressor interface and the registry that lets a config name a method by string."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from starkv.budget import SelectionPlan
+from starkv.context import LayerContext
+
+COMPRESSORS: dict[str, type[Compressor]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a compressor constructible by name from a job config."""
+
+    def wrap(cls: type[Compressor]) -> type[Compressor]:
+        if name in COMPRESSORS and COMPRESSORS[name] is not cls:
+            raise ValueError(f"compressor {name!r} registered twice")
+        cls.name = name
+        COMPRESSORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(COMPRESSORS)
+
+
+def build(name: str, **params: Any) -> Compressor:
+    """Instantiate a registered compressor; unknown names or fields fail with a message naming them."""
+    _load_builtin()
+    if name not in COMPRESSORS:
+        raise KeyError(f"unknown compressor {name!r}; registered: {', '.join(sorted(COMPRESSORS))}")
+    cls = COMPRESSORS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise TypeError(f"compressor {name!r} has no field(s) {unknown}; fields: {sorted(fields)}")
+    return cls(**params)
+
+
+def _load_builtin() -> None:
+    """Import the packages whose modules register compressors (baselines depend on starkv, not back)."""
+    import importlib
+
+    for module in ("starkv.methods", "baselines"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # pragma: no cover - only when a package is absent
+            if err.name != module:
+                raise
+
+
+@dataclass
+class Compressor:
+    """Base of every KV compressor.
+
+    A compressor is attached to a model's decoder self-attention layers (see ``starkv.hook.attach``) and
+    called once per layer at the prefill of each ``generate``. It returns, per KV head, the sorted
+    indices of the tokens to keep; the hook gathers the cache at KV-head granularity.
+
+    Stateful methods keep their state on the instance and clear it in ``reset()``, which the pipeline
+    calls at every episode start.
+    """
+
+    window_size: int = 8
+
+    name: ClassVar[str] = "base"
+    #: True when a layer's capacity depends on all layers (the hook then defers selection to the end).
+    layer_adaptive: ClassVar[bool] = False
+
+    def reset(self) -> None:
+        """Forget all per-episode state."""
+
+    def params(self) -> dict[str, Any]:
+        """Every field, for MLflow params and Parquet metadata."""
+        return {"compressor": self.name, **dataclasses.asdict(self)}
+
+    def query_window(self, layout, prompt_length: int) -> int:
+        """How many of the last query rows to capture for this prompt (the observation window)."""
+        return self.window_size
+
+    def layer_capacity(self, prompt_length: int, cap: int, layer_idx: int, num_layers: int) -> int:
+        """Capacity of one layer given the uniform capacity ``cap``; layer-varying methods override."""
+        return cap
+
+    def select(self, ctx: LayerContext) -> torch.Tensor:
+        """Kept token indices, shape (H_kv, C), ascending per row."""
+        raise NotImplementedError
+
+
+@dataclass
+class ScorerCompressor(Compressor):
+    """A compressor defined by a score per past token: keep the top-k past tokens plus the window.
+
+    ``score`` returns (H_kv, P) for per-KV-head selection or (1, P) for one index set shared by all heads.
+    """
+
+    def score(self, ctx: LayerContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer_weight(self, ctx: LayerContext, scores: torch.Tensor) -> float:
+        """Relative share of the total budget for this layer (only used when ``layer_adaptive``)."""
+        return 1.0
+
+    def select(self, ctx: LayerContext) -> torch.Tensor:
+        return topk_with_window(self.score(ctx), ctx.plan, ctx.num_kv_heads)
+
+
+def topk_with_window(scores: torch.Tensor, plan: SelectionPlan, num_kv_heads: int) -> torch.Tensor:
+    """Top ``plan.keep_past`` of ``scores`` (rows: heads or one shared row) + the last ``plan.window`` tokens."""
+    if scores.shape[-1] != plan.past:
+        raise ValueError(f"scores cover {scores.shape[-1]} tokens, expected the {plan.past} past tokens")
+    device = scores.device
+    top = scores.float().topk(plan.keep_past, dim=-1).indices.sort(dim=-1).values
+    window = torch.arange(plan.past, plan.length, device=device).expand(top.shape[0], -1)
+    idx = torch.cat([top, window], dim=-1)
+    return idx.expand(num_kv_heads, -1) if idx.shape[0] == 1 else idx

@@ -1,0 +1,271 @@
+"""Attach a compressor to a Qwen2.5-VL decoder: compress each layer's KV cache once, at prefill.
+
+Mechanics (transformers 5.2x): a forward hook on every ``language_model.layers[i].self_attn`` reads the
+layer's freshly written cache after the attention call, asks the compressor which tokens to keep and
+writes the shorter tensors back. The prefill attention itself runs on the full K/V (exact); decoding
+appends to the compressed cache. Positions stay right because ``generate`` carries explicit M-RoPE
+``position_ids`` (pass the processor's ``mm_token_type_ids``) instead of deriving them from cache length.
+
+The post-RoPE window queries are captured from the attention call itself (a pass-through wrapper around
+the model's attention function), never recomputed, so no M-RoPE bookkeeping is duplicated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from starkv.budget import capacity, plan_selection
+from starkv.compressor import Compressor, ScorerCompressor, topk_with_window
+from starkv.context import LayerContext
+from starkv.layout import PromptLayout
+
+
+@dataclass
+class LayerStat:
+    """What happened to one layer at prefill (measured from the cache tensors)."""
+
+    layer_idx: int
+    original_length: int
+    kept_length: int
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass
+class Attachment:
+    """A compressor attached to a model; ``stats`` holds the last prefill's per-layer results."""
+
+    model: Any
+    compressor: Compressor
+    budget: float
+    layout: PromptLayout | None = None
+    stats: list[LayerStat] = field(default_factory=list)
+    _pending: list[tuple[LayerContext, torch.Tensor, float, Any]] = field(default_factory=list)
+
+    @property
+    def kv_bytes_full(self) -> int:
+        return sum(s.bytes_before for s in self.stats)
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(s.bytes_after for s in self.stats)
+
+    @property
+    def kept_tokens(self) -> int:
+        """Tokens kept per layer, averaged over layers (equal for uniform budgets)."""
+        return round(sum(s.kept_length for s in self.stats) / len(self.stats)) if self.stats else 0
+
+
+class _QueryCapture:
+    """Per-module slot the attention wrapper fills with the last ``rows`` post-RoPE queries at prefill."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.queries: torch.Tensor | None = None
+
+
+_wrap_lock = threading.Lock()
+_wrap_count: dict[str, int] = {}
+_wrap_saved: dict[str, tuple[bool, Any]] = {}
+
+
+def _install_query_capture(attn_implementation: str) -> None:
+    """Wrap the attention function used by the text decoder so it stashes queries for flagged modules."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+    with _wrap_lock:
+        count = _wrap_count.get(attn_implementation, 0)
+        _wrap_count[attn_implementation] = count + 1
+        if count:
+            return
+        mapping = AttentionInterface._global_mapping
+        had = attn_implementation in mapping
+        _wrap_saved[attn_implementation] = (had, mapping.get(attn_implementation))
+        inner = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
+
+        def capturing_attention(module, query, key, value, attention_mask, **kwargs):
+            slot = getattr(module, "_starkv_capture", None)
+            if slot is not None and slot.rows and query.shape[-2] > 1:
+                slot.queries = query[..., -slot.rows :, :].detach()
+            return inner(module, query, key, value, attention_mask, **kwargs)
+
+        mapping[attn_implementation] = capturing_attention
+
+
+def _remove_query_capture(attn_implementation: str) -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    with _wrap_lock:
+        _wrap_count[attn_implementation] -= 1
+        if _wrap_count[attn_implementation]:
+            return
+        had, fn = _wrap_saved.pop(attn_implementation)
+        if had:
+            AttentionInterface._global_mapping[attn_implementation] = fn
+        else:
+            AttentionInterface._global_mapping.pop(attn_implementation, None)
+
+
+def decoder_layers(model) -> list:
+    """The language-model decoder layers of a Qwen2.5-VL (or plain Qwen2) model."""
+    inner = getattr(model, "model", model)
+    language_model = getattr(inner, "language_model", inner)
+    layers = getattr(language_model, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(model).__name__} has no language_model.layers to attach a compressor to")
+    return list(layers)
+
+
+def _cache_bytes(keys: torch.Tensor, values: torch.Tensor) -> int:
+    return keys.numel() * keys.element_size() + values.numel() * values.element_size()
+
+
+def _gather(keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather (1, H_kv, L, d) tensors along tokens with per-KV-head indices (H_kv, C)."""
+    index = idx.to(keys.device).unsqueeze(0).unsqueeze(-1).expand(1, -1, -1, keys.shape[-1])
+    return keys.gather(2, index).contiguous(), values.gather(2, index).contiguous()
+
+
+class _LayerHook:
+    def __init__(self, attachment: Attachment, layer_idx: int, num_layers: int) -> None:
+        self.att = attachment
+        self.layer_idx = layer_idx
+        self.num_layers = num_layers
+
+    def __call__(self, module, args, kwargs, output):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cache = kwargs.get("past_key_values")
+        slot: _QueryCapture = module._starkv_capture
+        queries, slot.queries = slot.queries, None
+        if cache is None or hidden is None:
+            return output
+        layer = cache.layers[self.layer_idx]
+        length = layer.keys.shape[-2]
+        if hidden.shape[1] != length or length <= 1:
+            return output  # not a prefill from an empty cache (decode step or continued generation)
+        if queries is None:
+            raise RuntimeError("starkv: window queries were not captured; is the attention wrapper active?")
+        self._compress(module, hidden, layer, length, queries)
+        return output
+
+    def _compress(self, module, hidden, layer, length: int, queries: torch.Tensor) -> None:
+        att, comp = self.att, self.att.compressor
+        layout = att.layout or PromptLayout(prompt_length=length)
+        if layout.prompt_length != length:
+            raise ValueError(f"prompt layout is for {layout.prompt_length} tokens but the prefill has {length}")
+        cap = comp.layer_capacity(length, capacity(length, att.budget), self.layer_idx, self.num_layers)
+        ctx = LayerContext(
+            layer_idx=self.layer_idx, num_layers=self.num_layers, queries=queries, keys=layer.keys,
+            values=layer.values, hidden_states=hidden, layout=layout, budget=att.budget,
+            plan=plan_selection(length, cap, comp.window_size), module=module,
+        )
+        if self.layer_idx == 0:
+            att.stats.clear()
+            att._pending.clear()
+        if comp.layer_adaptive and isinstance(comp, ScorerCompressor):
+            scores = comp.score(ctx) if ctx.plan.compresses else None
+            weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
+            att._pending.append((ctx, scores, weight, layer))
+            if self.layer_idx == self.num_layers - 1:
+                self._finish_adaptive()
+            return
+        idx = comp.select(ctx) if ctx.plan.compresses else None
+        self._write(layer, ctx, idx)
+
+    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None) -> None:
+        before = _cache_bytes(layer.keys, layer.values)
+        if idx is not None:
+            layer.keys, layer.values = _gather(layer.keys, layer.values, idx)
+        self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
+                                        _cache_bytes(layer.keys, layer.values)))
+
+    def _finish_adaptive(self) -> None:
+        """Split the total of the uniform capacities over layers by their weights, then gather each layer."""
+        pending = self.att._pending
+        length = pending[0][0].length
+        caps = allocate_layer_capacities([p[2] for p in pending], [p[0].plan.kept for p in pending], length)
+        for (ctx, scores, _, layer), cap in zip(pending, caps):
+            # the window stays as planned for the uniform budget, only the top-k part grows or shrinks
+            keep_past = max(1, min(cap - ctx.plan.window, ctx.plan.past))
+            plan = dataclasses.replace(ctx.plan, keep_past=keep_past)
+            idx = topk_with_window(scores, plan, ctx.num_kv_heads) if scores is not None and plan.compresses else None
+            self._write(layer, ctx, idx)
+        pending.clear()
+
+
+def allocate_layer_capacities(weights: list[float], uniform: list[int], length: int) -> list[int]:
+    """Integer layer capacities proportional to ``weights`` with exactly the uniform total, each in [2, L]."""
+    total = sum(uniform)
+    n = len(weights)
+    w = torch.tensor(weights, dtype=torch.float64).clamp_min(0)
+    if float(w.sum()) <= 0:
+        return list(uniform)
+    lo, hi = min(2, length), length
+    raw = (w / w.sum() * total).clamp(lo, hi)
+    caps = raw.floor().long().clamp(lo, hi)
+    # distribute the remainder by largest fractional part, never above L
+    remainder = total - int(caps.sum())
+    order = torch.argsort(raw - raw.floor(), descending=True).tolist()
+    i = 0
+    while remainder != 0 and i < 4 * n * max(1, abs(remainder)):
+        j = order[i % n]
+        if remainder > 0 and caps[j] < hi:
+            caps[j] += 1
+            remainder -= 1
+        elif remainder < 0 and caps[j] > lo:
+            caps[j] -= 1
+            remainder += 1
+        i += 1
+    return [int(c) for c in caps]
+
+
+@contextlib.contextmanager
+def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | None = None) -> Iterator[Attachment]:
+    """Compress the KV cache of every ``generate``/forward prefill inside the block.
+
+    ``budget`` is a percent in (0, 100]; ``layout`` gives the screenshot spans of the prompt (update
+    ``attachment.layout`` between steps when reusing one attachment).
+    """
+    capacity(1, budget)  # validates the budget before any hook is installed
+    layers = decoder_layers(model)
+    attachment = Attachment(model=model, compressor=compressor, budget=budget, layout=layout)
+    impl = layers[0].self_attn.config._attn_implementation or "eager"
+    _install_query_capture(impl)
+    handles = []
+    try:
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
+            slot = _QueryCapture()
+            attn._starkv_capture = slot
+            handles.append(attn.register_forward_pre_hook(_make_row_setter(attachment, slot), with_kwargs=True))
+            handles.append(attn.register_forward_hook(_LayerHook(attachment, i, len(layers)), with_kwargs=True))
+        yield attachment
+    finally:
+        for h in handles:
+            h.remove()
+        for layer in layers:
+            if hasattr(layer.self_attn, "_starkv_capture"):
+                del layer.self_attn._starkv_capture
+        _remove_query_capture(impl)
+
+
+def _make_row_setter(attachment: Attachment, slot: _QueryCapture):
+    """Before each attention call, tell the capture how many query rows this compressor needs."""
+
+    def pre_hook(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        length = hidden.shape[1] if hidden is not None else 0
+        layout = attachment.layout or PromptLayout(prompt_length=length)
+        slot.rows = min(length, max(1, attachment.compressor.query_window(layout, length))) if length > 1 else 0
+        slot.queries = None
+        return None
+
+    return pre_hook

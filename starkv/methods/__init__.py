@@ -1,0 +1,1 @@
+"""Compression methods owned by the starkv library (STaR-KV); importing registers them."""
