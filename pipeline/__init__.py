@@ -1,0 +1,1 @@
+"""starkv-eval pipeline: config, models, agent, benchmarks, the Ray run, results, MLflow, CLI."""

@@ -1,0 +1,91 @@
+"""The ``starkv-eval`` command line: run a job, sync MLflow from Parquet, and the tools around them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+SUBCOMMANDS = ("run", "sync", "regress", "report", "bench")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import run_job
+
+    cfg = load_config(args.config)
+    if args.run_id:
+        cfg.run_id = args.run_id
+    result = run_job(cfg, output=args.output, tracking_uri=args.tracking_uri)
+    return 0 if result.summaries else 1
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from pipeline.sync import sync_output
+
+    synced = sync_output(args.output, tracking_uri=args.tracking_uri)
+    return 0 if synced else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starkv-eval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) an evaluation job from a YAML config")
+    run.add_argument("config", help="job YAML, e.g. jobs/smoke.yaml")
+    run.add_argument("--output", help="output folder (default: the config's 'output')")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in the output folder)")
+    run.add_argument("--run-id", help="override the run id (default: <job name>-<config hash>)")
+    run.set_defaults(func=_cmd_run)
+
+    sync = sub.add_parser("sync", help="fill MLflow from the Parquet results of an output folder")
+    sync.add_argument("output", help="output folder of one or more runs")
+    sync.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in the output folder)")
+    sync.set_defaults(func=_cmd_sync)
+
+    for extra in ("regress", "report", "bench"):
+        module = f"pipeline.commands.{extra}"
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ModuleNotFoundError as err:
+            if err.name != module and not module.startswith(str(err.name)):
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("default", category=UserWarning, module="pipeline")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"starkv-eval: config error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"starkv-eval: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from pipeline.benchmarks.base import BenchmarkDataError
+
+        if isinstance(err, BenchmarkDataError):
+            print(f"starkv-eval: benchmark data error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _json_dump(obj) -> str:  # used by subcommands that print --json
+    return json.dumps(obj, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main", "Path"]

@@ -1,0 +1,216 @@
+"""Job configuration: parsed from YAML and validated before any work starts, naming the bad field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A job config that cannot run; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"
+    dtype: str = "auto"
+    attn_implementation: str | None = None
+    device: str = "auto"
+    max_new_tokens: int = 32
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "synthetic"
+    path: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_episodes: int | None = None
+
+
+@dataclass
+class AgentConfig:
+    image_slots: int = 5
+    text_history: int = 10
+    history_source: str = "ground_truth"
+    prompt_family: str = "box"
+    language: str = "English"
+
+
+@dataclass
+class CompressorConfig:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    num_actors: int = 1
+    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float | str = "auto"
+    torch_threads: int | None = None
+    max_task_retries: int = 2
+    object_store_memory: int = 512 * 1024 * 1024
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None
+    experiment: str = "starkv-eval"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class JobConfig:
+    name: str
+    model: ModelConfig
+    benchmark: BenchmarkConfig
+    compressors: list[CompressorConfig]
+    budgets: list[float]
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output: str = "outputs"
+    seed: int = 0
+    run_id: str | None = None
+    regression: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source", None)
+        return data
+
+    def fingerprint(self) -> str:
+        """Stable hash of what determines the results (a rerun of the same job resumes the same run)."""
+        data = self.to_dict()
+        for volatile in ("output", "tracking", "run_id", "ray", "regression"):
+            data.pop(volatile, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def resolved_run_id(self) -> str:
+        return self.run_id or f"{self.name}-{self.fingerprint()}"
+
+    def units(self) -> list[tuple[CompressorConfig, float]]:
+        return [(c, b) for c in self.compressors for b in self.budgets]
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def parse_config(data: dict[str, Any], source: str | None = None) -> JobConfig:
+    """Build and validate a ``JobConfig`` from a mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a YAML mapping at the top level")
+    allowed = set(JobConfig.__dataclass_fields__) - {"source"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"config: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    for required in ("name", "compressors", "budgets"):
+        if required not in data:
+            raise ConfigError(f"config: missing required field '{required}'")
+    comps = data["compressors"]
+    if not isinstance(comps, list) or not comps:
+        raise ConfigError("compressors: expected a non-empty list")
+    compressors = []
+    for i, item in enumerate(comps):
+        item = {"name": item} if isinstance(item, str) else item
+        compressors.append(_build(CompressorConfig, item, f"compressors[{i}]"))
+    budgets = data["budgets"]
+    if not isinstance(budgets, list) or not budgets:
+        raise ConfigError("budgets: expected a non-empty list of percents in (0, 100]")
+    cfg = JobConfig(
+        name=str(data["name"]),
+        model=_build(ModelConfig, data.get("model"), "model"),
+        benchmark=_build(BenchmarkConfig, data.get("benchmark"), "benchmark"),
+        compressors=compressors,
+        budgets=budgets,
+        agent=_build(AgentConfig, data.get("agent"), "agent"),
+        ray=_build(RayConfig, data.get("ray"), "ray"),
+        tracking=_build(TrackingConfig, data.get("tracking"), "tracking"),
+        output=str(data.get("output", "outputs")),
+        seed=int(data.get("seed", 0)),
+        run_id=data.get("run_id"),
+        regression=data.get("regression") or {},
+        source=source,
+    )
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> JobConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, source=str(path))
+
+
+def validate(cfg: JobConfig) -> None:
+    """Every check that can fail before a model is loaded or a Ray cluster is started."""
+    import starkv
+    from pipeline.benchmarks.base import get_benchmark
+
+    for i, b in enumerate(cfg.budgets):
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < float(b) <= 100:
+            raise ConfigError(f"budgets[{i}]: {b!r} is outside (0, 100] percent")
+    if len(set(map(float, cfg.budgets))) != len(cfg.budgets):
+        raise ConfigError(f"budgets: duplicates in {cfg.budgets}")
+    labels = [c.display for c in cfg.compressors]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"compressors: duplicate names {labels}; give one a 'label'")
+    for i, c in enumerate(cfg.compressors):
+        try:
+            starkv.build(c.name, **c.params)
+        except (KeyError, TypeError, ValueError) as err:
+            msg = err.args[0] if err.args else str(err)
+            raise ConfigError(f"compressors[{i}].name/params: {msg}") from None
+    try:
+        get_benchmark(cfg.benchmark.name)
+    except KeyError as err:
+        raise ConfigError(f"benchmark.name: {err.args[0]}") from None
+    if cfg.benchmark.path is not None and "://" not in cfg.benchmark.path and not Path(cfg.benchmark.path).exists():
+        raise ConfigError(f"benchmark.path: {cfg.benchmark.path} does not exist")
+    if cfg.benchmark.path is None and cfg.benchmark.name != "synthetic":
+        raise ConfigError(f"benchmark.path: required for benchmark {cfg.benchmark.name!r}")
+    model_path = cfg.model.path
+    if not (model_path == "tiny" or model_path.startswith("tiny:")) and not Path(model_path).exists():
+        raise ConfigError(f"model.path: {model_path} does not exist (use 'tiny' for the offline test model)")
+    if cfg.model.max_new_tokens < 1:
+        raise ConfigError("model.max_new_tokens: must be >= 1")
+    if cfg.agent.image_slots < 1:
+        raise ConfigError("agent.image_slots: must be >= 1")
+    if cfg.agent.history_source not in ("ground_truth", "model"):
+        raise ConfigError("agent.history_source: must be 'ground_truth' or 'model'")
+    if cfg.ray.num_actors < 1:
+        raise ConfigError("ray.num_actors: must be >= 1")
+    if cfg.benchmark.max_episodes is not None and cfg.benchmark.max_episodes < 1:
+        raise ConfigError("benchmark.max_episodes: must be >= 1")

@@ -1,0 +1,243 @@
+"""Run one episode through the agent with one compressor at one budget: one result row per step.
+
+Everything that can go wrong with a single step (unreadable screenshot, bad annotation, a model output
+that does not parse, an exception or out-of-memory in generate) becomes a row with ``error`` set; the
+episode and the run go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from pipeline.agent.coords import smart_resize
+from pipeline.agent.history import HistoryConfig, build_messages
+from pipeline.agent.parser import parse_action
+from pipeline.agent.prompts import render_prompt
+from pipeline.benchmarks.base import Benchmark, Episode, Step
+from pipeline.config import AgentConfig
+from pipeline.memory import peak_memory
+from pipeline.models.loader import LoadedModel
+from starkv import Compressor, PromptLayout, attach
+
+ROW_FIELDS = (
+    "run_id", "benchmark", "episode_id", "step_index", "compressor", "budget", "model", "prediction",
+    "correct", "score", "prompt_tokens", "kept_tokens", "kv_bytes", "kv_bytes_full", "peak_mem_bytes",
+    "mem_device", "prefill_s", "decode_s", "error",
+)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one work item sweeps: a compressor (by label) at a budget, inside one run."""
+
+    run_id: str
+    compressor: str
+    budget: float
+    model: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.compressor}@{self.budget:g}"
+
+
+class _PhaseTimer:
+    """Times generate's first forward (prefill) apart from the rest (decode) with a model forward hook."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.first_end: float | None = None
+        self.start = 0.0
+
+    def __enter__(self) -> _PhaseTimer:
+        self._sync()
+        self.start = time.perf_counter()
+        self.handle = self.model.register_forward_hook(self._on_forward)
+        return self
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _on_forward(self, module, args, output) -> None:
+        if self.first_end is None:
+            self._sync()
+            self.first_end = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self._sync()
+        self.end = time.perf_counter()
+        self.handle.remove()
+
+    @property
+    def prefill_s(self) -> float:
+        return (self.first_end or self.end) - self.start
+
+    @property
+    def decode_s(self) -> float:
+        return self.end - (self.first_end or self.end)
+
+
+def open_screenshot(path: str) -> Image.Image:
+    """Open and fully decode a screenshot (fsspec URLs too); a corrupt file raises naming the path."""
+    try:
+        if "://" in path:
+            import fsspec
+
+            with fsspec.open(path, "rb") as fh:
+                image = Image.open(fh)
+                image.load()
+        else:
+            with Image.open(path) as raw:
+                raw.load()
+                image = raw.copy()
+    except FileNotFoundError:
+        raise ValueError(f"screenshot not found: {path}") from None
+    except Exception as err:  # PIL raises several types for corrupt data
+        raise ValueError(f"screenshot {path} cannot be decoded: {type(err).__name__}: {err}") from None
+    return image.convert("RGB")
+
+
+class EpisodeRunner:
+    """Holds the loaded model and runs episodes step by step with a given compressor and budget."""
+
+    def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int) -> None:
+        self.loaded = loaded
+        self.benchmark = benchmark
+        self.agent = agent
+        self.max_new_tokens = max_new_tokens
+        self.history_cfg = HistoryConfig(image_slots=agent.image_slots, text_history=agent.text_history,
+                                         source=agent.history_source)
+
+    def run(self, episode: Episode, compressor: Compressor, unit: Unit) -> list[dict[str, Any]]:
+        compressor.reset()  # state never leaks across episodes (or actors)
+        rows: list[dict[str, Any]] = []
+        past_images: list[Image.Image] = []
+        past_texts: list[str] = []
+        for step in episode.steps:
+            row, image, output_text = self._run_step(episode, step, compressor, unit, past_images, past_texts)
+            rows.append(row)
+            if image is not None:
+                past_images.append(image)
+                use_model = self.agent.history_source == "model" and output_text
+                past_texts.append(output_text if use_model else (step.history_text or step.instruction))
+            past_images = past_images[-max(0, self.agent.image_slots - 1):] if self.agent.image_slots > 1 else []
+            past_texts = past_texts[-max(len(past_images), self._text_window()):]
+        return rows
+
+    def _text_window(self) -> int:
+        return self.agent.text_history if self.agent.text_history > 0 else 10**6
+
+    def _base_row(self, episode: Episode, step: Step, unit: Unit) -> dict[str, Any]:
+        return {
+            "run_id": unit.run_id, "benchmark": episode.benchmark, "episode_id": episode.episode_id,
+            "step_index": int(step.step_index), "compressor": unit.compressor, "budget": float(unit.budget),
+            "model": unit.model, "unit_key": unit.key,
+            "step_key": f"{unit.key}/{episode.episode_id}/{step.step_index}",
+            "prediction": "", "action_type": "", "raw_output": "", "correct": False, "score": 0.0,
+            "reason": "", "prompt_tokens": 0, "kept_tokens": 0, "generated_tokens": 0, "num_images": 0,
+            "kv_bytes": 0, "kv_bytes_full": 0, "peak_mem_bytes": 0, "mem_device": "", "prefill_s": 0.0,
+            "decode_s": 0.0, "error": None, "meta_json": json.dumps(step.meta, default=str),
+            "actor_pid": os.getpid(),
+        }
+
+    def _run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
+                  past_images: list[Image.Image], past_texts: list[str]):
+        row = self._base_row(episode, step, unit)
+        if step.error:
+            row["error"] = step.error
+            return row, None, ""
+        try:
+            image = open_screenshot(step.image_path)
+        except ValueError as err:
+            row["error"] = f"episode {episode.episode_id} step {step.step_index}: {err}"
+            return row, None, ""
+        try:
+            output_text = self._generate_and_score(episode, step, image, compressor, unit, past_images,
+                                                   past_texts, row)
+        except torch.cuda.OutOfMemoryError as err:  # type: ignore[attr-defined]
+            row["error"] = f"out of memory in generate: {str(err).splitlines()[0]}"
+            torch.cuda.empty_cache()
+            output_text = ""
+        except Exception as err:  # a failing step is data, not a crash
+            tb = traceback.extract_tb(err.__traceback__)[-1]
+            row["error"] = f"{type(err).__name__}: {err} (at {os.path.basename(tb.filename)}:{tb.lineno})"
+            output_text = ""
+        return row, image, output_text
+
+    def _generate_and_score(self, episode, step, image, compressor, unit, past_images, past_texts, row) -> str:
+        loaded = self.loaded
+        kind = self.benchmark.prompt_kind
+        instruction = step.instruction or episode.goal
+        prev = list(past_texts) if kind == "androidcontrol" and self.agent.image_slots <= 1 else None
+        prompt = render_prompt(kind, instruction, family=self.agent.prompt_family, language=self.agent.language,
+                               goal=episode.goal or None, previous_actions=prev)
+        history_images = past_images if self.agent.image_slots > 1 else []
+        texts = past_texts[-len(history_images):] if history_images else []
+        messages, images = build_messages(prompt, [*history_images, image], texts, self.history_cfg)
+        processor = loaded.processor
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=images, return_tensors="pt").to(loaded.device)
+        input_ids = inputs["input_ids"]
+        layout = PromptLayout.from_input_ids(input_ids[0].tolist(), loaded.vision_start_id, loaded.vision_end_id)
+        row["prompt_tokens"] = int(input_ids.shape[1])
+        row["num_images"] = layout.num_images
+        if hasattr(loaded.model, "model"):
+            loaded.model.model.rope_deltas = None
+        with torch.inference_mode(), peak_memory(loaded.device) as peak, \
+                attach(loaded.model, compressor, unit.budget, layout) as att, \
+                _PhaseTimer(loaded.model, loaded.device) as timer:
+            out = loaded.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                        pad_token_id=processor.tokenizer.pad_token_id)
+        new_tokens = out[0, input_ids.shape[1]:]
+        output_text = processor.tokenizer.decode(new_tokens, skip_special_tokens=False)
+        for special in ("<|im_end|>", "<|endoftext|>"):
+            output_text = output_text.replace(special, "")
+        row.update(
+            kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
+            peak_mem_bytes=peak.peak_bytes, mem_device=peak.device, prefill_s=timer.prefill_s,
+            decode_s=timer.decode_s, generated_tokens=int(new_tokens.numel()), raw_output=output_text,
+        )
+        width, height = image.size
+        resized_h, resized_w = smart_resize(height, width, min_pixels=loaded.min_pixels, max_pixels=loaded.max_pixels)
+        action = parse_action(output_text, image_size=(width, height), resized_size=(resized_w, resized_h))
+        row["action_type"] = action.action_type
+        row["prediction"] = json.dumps(action.to_dict(), default=str)
+        result = self.benchmark.score(step, action, (width, height))
+        row.update(correct=bool(result.correct), score=float(result.score), reason=result.reason or "")
+        if result.fields:
+            meta = json.loads(row["meta_json"])
+            meta["score_fields"] = result.fields
+            row["meta_json"] = json.dumps(meta, default=str)
+        return output_text
+
+
+def rows_to_table(rows: list[dict[str, Any]], metadata: dict[str, str] | None = None):
+    """Rows -> an Arrow table with one fixed schema (so every Parquet file of a run agrees)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA) if rows else ROW_SCHEMA.empty_table()
+    return table.replace_schema_metadata({**(metadata or {})}) if metadata else table
+
+
+def _row_schema():
+    import pyarrow as pa
+
+    s, i, f, b = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+    return pa.schema([
+        ("run_id", s), ("benchmark", s), ("episode_id", s), ("step_index", i), ("compressor", s), ("budget", f),
+        ("model", s), ("unit_key", s), ("step_key", s), ("prediction", s), ("action_type", s), ("raw_output", s),
+        ("correct", b), ("score", f), ("reason", s), ("prompt_tokens", i), ("kept_tokens", i),
+        ("generated_tokens", i), ("num_images", i), ("kv_bytes", i), ("kv_bytes_full", i), ("peak_mem_bytes", i),
+        ("mem_device", s), ("prefill_s", f), ("decode_s", f), ("error", s), ("meta_json", s), ("actor_pid", i),
+    ])
+
+
+ROW_SCHEMA = _row_schema()

@@ -1,0 +1,207 @@
+"""The Ray pipeline: episodes × (compressor, budget) units sharded over a pool of model actors.
+
+Ray Data reads the work items, ``map_batches`` runs them on actors that load the model once each, and
+``write_parquet`` streams the step rows to disk as units finish. The driver never holds all rows while
+running; it reads the (small) result columns back at the end for the summary and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.benchmarks.base import Benchmark, Episode, get_benchmark
+from pipeline.config import JobConfig, parse_config
+from pipeline.results import drop_unreadable, finished_units, read_rows, rows_dir
+from pipeline.summary import UnitSummary, format_table, summarize
+from pipeline.tracking import Tracker, git_commit, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    output_dir: Path
+    rows_dir: Path
+    tracking_uri: str
+    summaries: list[UnitSummary] = field(default_factory=list)
+    table: str = ""
+    mlflow_ok: bool = True
+    mlflow_parent_id: str | None = None
+    skipped_units: int = 0
+    ran_units: int = 0
+
+
+def make_benchmark(cfg: JobConfig) -> Benchmark:
+    """The configured benchmark; the synthetic one is generated into a cache folder when no path is given."""
+    cls = get_benchmark(cfg.benchmark.name)
+    options = dict(cfg.benchmark.options)
+    path = cfg.benchmark.path
+    if path is None and cfg.benchmark.name == "synthetic":
+        from pipeline.benchmarks.synthetic import ensure_synthetic_dataset
+
+        gen = {k: options.pop(k) for k in ("num_episodes", "seed", "min_steps", "max_steps") if k in options}
+        path = str(ensure_synthetic_dataset(**gen))
+    return cls(path, **options)
+
+
+def load_episodes(cfg: JobConfig, benchmark: Benchmark) -> list[Episode]:
+    episodes = list(benchmark.load())
+    if cfg.benchmark.max_episodes:
+        episodes = episodes[: cfg.benchmark.max_episodes]
+    ids = [e.episode_id for e in episodes]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"benchmark {cfg.benchmark.name} yields duplicate episode ids")
+    return episodes
+
+
+class EpisodeActor:
+    """Ray Data callable class: loads model, processor and benchmark once per actor, runs work items."""
+
+    def __init__(self, job: dict[str, Any], benchmark_path: str, torch_threads: int) -> None:
+        import torch
+
+        from pipeline.evaluate import EpisodeRunner
+        from pipeline.models.loader import ModelSpec, load_model
+
+        torch.set_num_threads(max(1, torch_threads))
+        torch.manual_seed(job.get("seed", 0))
+        self.cfg = parse_config(job)
+        m = self.cfg.model
+        self.loaded = load_model(ModelSpec(path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                                           device=m.device, min_pixels=m.min_pixels, max_pixels=m.max_pixels))
+        options = {k: v for k, v in self.cfg.benchmark.options.items()
+                   if k not in ("num_episodes", "seed", "min_steps", "max_steps")
+                   or self.cfg.benchmark.name != "synthetic"}
+        self.benchmark = get_benchmark(self.cfg.benchmark.name)(benchmark_path, **options)
+        self.runner = EpisodeRunner(self.loaded, self.benchmark, self.cfg.agent, m.max_new_tokens)
+        self.compressors = {}
+        self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),
+                         "config": json.dumps({k: v for k, v in job.items() if not k.startswith("_")}, default=str)}
+
+    def _compressor(self, label: str):
+        import starkv
+
+        if label not in self.compressors:
+            spec = next(c for c in self.cfg.compressors if c.display == label)
+            self.compressors[label] = starkv.build(spec.name, **spec.params)
+        return self.compressors[label]
+
+    def __call__(self, batch: dict[str, Any]):
+        from pipeline.evaluate import Unit, rows_to_table
+
+        rows: list[dict[str, Any]] = []
+        for i in range(len(batch["episode_json"])):
+            episode = Episode.from_row({"episode_json": batch["episode_json"][i]})
+            unit = Unit(run_id=str(batch["run_id"][i]), compressor=str(batch["compressor"][i]),
+                        budget=float(batch["budget"][i]), model=self.loaded.name)
+            rows.extend(self.runner.run(episode, self._compressor(unit.compressor), unit))
+        return rows_to_table(rows, self.metadata)
+
+
+def _init_ray(cfg: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cpus = max(1, int(cfg.ray.num_actors * cfg.ray.num_cpus_per_actor))
+    ray.init(num_cpus=max(cpus, os.cpu_count() or 1), object_store_memory=cfg.ray.object_store_memory,
+             include_dashboard=False, log_to_driver=True)
+
+
+def _gpus_per_actor(cfg: JobConfig) -> float:
+    import ray
+
+    if cfg.ray.num_gpus_per_actor != "auto":
+        return float(cfg.ray.num_gpus_per_actor)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None = None,
+            echo=print) -> RunResult:
+    """Run (or resume) a job: skip finished units, stream new rows to Parquet, summarise, log to MLflow."""
+    out_dir = Path(output or cfg.output).resolve()
+    run_id = cfg.resolved_run_id()
+    rdir = rows_dir(out_dir, run_id)
+    rdir.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, out_dir)
+    result = RunResult(run_id=run_id, output_dir=out_dir, rows_dir=rdir, tracking_uri=uri)
+
+    benchmark = make_benchmark(cfg)
+    episodes = load_episodes(cfg, benchmark)
+    commit = git_commit()
+    job = {**cfg.to_dict(), "run_id": run_id, "_git_commit": commit}
+    (rdir.parent / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+
+    removed = drop_unreadable(rdir)
+    done = finished_units(rdir)
+    items = []
+    for comp, budget in cfg.units():
+        key = f"{comp.display}@{float(budget):g}"
+        for ep in episodes:
+            if (key, ep.episode_id) in done:
+                result.skipped_units += 1
+                continue
+            items.append({"run_id": run_id, "compressor": comp.display, "budget": float(budget),
+                          "episode_id": ep.episode_id, "episode_json": ep.to_row()["episode_json"]})
+    result.ran_units = len(items)
+    total_steps = sum(len(e.steps) for e in episodes) * len(cfg.units())
+    echo(f"[starkv-eval] run {run_id}: {len(episodes)} episodes x {len(cfg.units())} units "
+         f"({total_steps} steps); {result.skipped_units} episode-units already done"
+         + (f", {len(removed)} partial files removed" if removed else ""))
+
+    if items:
+        import ray
+
+        _init_ray(cfg)
+        t0 = time.time()
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            EpisodeActor,
+            fn_constructor_kwargs={"job": job, "benchmark_path": benchmark.path,
+                                   "torch_threads": cfg.ray.torch_threads or max(1, int(cfg.ray.num_cpus_per_actor))},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
+            num_cpus=cfg.ray.num_cpus_per_actor,
+            num_gpus=_gpus_per_actor(cfg),
+            max_restarts=-1,
+            max_task_retries=cfg.ray.max_task_retries,
+        )
+        ds.write_parquet(str(rdir))
+        echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")
+
+    table = read_rows(rdir)
+    result.summaries = summarize(table, benchmark)
+    devices = sorted(set(table.column("mem_device").to_pylist())) if table.num_rows else []
+    result.table = format_table(result.summaries, ", ".join(d for d in devices if d))
+    summary_path = rdir.parent / "summary.json"
+    summary_path.write_text(json.dumps({"run_id": run_id, "units": [
+        {"compressor": s.compressor, "budget": s.budget, **s.metrics} for s in result.summaries]}, indent=2))
+    (rdir.parent / "summary_table.txt").write_text(result.table + "\n")
+
+    tags = {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
+            **cfg.tracking.tags}
+    tracker = Tracker(uri, cfg.tracking.experiment)
+    result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
+                                              table_text=result.table, artifacts=[summary_path])
+    result.mlflow_ok = tracker.ok
+    echo(result.table)
+    echo(f"[starkv-eval] Parquet rows: {rdir}")
+    if tracker.ok:
+        echo(f"[starkv-eval] MLflow: {uri} (experiment '{cfg.tracking.experiment}', parent run "
+             f"{result.mlflow_parent_id}); browse with: mlflow ui --backend-store-uri {uri}")
+    else:
+        echo(f"[starkv-eval] WARNING: MLflow not updated ({tracker.error}); run `starkv-eval sync {out_dir}` later")
+    return result

@@ -1,0 +1,79 @@
+"""Per (compressor, budget) aggregates from the step rows: accuracy, memory, throughput."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.benchmarks.base import Benchmark
+
+
+@dataclass
+class UnitSummary:
+    compressor: str
+    budget: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.compressor}@{self.budget:g}"
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
+    """One summary per unit, in (compressor, budget) order; benchmark metrics come from its aggregate()."""
+    if table.num_rows == 0:
+        return []
+    rows = table.to_pylist()
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["compressor"], float(r["budget"])), []).append(r)
+    out = []
+    for (comp, budget), items in sorted(groups.items()):
+        for r in items:
+            r["meta"] = json.loads(r.get("meta_json") or "{}")
+        ok = [r for r in items if not r.get("error")]
+        model_s = sum(r["prefill_s"] + r["decode_s"] for r in ok)
+        metrics = {f"bench_{k}" if k == "num_steps" else k: float(v) for k, v in benchmark.aggregate(items).items()}
+        metrics.update(
+            steps=float(len(items)),
+            errors=float(len(items) - len(ok)),
+            episodes=float(len({r["episode_id"] for r in items})),
+            mean_peak_mem_bytes=_mean([r["peak_mem_bytes"] for r in ok]),
+            max_peak_mem_bytes=float(max((r["peak_mem_bytes"] for r in ok), default=0)),
+            mean_kv_bytes=_mean([r["kv_bytes"] for r in ok]),
+            mean_kv_bytes_full=_mean([r["kv_bytes_full"] for r in ok]),
+            kv_ratio=(sum(r["kv_bytes"] for r in ok) / max(1, sum(r["kv_bytes_full"] for r in ok))),
+            mean_prompt_tokens=_mean([r["prompt_tokens"] for r in ok]),
+            mean_kept_tokens=_mean([r["kept_tokens"] for r in ok]),
+            mean_prefill_s=_mean([r["prefill_s"] for r in ok]),
+            mean_decode_s=_mean([r["decode_s"] for r in ok]),
+            steps_per_s=(len(ok) / model_s) if model_s > 0 else 0.0,
+        )
+        metrics.setdefault("accuracy", _mean([1.0 if r["correct"] else 0.0 for r in items]))
+        out.append(UnitSummary(comp, budget, metrics))
+    return out
+
+
+def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
+    """A small fixed-width table for the terminal and the MLflow artifact."""
+    head = f"{'compressor':<14}{'budget%':>8}{'steps':>7}{'err':>5}{'accuracy':>10}{'KV kept MiB':>13}" \
+           f"{'KV full MiB':>13}{'peak MiB':>10}{'prefill ms':>12}{'decode ms':>11}"
+    lines = [head, "-" * len(head)]
+    mib = 1024 * 1024
+    for s in summaries:
+        m = s.metrics
+        lines.append(
+            f"{s.compressor:<14}{s.budget:>8g}{int(m['steps']):>7}{int(m['errors']):>5}{m['accuracy']:>10.3f}"
+            f"{m['mean_kv_bytes'] / mib:>13.3f}{m['mean_kv_bytes_full'] / mib:>13.3f}"
+            f"{m['max_peak_mem_bytes'] / mib:>10.1f}{m['mean_prefill_s'] * 1e3:>12.1f}{m['mean_decode_s'] * 1e3:>11.1f}"
+        )
+    if mem_device:
+        lines.append(f"(peak memory: {mem_device})")
+    return "\n".join(lines)
