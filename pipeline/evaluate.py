@@ -177,8 +177,10 @@ class EpisodeRunner:
         kind = self.benchmark.prompt_kind
         instruction = step.instruction or episode.goal
         prev = list(past_texts) if kind == "androidcontrol" and self.agent.image_slots <= 1 else None
+        # AndroidControl low level: "## User Goal" carries the goal, "## User Instruction" the step instruction
+        goal = episode.goal or None if kind == "androidcontrol" and step.meta.get("level") == "low" else None
         prompt = render_prompt(kind, instruction, family=self.agent.prompt_family, language=self.agent.language,
-                               goal=episode.goal or None, previous_actions=prev)
+                               goal=goal, previous_actions=prev)
         history_images = past_images if self.agent.image_slots > 1 else []
         texts = past_texts[-len(history_images):] if history_images else []
         messages, images = build_messages(prompt, [*history_images, image], texts, self.history_cfg)

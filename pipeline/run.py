@@ -72,7 +72,7 @@ class EpisodeActor:
 
         torch.set_num_threads(max(1, torch_threads))
         torch.manual_seed(job.get("seed", 0))
-        self.cfg = parse_config(job)
+        self.cfg = parse_config({k: v for k, v in job.items() if not k.startswith("_")})
         m = self.cfg.model
         self.loaded = load_model(ModelSpec(path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                            device=m.device, min_pixels=m.min_pixels, max_pixels=m.max_pixels))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,10 @@ try:  # optional fast path
 except ImportError:  # pragma: no cover - depends on the environment
     _gcrc = None
 
+log = logging.getLogger(__name__)
+
 GZIP_MAGIC = b"\x1f\x8b"
+_SLOW_CRC_WARN_BYTES = 64 << 20
 _MASK_DELTA = 0xA282EAD8
 
 
@@ -108,6 +112,9 @@ def iter_records(path: str | Path, compression: str | None = "auto", verify: boo
     of the record in the (uncompressed) record stream.
     """
     path = Path(path)
+    if verify and _gcrc is None and path.stat().st_size > _SLOW_CRC_WARN_BYTES:
+        log.warning("%s: verifying CRC32C in pure Python is slow for large files; install google-crc32c "
+                    "or pass verify=False", path)
     if compression == "auto":
         compression = "gzip" if _is_gzip(path) else None
     if compression not in (None, "gzip"):
