@@ -62,7 +62,6 @@ class RayConfig:
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float | str = "auto"
     torch_threads: int | None = None
-    max_task_retries: int = 2
     object_store_memory: int = 512 * 1024 * 1024
 
 

@@ -176,8 +176,6 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
             num_cpus=cfg.ray.num_cpus_per_actor,
             num_gpus=_gpus_per_actor(cfg),
-            max_restarts=-1,
-            max_task_retries=cfg.ray.max_task_retries,
         )
         ds.write_parquet(str(rdir))
         echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")

@@ -30,6 +30,9 @@ def resolve_tracking_uri(cli_uri: str | None, config_uri: str | None, output_dir
 
 
 def git_commit() -> str:
+    """The code version: ``git rev-parse HEAD``, else ``STARKV_GIT_COMMIT`` (set at image build time)."""
+    if os.environ.get("STARKV_GIT_COMMIT"):
+        return os.environ["STARKV_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
@@ -118,9 +121,8 @@ class Tracker:
             child_tags = {**tags, "mlflow.parentRunId": parent_id, "starkv.run_id": run_id, "starkv.kind": "unit",
                           "starkv.unit": s.key, "compressor": s.compressor, "budget": f"{s.budget:g}"}
             child = client.create_run(self._experiment_id, run_name=s.key, tags=child_tags)
-            comp = next((c for c in job["compressors"] if (c.get("label") or c["name"]) == s.compressor), {})
             params = {"budget": f"{s.budget:g}", "compressor": s.compressor}
-            params.update(job.get("_compressor_params", {}).get(s.compressor, _flatten("", comp)))
+            params.update(compressor_params(job, s.compressor))
             params.update({"model": job["model"]["path"], "benchmark": job["benchmark"]["name"],
                            "git_commit": tags.get("git_commit", "unknown")})
             client.log_batch(child.info.run_id, params=[_param(k, v) for k, v in params.items()])
@@ -131,6 +133,18 @@ class Tracker:
         for chunk in _chunks(dict(enumerate(metrics)), 500):
             client.log_batch(child.info.run_id, metrics=list(chunk.values()))
         client.set_terminated(child.info.run_id, "FINISHED")
+
+
+def compressor_params(job: dict[str, Any], label: str) -> dict[str, str]:
+    """Every field of the configured compressor, defaults included (so ablations show in MLflow)."""
+    import starkv
+
+    spec = next((c for c in job["compressors"] if (c.get("label") or c["name"]) == label), None)
+    if spec is None:
+        return {}
+    params = starkv.build(spec["name"], **spec.get("params", {})).params()
+    params["method"] = params.pop("compressor")
+    return {k: str(v) for k, v in params.items()}
 
 
 def _param(key: str, value: str):

@@ -24,3 +24,16 @@ def tiny_model(tiny_model_dir):
 
     loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
     return loaded.model, loaded.processor
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster for the end-to-end tests of a session (started once, ~5 s)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False)
+    yield ray
+    ray.shutdown()

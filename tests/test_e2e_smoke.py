@@ -1,0 +1,62 @@
+"""End to end: jobs/smoke.yaml through real local Ray, real Parquet and a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.results import read_rows
+from pipeline.run import load_episodes, make_benchmark, run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"run_id", "benchmark", "episode_id", "step_index", "compressor", "budget", "model", "prediction",
+            "correct", "score", "prompt_tokens", "kept_tokens", "kv_bytes", "kv_bytes_full", "peak_mem_bytes",
+            "mem_device", "prefill_s", "decode_s", "error"}
+
+
+@pytest.mark.slow
+def test_smoke_job_end_to_end(ray_local, tmp_path):
+    cfg = load_config(ROOT / "jobs" / "smoke.yaml")
+    lines: list[str] = []
+    result = run_job(cfg, output=str(tmp_path), echo=lines.append)
+
+    steps = sum(len(e.steps) for e in load_episodes(cfg, make_benchmark(cfg)))
+    table = read_rows(result.rows_dir)
+    assert REQUIRED <= set(table.column_names)
+    assert table.num_rows == steps * len(cfg.compressors) * len(cfg.budgets)
+    keys = list(zip(table.column("compressor").to_pylist(), table.column("budget").to_pylist(),
+                    table.column("episode_id").to_pylist(), table.column("step_index").to_pylist()))
+    assert len(keys) == len(set(keys))
+    rows = table.to_pylist()
+    assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]][:3]
+    for r in rows:
+        assert r["kv_bytes_full"] > 0 and r["prefill_s"] > 0 and r["mem_device"]
+        if r["compressor"] == "full":
+            assert r["kv_bytes"] == r["kv_bytes_full"] and r["kept_tokens"] == r["prompt_tokens"]
+        else:
+            assert r["kept_tokens"] == int(r["prompt_tokens"] * r["budget"] / 100)
+            assert r["kv_bytes"] < r["kv_bytes_full"]
+    assert {r["num_images"] for r in rows} >= {1, 5}  # history screenshots reach the prompt (4 past + current)
+
+    from mlflow.tracking import MlflowClient
+
+    assert result.mlflow_ok and result.tracking_uri.startswith("sqlite:///")
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("starkv.kind") == "job"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.mlflow_parent_id]
+    assert len(parents) == 1
+    assert len(children) == len(cfg.compressors) * len(cfg.budgets)
+    for child in children:
+        m, p = child.data.metrics, child.data.params
+        for metric in ("accuracy", "mean_peak_mem_bytes", "max_peak_mem_bytes", "mean_kv_bytes", "mean_kv_bytes_full",
+                       "steps_per_s", "mean_prefill_s", "mean_decode_s"):
+            assert metric in m, metric
+        assert m["steps"] == steps
+        for param in ("budget", "compressor", "model", "benchmark", "git_commit", "window_size"):
+            assert param in p, param
+    assert any("summary_table" in a.path for a in client.list_artifacts(parents[0].info.run_id))
+    assert any("Parquet rows" in line for line in lines) and any("MLflow" in line for line in lines)
