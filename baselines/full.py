@@ -15,6 +15,10 @@ from starkv.context import LayerContext
 class FullCache(Compressor):
     """Keeps every token whatever the budget (the no-op compressor)."""
 
+    @property
+    def uniform_layers(self) -> bool:
+        return True
+
     def layer_capacity(self, prompt_length: int, cap: int, layer_idx: int, num_layers: int) -> int:
         return prompt_length
 

@@ -75,6 +75,11 @@ class Compressor:
     #: True when a layer's capacity depends on all layers (the hook then defers selection to the end).
     layer_adaptive: ClassVar[bool] = False
 
+    @property
+    def uniform_layers(self) -> bool:
+        """Whether every layer keeps the same number of tokens (eager attention needs that at decode)."""
+        return not self.layer_adaptive and type(self).layer_capacity is Compressor.layer_capacity
+
     def reset(self) -> None:
         """Forget all per-episode state."""
 

@@ -238,6 +238,12 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
     layers = decoder_layers(model)
     attachment = Attachment(model=model, compressor=compressor, budget=budget, layout=layout)
     impl = layers[0].self_attn.config._attn_implementation or "eager"
+    if impl == "eager" and not compressor.uniform_layers:
+        # transformers builds one decode mask sized from a single layer's cache; with eager attention that
+        # mask no longer fits layers that kept a different number of tokens (sdpa / flash use no mask here)
+        raise ValueError(f"compressor {compressor.name!r} keeps a different number of tokens per layer, which "
+                         "eager attention cannot decode; load the model with attn_implementation sdpa or "
+                         "flash_attention_2")
     _install_query_capture(impl)
     handles = []
     try:

@@ -1,0 +1,87 @@
+"""Every registered compressor × budgets {1, 20, 100} % on the tiny Qwen2.5-VL through the real hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import starkv
+from starkv.budget import capacity
+from tests.helpers_model import prompt_inputs
+
+BUDGETS = [1, 20, 100]
+
+
+@pytest.fixture(scope="module")
+def model_and_inputs(tiny_model_dir):
+    from pipeline.models.loader import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
+    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
+    with torch.inference_mode():
+        loaded.model.model.rope_deltas = None
+        ref = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True,
+                                    output_logits=True)
+    return loaded, inputs, layout, ref
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("name", starkv.available())
+def test_compressor_on_tiny_model(model_and_inputs, name, budget):
+    loaded, inputs, layout, ref = model_and_inputs
+    model = loaded.model
+    L = inputs["input_ids"].shape[1]
+    compressor = starkv.build(name)
+    compressor.reset()
+    with torch.inference_mode(), starkv.attach(model, compressor, budget, layout) as att:
+        model.model.rope_deltas = None
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True,
+                             output_logits=True)
+    num_layers = loaded.num_layers
+    lengths = [s.kept_length for s in att.stats]
+    assert len(lengths) == num_layers
+    for layer in out.past_key_values.layers:
+        assert layer.keys.shape[1] == loaded.num_kv_heads  # GQA storage, never repeated to query heads
+    # decoding ran: 4 new tokens, 3 of them appended to every compressed layer
+    assert out.sequences.shape[1] == L + 4
+    assert [layer.keys.shape[2] for layer in out.past_key_values.layers] == [n + 3 for n in lengths]
+    cap = capacity(L, budget)
+    if name == "full" or budget == 100:
+        assert lengths == [L] * num_layers
+        assert torch.equal(out.sequences, ref.sequences)
+        for a, b in zip(out.logits, ref.logits):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        return
+    if compressor.uniform_layers:
+        assert lengths == [max(cap, 2)] * num_layers
+    else:  # layer-varying methods keep the uniform total
+        assert sum(lengths) == num_layers * cap
+    assert all(s.original_length == L for s in att.stats)
+    assert att.kv_bytes < att.kv_bytes_full
+    assert att.kv_bytes == pytest.approx(att.kv_bytes_full * sum(lengths) / (num_layers * L), rel=1e-9)
+
+
+def test_window_is_kept_for_every_compressor(model_and_inputs):
+    """Compare the last cached prompt keys with the uncompressed cache: the 8-token window survives."""
+    loaded, inputs, layout, ref = model_and_inputs
+    model = loaded.model
+    L = inputs["input_ids"].shape[1]
+    for name in starkv.available():
+        with torch.inference_mode(), starkv.attach(model, starkv.build(name), 20, layout):
+            model.model.rope_deltas = None
+            out = model.generate(**inputs, max_new_tokens=1, do_sample=False, return_dict_in_generate=True)
+        for i, layer in enumerate(out.past_key_values.layers):
+            full = ref.past_key_values.layers[i].keys[:, :, L - 8:L]
+            torch.testing.assert_close(layer.keys[:, :, -8:], full, rtol=0, atol=0, msg=f"{name} layer {i}")
+
+
+def test_eager_attention_rejects_layer_varying_compressors(tiny_model_dir):
+    from pipeline.models.loader import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
+                                  attn_implementation="eager"))
+    with pytest.raises(ValueError, match="eager attention"):
+        with starkv.attach(loaded.model, starkv.build("pyramidkv"), 20):
+            pass
+    with starkv.attach(loaded.model, starkv.build("snapkv"), 20):
+        pass
