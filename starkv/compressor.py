@@ -83,6 +83,9 @@ class Compressor:
     def reset(self) -> None:
         """Forget all per-episode state."""
 
+    def on_uncompressed(self, ctx: LayerContext) -> None:
+        """Called instead of ``select`` when a prefill keeps everything (stateful methods may count it)."""
+
     def params(self) -> dict[str, Any]:
         """Every field, for MLflow params and Parquet metadata."""
         return {"compressor": self.name, **dataclasses.asdict(self)}

@@ -170,6 +170,8 @@ class _LayerHook:
         if self.layer_idx == 0:
             att.stats.clear()
             att._pending.clear()
+        if not ctx.plan.compresses:
+            comp.on_uncompressed(ctx)
         if comp.layer_adaptive and isinstance(comp, ScorerCompressor):
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
