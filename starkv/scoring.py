@@ -21,8 +21,9 @@ def window_attention(queries: torch.Tensor, keys: torch.Tensor, window: int) -> 
     num_heads, _, head_dim = q.shape
     num_kv, length, _ = k.shape
     group = num_heads // num_kv
-    logits = torch.matmul(q.view(num_kv, group, window, head_dim), k.transpose(-1, -2).unsqueeze(1))
-    logits = logits / math.sqrt(head_dim)  # (H_kv, G, W, L)
+    # (H_kv, G·W, d) @ (H_kv, d, L): one batched matmul per KV head, no broadcast copy of the keys
+    logits = torch.matmul(q.reshape(num_kv, group * window, head_dim), k.transpose(-1, -2))
+    logits = logits.view(num_kv, group, window, length) / math.sqrt(head_dim)
     causal = torch.ones(window, window, dtype=torch.bool, device=q.device).tril()
     block = logits[..., length - window :]
     logits[..., length - window :] = block.masked_fill(~causal, torch.finfo(logits.dtype).min)

@@ -15,9 +15,18 @@ from starkv.context import LayerContext
 from starkv.hook import Attachment, _LayerHook, allocate_layer_capacities
 from starkv.layout import PromptLayout
 from starkv.methods import mi as mi_mod
-from starkv.methods.starkv import StarKV
+from starkv.methods.starkv import StarKV, best_group
 
 H, N_KV, HEAD_DIM, HIDDEN = 8, 4, 8, 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add spin-wait overhead on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_ctx(seed: int, layer_idx: int, num_images: int, image_tokens: int = 42, budget: float = 20.0,
@@ -207,6 +216,26 @@ def test_mi_estimator_hand_case_and_ties():
     assert mi_mod.square_grid(2691) == (52, 52) and mi_mod.square_grid(40) == (6, 7)
     assert mi_mod.ramp_lambda(5, 0.5, 5, 10) == 0.0 and mi_mod.ramp_lambda(6, 0.5, 5, 10) == pytest.approx(0.05)
     assert mi_mod.ramp_lambda(15, 0.5, 5, 10) == 0.5
+
+
+def test_packed_key_ranks_equal_stable_argsort():
+    """The fast rank path (packed int64 keys, one 1-D sort) equals a stable argsort, ties and -0.0 included."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 301, generator=gen).clamp_min(0.3) - 0.3  # many exact zeros (ties)
+    x[1, ::7] = x[1, 3]  # more ties
+    x[2, 10] = -0.0
+    slow = mi_mod.stable_ranks(x.double())
+    assert torch.equal(mi_mod.stable_ranks(x, nonnegative=True), slow)
+    for grid, bins in ((12, 16), (4, 8)):
+        fast_joint = mi_mod.joint_histogram(x, grid, bins)
+        slow_joint = mi_mod.joint_histogram(x.double(), grid, bins)
+        assert torch.equal(fast_joint, slow_joint) and int(fast_joint.sum()) == x.numel()
+        torch.testing.assert_close(mi_mod.spatial_mi(x, grid, bins), mi_mod.spatial_mi(x.double(), grid, bins))
+
+
+def test_best_group_takes_the_first_maximum():
+    groups = torch.tensor([[1.0, 2.0, 0.5], [1.0, 3.0, 0.5], [0.0, 3.0, 0.5]])
+    assert best_group(groups).tolist() == [0, 1, 0]
 
 
 def test_registered_and_built_by_name():

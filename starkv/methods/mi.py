@@ -4,8 +4,9 @@ For each KV group the attention mass it puts on the current screenshot is turned
 token (rank quantisation into ``bins`` equal-frequency bins) and paired with the token's spatial cell
 (a ``grid``×``grid`` partition of a near-square guess of the image layout). The mutual information of
 (value bin, cell) says how spatially structured a group's attention is. Everything runs on the scores'
-device in one batched pass: a stable argsort for ranks and one ``bincount`` for the joint histograms
-``[n_kv, bins, grid²]``; no per-group or per-token Python loop and no host round-trip.
+device in one batched pass: one sort of packed (group, value, position) keys gives every group's
+stable rank order, and one ``bincount`` the joint histograms ``[n_kv, bins, grid²]``; no per-group or
+per-token Python loop and no host round-trip. Rank ties are broken by position (deterministic).
 
 The function to time as "the MI step" is :func:`spatial_mi` (the estimator proper);
 ``StarKV.mi_step`` adds the cheap EMA / λ-ramp / weight bookkeeping around it.

@@ -49,6 +49,14 @@ def entropy_temperature(base: torch.Tensor, t_min: float, t_max: float) -> torch
     return t_min + (t_max - t_min) * h
 
 
+def best_group(groups: torch.Tensor) -> torch.Tensor:
+    """g*(j) = argmax_g S[g, j], the first group on ties; (P,) int64.
+
+    ``max(dim=0).indices`` (documented first-max) is ~10x faster on CPU than ``argmax(dim=0)`` here.
+    """
+    return groups.max(dim=0).indices
+
+
 @register("starkv")
 @dataclass
 class StarKV(ScorerCompressor):
@@ -110,6 +118,7 @@ class StarKV(ScorerCompressor):
         return self.entropy_adaptive_budget
 
     def reset(self) -> None:
+        """Forget every layer's state (the reference keeps the last T across resets; harmless at smooth 0)."""
         self._states.clear()
 
     def state(self, layer_idx: int) -> LayerState:
@@ -122,6 +131,9 @@ class StarKV(ScorerCompressor):
     def observe_uncompressed(self, layer_idx: int) -> None:
         """Count a call that did not compress (the reference's early exit advances only the temporal counter)."""
         self.state(layer_idx).temporal_steps += 1
+
+    def on_uncompressed(self, ctx: LayerContext) -> None:
+        self.observe_uncompressed(ctx.layer_idx)
 
     def mi_step(self, layer_idx: int, image_scores: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One online-MI update of a layer: returns ``(λ_eff, w)`` with w the (n_kv,) group weights.
@@ -161,22 +173,22 @@ class StarKV(ScorerCompressor):
         image = groups[:, start:end] if end > start else groups[:, :0]
 
         m = base
-        best_group = None
+        gstar = None  # g*(j), computed once when a module needs it
         if self.mi_prior and self.mi_profile_steps > 0:
             lam, weights = self.mi_step(ctx.layer_idx, image)
             if lam > 0:
-                best_group = groups.argmax(dim=0)
+                gstar = best_group(groups)
                 factor = (1 - lam) + lam * ctx.num_kv_heads * weights.to(m.dtype)
-                m = m * factor[best_group]
+                m = m * factor[gstar]
         if self.temporal and end > start and len(ctx.layout.clipped_spans(past)) >= 2:
             pattern = temporal_mod.attention_pattern(image)
             st.pattern_ema = temporal_mod.update_pattern_ema(st.pattern_ema, pattern, self.temporal_rho)
             if st.temporal_steps > self.temporal_warmup:
                 stab = temporal_mod.group_stability(pattern, st.pattern_ema)
-                if best_group is None:
-                    best_group = groups.argmax(dim=0)
+                if gstar is None:
+                    gstar = best_group(groups)
                 ages = temporal_mod.frame_ages(ctx.layout, past, m.device)
-                m = m * temporal_mod.temporal_discount(ages, stab[best_group], self.temporal_delta,
+                m = m * temporal_mod.temporal_discount(ages, stab[gstar], self.temporal_delta,
                                                        self.temporal_eps, self.temporal_min)
         if self.entropy and temperature is not None:
             exponent = torch.where(temperature > 0, 1.0 / temperature, torch.ones_like(temperature))
