@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,31 @@ class BenchmarkConfig:
     max_episodes: int | None = None
 
 
+HISTORY_SOURCES = ("ground_truth", "model")
+PROMPT_FAMILIES = ("box", "point")
+
+
 @dataclass
 class AgentConfig:
-    image_slots: int = 5
+    """How the agent sees each step. ``None`` = the benchmark's protocol default (the reference drivers'):
+    ``image_slots`` (screenshots per prompt, current included; ``Benchmark.default_image_slots``),
+    ``history_source`` (``ground_truth`` | ``model``; ``default_history_source``), ``prompt_family``
+    (``box`` | ``point``; ``default_prompt_family``). ``text_history``: past steps that keep their text."""
+
+    image_slots: int | None = None
     text_history: int = 10
-    history_source: str = "ground_truth"
-    prompt_family: str = "box"
+    history_source: str | None = None
+    prompt_family: str | None = None
     language: str = "English"
+
+    def resolved(self, benchmark: Any) -> AgentConfig:
+        """A copy with every ``None`` replaced by the benchmark's (class or instance) default."""
+        return replace(
+            self,
+            image_slots=self.image_slots if self.image_slots is not None else int(benchmark.default_image_slots),
+            history_source=self.history_source or benchmark.default_history_source,
+            prompt_family=self.prompt_family or benchmark.default_prompt_family,
+        )
 
 
 @dataclass
@@ -159,6 +177,9 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> JobConfig:
         source=source,
     )
     validate(cfg)
+    from pipeline.benchmarks.base import get_benchmark
+
+    cfg.agent = cfg.agent.resolved(get_benchmark(cfg.benchmark.name))  # logged and fingerprinted as run
     return cfg
 
 
@@ -205,10 +226,19 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"model.path: {model_path} does not exist (use 'tiny' for the offline test model)")
     if cfg.model.max_new_tokens < 1:
         raise ConfigError("model.max_new_tokens: must be >= 1")
-    if cfg.agent.image_slots < 1:
-        raise ConfigError("agent.image_slots: must be >= 1")
-    if cfg.agent.history_source not in ("ground_truth", "model"):
-        raise ConfigError("agent.history_source: must be 'ground_truth' or 'model'")
+    agent = cfg.agent
+    if agent.image_slots is not None and (isinstance(agent.image_slots, bool) or not isinstance(agent.image_slots, int)
+                                          or agent.image_slots < 1):
+        raise ConfigError(f"agent.image_slots: must be an integer >= 1 or null (benchmark default), "
+                          f"got {agent.image_slots!r}")
+    if isinstance(agent.text_history, bool) or not isinstance(agent.text_history, int):
+        raise ConfigError(f"agent.text_history: must be an integer (<= 0: all), got {agent.text_history!r}")
+    if agent.history_source is not None and agent.history_source not in HISTORY_SOURCES:
+        raise ConfigError(f"agent.history_source: must be 'ground_truth', 'model' or null (benchmark default), "
+                          f"got {agent.history_source!r}")
+    if agent.prompt_family is not None and agent.prompt_family not in PROMPT_FAMILIES:
+        raise ConfigError(f"agent.prompt_family: must be 'box', 'point' or null (benchmark default), "
+                          f"got {agent.prompt_family!r}")
     if cfg.ray.num_actors < 1:
         raise ConfigError("ray.num_actors: must be >= 1")
     if cfg.benchmark.max_episodes is not None and cfg.benchmark.max_episodes < 1:

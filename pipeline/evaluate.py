@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ import torch
 from PIL import Image
 
 from pipeline.agent.coords import smart_resize
-from pipeline.agent.history import HistoryConfig, build_messages
+from pipeline.agent.history import HistoryConfig, build_messages, format_history_text
 from pipeline.agent.parser import parse_action
-from pipeline.agent.prompts import render_prompt
+from pipeline.agent.prompts import PREVIOUS_ACTIONS_KINDS, render_prompt
 from pipeline.benchmarks.base import Benchmark, Episode, Step
 from pipeline.config import AgentConfig
+from pipeline.faults import inject as inject_fault
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
 from starkv import Compressor, PromptLayout, attach
@@ -32,6 +34,11 @@ ROW_FIELDS = (
     "correct", "score", "prompt_tokens", "kept_tokens", "kv_bytes", "kv_bytes_full", "peak_mem_bytes",
     "mem_device", "prefill_s", "decode_s", "error",
 )
+
+
+# Vision placeholders in a model's own output would desynchronise the processor's image count when that
+# output is fed back as history; they carry no meaning there and are removed.
+_VISION_TOKENS = re.compile(r"<\|(?:vision_start|vision_end|vision_pad|image_pad|video_pad)\|>")
 
 
 @dataclass(frozen=True)
@@ -111,25 +118,29 @@ class EpisodeRunner:
     def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int) -> None:
         self.loaded = loaded
         self.benchmark = benchmark
-        self.agent = agent
+        self.agent = agent = agent.resolved(benchmark)  # unset fields take the benchmark's protocol defaults
         self.max_new_tokens = max_new_tokens
         self.history_cfg = HistoryConfig(image_slots=agent.image_slots, text_history=agent.text_history,
-                                         source=agent.history_source)
+                                         source=agent.history_source, system_prompt=benchmark.system_prompt)
 
     def run(self, episode: Episode, compressor: Compressor, unit: Unit) -> list[dict[str, Any]]:
         compressor.reset()  # state never leaks across episodes (or actors)
         rows: list[dict[str, Any]] = []
-        past_images: list[Image.Image] = []
-        past_texts: list[str] = []
+        # One entry per past step that ran: its screenshot (None once outside the image window) and
+        # (1-based step number, history text: the model's output or the ground truth, per history_source).
+        past_images: list[Image.Image | None] = []
+        past_texts: list[tuple[int, str]] = []
+        image_window = self.agent.image_slots - 1
+        keep = max(image_window, self._text_window())
         for step in episode.steps:
             row, image, output_text = self._run_step(episode, step, compressor, unit, past_images, past_texts)
             rows.append(row)
             if image is not None:
+                own = _VISION_TOKENS.sub("", output_text) if self.agent.history_source == "model" else ""
                 past_images.append(image)
-                use_model = self.agent.history_source == "model" and output_text
-                past_texts.append(output_text if use_model else (step.history_text or step.instruction))
-            past_images = past_images[-max(0, self.agent.image_slots - 1):] if self.agent.image_slots > 1 else []
-            past_texts = past_texts[-max(len(past_images), self._text_window()):]
+                past_texts.append((step.step_index + 1, own if own.strip() else (step.history_text or step.instruction)))
+                past_images, past_texts = past_images[-keep:], past_texts[-keep:]
+                past_images = [im if i >= len(past_images) - image_window else None for i, im in enumerate(past_images)]
         return rows
 
     def _text_window(self) -> int:
@@ -149,7 +160,7 @@ class EpisodeRunner:
         }
 
     def _run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
-                  past_images: list[Image.Image], past_texts: list[str]):
+                  past_images: list[Image.Image | None], past_texts: list[tuple[int, str]]):
         row = self._base_row(episode, step, unit)
         if step.error:
             row["error"] = step.error
@@ -160,6 +171,7 @@ class EpisodeRunner:
             row["error"] = f"episode {episode.episode_id} step {step.step_index}: {err}"
             return row, None, ""
         try:
+            inject_fault(row["step_key"])  # test-only; a no-op unless STARKV_FAULT_* is set
             output_text = self._generate_and_score(episode, step, image, compressor, unit, past_images,
                                                    past_texts, row)
         except torch.cuda.OutOfMemoryError as err:  # type: ignore[attr-defined]
@@ -173,16 +185,21 @@ class EpisodeRunner:
         return row, image, output_text
 
     def _generate_and_score(self, episode, step, image, compressor, unit, past_images, past_texts, row) -> str:
-        loaded = self.loaded
+        loaded, agent = self.loaded, self.agent
         kind = self.benchmark.prompt_kind
         instruction = step.instruction or episode.goal
-        prev = list(past_texts) if kind == "androidcontrol" and self.agent.image_slots <= 1 else None
+        # With one screenshot, kinds that have a "## Previous Actions" section get the past texts there
+        # (GUI-KV AndroidControl default mode, Mind2Web); otherwise each past step is an assistant turn
+        # "Step k:\n<text>" after its screenshot when that is inside the image window (build_messages).
+        in_prompt = kind in PREVIOUS_ACTIONS_KINDS and agent.image_slots <= 1
+        prev = [text for _, text in past_texts][-self._text_window():] if in_prompt else None
         # AndroidControl low level: "## User Goal" carries the goal, "## User Instruction" the step instruction
         goal = episode.goal or None if kind == "androidcontrol" and step.meta.get("level") == "low" else None
-        prompt = render_prompt(kind, instruction, family=self.agent.prompt_family, language=self.agent.language,
+        prompt = render_prompt(kind, instruction, family=agent.prompt_family, language=agent.language,
                                goal=goal, previous_actions=prev)
-        history_images = past_images if self.agent.image_slots > 1 else []
-        texts = past_texts[-len(history_images):] if history_images else []
+        gui_kv = self.benchmark.history_header == "gui_kv"
+        history_images = [] if in_prompt else list(past_images)
+        texts = [] if in_prompt else [format_history_text(k, t, gui_kv_header=gui_kv) for k, t in past_texts]
         messages, images = build_messages(prompt, [*history_images, image], texts, self.history_cfg)
         processor = loaded.processor
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

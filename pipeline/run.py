@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.benchmarks.base import Benchmark, Episode, get_benchmark
 from pipeline.config import JobConfig, parse_config
+from pipeline.faults import fault_env
 from pipeline.results import drop_unreadable, finished_units, read_rows, rows_dir
 from pipeline.summary import UnitSummary, format_table, summarize
 from pipeline.tracking import Tracker, git_commit, resolve_tracking_uri
@@ -176,6 +177,8 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
             num_cpus=cfg.ray.num_cpus_per_actor,
             num_gpus=_gpus_per_actor(cfg),
+            # test-only fault injection (pipeline/faults.py) reaches actors of an already running cluster
+            **({"runtime_env": {"env_vars": fault_env()}} if fault_env() else {}),
         )
         ds.write_parquet(str(rdir))
         echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")

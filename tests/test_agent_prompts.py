@@ -17,7 +17,7 @@ def action_space(text: str) -> list[str]:
     """Action names listed under '## Action Space' (up to the next section)."""
     section = text.split("## Action Space", 1)[1]
     section = re.split(r"\n## ", section, maxsplit=1)[0]
-    return re.findall(r"^([a-z_]+)\(", section, flags=re.M)
+    return re.findall(r"^(?:- )?([a-z_]+)\(", section, flags=re.M)
 
 
 # --- rendering --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def centre(step: Step, size: tuple[int, int] = PAGE) -> tuple[float, float]:
 
 
 def test_registered() -> None:
-    assert BENCHMARKS["mind2web"] is Mind2Web and Mind2Web.prompt_kind == "computer"
+    assert BENCHMARKS["mind2web"] is Mind2Web and Mind2Web.prompt_kind == "mind2web"
 
 
 def test_loader_episodes_steps_and_boxes(tmp_path: Path) -> None:

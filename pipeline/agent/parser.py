@@ -1,4 +1,5 @@
-"""Model text -> ParsedAction for the UI-TARS computer and mobile action spaces (both coordinate families).
+"""Model text -> ParsedAction for the UI-TARS computer and mobile action spaces (both coordinate families),
+plus the ``select`` action of GUI-KV's Mind2Web template.
 
 Follows the official UI-TARS parser (benchmarks.md 1.2, starkv.md 5): drop ``<think>`` blocks, take the
 thought, take the text after the last ``Action:`` (or the first known call when there is no marker), keep
@@ -27,6 +28,10 @@ from pipeline.agent.coords import to_normalized, to_pixels
 POINT_ACTIONS = frozenset({"click", "left_double", "right_single", "long_press"})
 NO_ARG_ACTIONS = frozenset({"wait", "press_home", "press_back", "call_user"})
 KNOWN_ACTIONS = POINT_ACTIONS | NO_ARG_ACTIONS | {"drag", "hotkey", "type", "scroll", "finished", "open_app"}
+# Benchmark-specific actions outside the computer / mobile spaces: GUI-KV's Mind2Web template offers
+# ``select(point='<point>x y</point>', content='entry')`` (a point and the chosen entry in ``text``).
+WEB_ACTIONS = frozenset({"select"})
+PARSED_ACTIONS = KNOWN_ACTIONS | WEB_ACTIONS
 SCROLL_DIRECTIONS = ("up", "down", "left", "right")
 _CONTENT_ACTIONS = frozenset({"type", "finished"})
 _COORD_ACTIONS = POINT_ACTIONS | {"drag", "scroll"}
@@ -39,7 +44,7 @@ _SUMMARY = re.compile(r"Action_Summary\s*:\s*(.*?)(?=(?<![A-Za-z0-9_])Action\s*:
 _REFLECTION = re.compile(r"Reflection\s*:\s*(.*?)(?=Action_Summary\s*:|(?<![A-Za-z0-9_])Action\s*:|$)", re.S)
 _CALL_START = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\(")
 _KNOWN_CALL = re.compile(
-    r"(?<![A-Za-z0-9_.])(" + "|".join(sorted(KNOWN_ACTIONS, key=len, reverse=True)) + r")\s*\("
+    r"(?<![A-Za-z0-9_.])(" + "|".join(sorted(PARSED_ACTIONS, key=len, reverse=True)) + r")\s*\("
 )
 _NUMBER = re.compile(r"(?<![A-Za-z0-9_.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _KWARG = re.compile(
@@ -288,7 +293,7 @@ def _coordinates(call: _Call) -> tuple[Any, Any]:
 
 def _interpret(call: _Call, resized: tuple[int, int]) -> ParsedAction:
     name = call.name
-    if name not in KNOWN_ACTIONS:
+    if name not in PARSED_ACTIONS:
         raise _Invalid(f"unknown action {name!r}")
     action = ParsedAction(action_type=name)
     if name in _COORD_ACTIONS:
@@ -325,12 +330,30 @@ def _interpret(call: _Call, resized: tuple[int, int]) -> ParsedAction:
     elif name == "finished":
         content = _first_string(call, "content")
         action.text = content if content else None
+    elif name == "select":
+        _select(call, action, resized)
     elif name == "open_app":
         app = _first_string(call, "app_name")
         if not app or not app.strip():
             raise _Invalid("open_app without app_name")
         action.app_name = app.strip()
     return action
+
+
+def _select(call: _Call, action: ParsedAction, resized: tuple[int, int]) -> None:
+    """``select(point=..., content=...)``; positionally ``select(<point>, 'entry')`` (the last string is the entry)."""
+    content = call.kwargs.get("content")
+    coords = call
+    if content is None and len(call.positional) >= 2 and isinstance(call.positional[-1], str):
+        content = call.positional[-1]
+        coords = _Call(name=call.name, positional=call.positional[:-1], kwargs=call.kwargs)
+    if content is None:
+        raise _Invalid("select without content")
+    start, _ = _coordinates(coords)
+    if start is None:
+        raise _Invalid("select without coordinates")
+    action.point = _point(start, resized, "start_box")
+    action.text = content if isinstance(content, str) else str(content)
 
 
 def parse_action(
@@ -403,7 +426,7 @@ def format_action(
     """
     if family not in ("box", "point"):
         raise ValueError(f"unknown family {family!r}; allowed: box, point")
-    if not action.ok or action.action_type not in KNOWN_ACTIONS:
+    if not action.ok or action.action_type not in PARSED_ACTIONS:
         raise ValueError(f"cannot format action {action.action_type!r} (error: {action.error})")
     name = action.action_type
     if name in POINT_ACTIONS or name == "drag":
@@ -423,6 +446,10 @@ def format_action(
         args = [f"content='{_escape(action.text or '')}'"]
     elif name == "finished":
         args = [] if action.text is None else [f"content='{_escape(action.text)}'"]
+    elif name == "select":
+        if action.point is None:
+            raise ValueError("select needs its coordinates")
+        args = [_slot("start_box", action.point, resized_size, family), f"content='{_escape(action.text or '')}'"]
     elif name == "open_app":
         args = [f"app_name='{_escape(action.app_name or '')}'"]
     else:

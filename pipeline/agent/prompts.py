@@ -7,8 +7,8 @@ drivers use them; see benchmarks.md 1.1 and starkv.md 5. Two coordinate families
 * ``box``   -- ``click(start_box='<|box_start|>(x1,y1)<|box_end|>')``: release-era UI-TARS-1.5, OSWorld, desktop.
 * ``point`` -- ``click(point='<point>x1 y1</point>')``: the ``*_DOUBAO`` constants, used by GUI-KV / STaR-KV.
 
-The parser accepts both. The AgentNetBench and AndroidControl prompts exist verbatim only in the point
-family (GUI-KV drivers); their box versions are derived mechanically by rewriting each coordinate slot
+The parser accepts both. The AgentNetBench, AndroidControl and Mind2Web prompts exist verbatim only in the
+point family (GUI-KV drivers); their box versions are derived mechanically by rewriting each coordinate slot
 (``_to_box_family``). Pass ``family="point"`` for parity with the reference drivers.
 """
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 
-KINDS = ("grounding", "computer", "mobile", "agentnet", "androidcontrol")
+KINDS = ("grounding", "computer", "mobile", "agentnet", "androidcontrol", "mind2web")
+# Kinds whose template has a "## Previous Actions" section (earlier steps as text, one screenshot).
+PREVIOUS_ACTIONS_KINDS = ("androidcontrol", "mind2web")
 FAMILIES = ("box", "point")
 
 # --- box family (UI-TARS prompts.py / codes/prompts.py) -------------------------------------------------
@@ -240,6 +242,30 @@ ANDROIDCONTROL_LOW_DOUBAO = _ANDROIDCONTROL_HEAD + """- You must follow User Ins
 {task}
 """
 
+# Multimodal-Mind2Web (eval/multimodal_mind2web_eval.py MM_MIND2WEB_PROMPT, UI-TARS branch), verbatim: the
+# "- " bullets, the stray "." after click(...), the trailing spaces and the blank-line runs are the driver's.
+# The driver's ``type`` has no point (its rule: type clicks the box itself); ``select`` has point + content.
+MIND2WEB_DOUBAO = (
+    "You are a GUI agent. You are given a task and your action history, with screenshots. You need to perform "
+    "the next action to complete the task. \n\n\n## Output Format\n```\nThought: ...\nAction: ...\n```\n\n"
+    "## Action Space\n\n\n"
+    "- type(content='xxx') # First click on the textbox, and then type the content. \n"
+    "- scroll(point='<point>x1 y1</point>', direction='down or up') # Show more information on the `direction` "
+    "side.\n"
+    "- select(point='<point>x1 y1</point>', content='xxx') # Select dropdown menu at point x1 y1 and choose "
+    "entry xxx.\n"
+    "- click(point='<point>x1 y1</point>').   \n\n"
+    "## Note\n- Use {language} in `Thought` part.\n"
+    "- Write a small plan and finally summarize your next action (with its target element) in one sentence in "
+    "`Thought` part. \n"
+    "- For `type` action, Use escape characters \\', \\\", and \\n in content part to ensure we can parse the "
+    "content in normal python string format. If you want to submit your input, use \\n at the end of content. "
+    "\n\n"
+    "## Rule\n- The `type` action will click + type in a textbox or search box. DO NOT `click` ON search box; "
+    "otherwise, you will be terminated.\n\n"
+    "## Previous Actions\n{previous_actions}\n\n\n\n## User Instruction\n{instruction}\n\n\n"
+)
+
 _POINT_SLOT = re.compile(r"(start_point|end_point|point)='<point>(\w+) (\w+)</point>'")
 _BOX_NAME = {"point": "start_box", "start_point": "start_box", "end_point": "end_box"}
 
@@ -254,6 +280,7 @@ def _to_box_family(template: str) -> str:
 AGENTNET = _to_box_family(AGENTNET_DOUBAO)
 ANDROIDCONTROL_HIGH = _to_box_family(ANDROIDCONTROL_HIGH_DOUBAO)
 ANDROIDCONTROL_LOW = _to_box_family(ANDROIDCONTROL_LOW_DOUBAO)
+MIND2WEB = _to_box_family(MIND2WEB_DOUBAO)
 
 TEMPLATES: dict[tuple[str, str], str] = {
     ("grounding", "box"): GROUNDING,
@@ -268,6 +295,8 @@ TEMPLATES: dict[tuple[str, str], str] = {
     ("androidcontrol_high", "point"): ANDROIDCONTROL_HIGH_DOUBAO,
     ("androidcontrol_low", "box"): ANDROIDCONTROL_LOW,
     ("androidcontrol_low", "point"): ANDROIDCONTROL_LOW_DOUBAO,
+    ("mind2web", "box"): MIND2WEB,
+    ("mind2web", "point"): MIND2WEB_DOUBAO,
 }
 
 # Action names each prompt offers (the parser accepts the union of all of them).
@@ -277,6 +306,7 @@ ACTION_SPACES: dict[str, tuple[str, ...]] = {
     "mobile": ("click", "long_press", "type", "scroll", "open_app", "drag", "press_home", "press_back", "finished"),
     "agentnet": ("click", "left_double", "right_single", "drag", "hotkey", "type", "scroll", "wait", "finished"),
     "androidcontrol": ("click", "long_press", "type", "scroll", "press_back", "wait", "finished"),
+    "mind2web": ("type", "scroll", "select", "click"),
 }
 
 _SLOT = re.compile(r"\{(instruction|language|goal|previous_actions|task)\}")
@@ -302,7 +332,8 @@ def render_prompt(
     with a ``goal`` it is the low-level prompt (``## User Goal:`` = goal, ``## User Instruction`` =
     ``instruction``, the step instruction). ``previous_actions`` are joined by newlines into the
     ``## Previous Actions`` section (empty when None). Other kinds have neither section, so passing a goal or
-    non-empty previous actions to them is an error rather than being silently dropped.
+    non-empty previous actions to them is an error rather than being silently dropped. ``mind2web`` has the
+    ``## Previous Actions`` section but no goal.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; allowed: {', '.join(KINDS)}")
@@ -310,8 +341,11 @@ def render_prompt(
         raise ValueError(f"unknown prompt family {family!r}; allowed: {', '.join(FAMILIES)}")
     values = {"instruction": instruction, "language": language, "goal": "", "previous_actions": "", "task": ""}
     if kind != "androidcontrol":
-        if goal is not None or previous_actions:
-            raise ValueError(f"goal / previous_actions apply only to kind 'androidcontrol', not {kind!r}")
+        if goal is not None:
+            raise ValueError(f"goal applies only to kind 'androidcontrol', not {kind!r}")
+        if previous_actions and kind not in PREVIOUS_ACTIONS_KINDS:
+            raise ValueError(f"previous_actions apply only to kinds {', '.join(PREVIOUS_ACTIONS_KINDS)}, not {kind!r}")
+        values["previous_actions"] = "\n".join(previous_actions or [])
         return _fill(TEMPLATES[(kind, family)], values)
     values["previous_actions"] = "\n".join(previous_actions or [])
     if goal is None:

@@ -275,6 +275,13 @@ class AgentNetBenchmark(Benchmark):
     """AgentNetBench trajectories. Options: ``images_dir`` (default ``<path>/images``), ``ctrl_quirk``."""
 
     prompt_kind = "agentnet"
+    # GUI-KV driver: --image_slots 5, the model's own earlier outputs as history ("# Step k:\nStep k:\n..."),
+    # no system turn.
+    default_prompt_family = "point"
+    default_history_source = "model"
+    default_image_slots = 5
+    history_header = "gui_kv"
+    system_prompt = None
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)

@@ -54,8 +54,10 @@ from pipeline.benchmarks.base import (
     Step,
     StepScore,
     register_benchmark,
+    row_dict,
 )
 from pipeline.benchmarks.tfrecord import ExampleDecodeError, TFRecordError, iter_records, parse_example
+from pipeline.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,7 @@ _AXIS = {"up": "v", "down": "v", "left": "h", "right": "h"}
 
 def default_cache_dir() -> Path:
     """``$STARKV_CACHE`` or ``~/.cache/starkv-eval``."""
-    env = os.environ.get("STARKV_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "starkv-eval"
+    return cache_root()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,15 +305,7 @@ def row_value(row: dict[str, Any], key: str) -> Any:
     if key in row:
         return row[key]
     for name in ("fields", "meta"):
-        d = row.get(name)
-        if not isinstance(d, dict):
-            text = row.get(f"{name}_json")
-            try:
-                d = json.loads(text) if isinstance(text, str) and text else None
-            except ValueError:
-                d = None
-        if not isinstance(d, dict):
-            continue
+        d = row_dict(row, name)
         nested = d.get("score_fields")
         if isinstance(nested, dict) and key in nested:
             return nested[key]
@@ -335,6 +328,13 @@ class AndroidControlBenchmark(Benchmark):
     """
 
     prompt_kind = "androidcontrol"
+    # GUI-KV driver with --use_history_frames (the "five screenshots" setting): up to 4 past GT screenshots,
+    # each followed by "Step k:\n<GT step instruction>"; image_slots 1 gives its default mode instead
+    # (current screenshot only, the GT step instructions in "## Previous Actions").
+    default_prompt_family = "point"
+    default_history_source = "ground_truth"
+    default_image_slots = 5
+    system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)

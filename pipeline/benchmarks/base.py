@@ -85,14 +85,56 @@ class StepScore:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+def row_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """The Step.meta of a result row: ``meta`` (a dict) or, in Parquet rows, ``meta_json``."""
+    return row_dict(row, "meta")
+
+
+def row_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The StepScore.fields of a result row: ``meta_json["score_fields"]`` (how ``pipeline.evaluate``
+    stores them), else ``fields`` / ``fields_json``, else the row itself (fields flattened into it)."""
+    fields = row_meta(row).get("score_fields")
+    if isinstance(fields, dict):
+        return fields
+    fields = row_dict(row, "fields")
+    return fields if fields else row
+
+
+def row_dict(row: dict[str, Any], name: str) -> dict[str, Any]:
+    """A dict column of a result row: ``name`` as a dict, or ``<name>_json`` text as stored in Parquet."""
+    value = row.get(name)
+    if isinstance(value, dict):
+        return value
+    text = row.get(f"{name}_json")
+    if isinstance(text, str) and text:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
 class Benchmark(ABC):
     """A GUI benchmark: load episodes from its real on-disk format, score actions, aggregate officially.
 
-    ``prompt_kind`` selects the UI-TARS template (``grounding``, ``computer`` or ``mobile``).
+    ``prompt_kind`` selects the UI-TARS template (a kind of ``pipeline.agent.prompts.KINDS``). The
+    ``default_*`` attributes are the agent protocol the reference drivers use on this benchmark; they fill
+    every ``agent`` field a job leaves unset (``AgentConfig.resolved``): ``default_prompt_family``
+    (``box`` | ``point``; GUI-KV / STaR-KV use ``point`` with UI-TARS-1.5-7B), ``default_history_source``
+    (``ground_truth`` = teacher-forced texts, ``model`` = the model's own earlier outputs),
+    ``default_image_slots`` (screenshots per prompt, current included). ``history_header`` is how a past
+    step's text is written in its assistant turn (``step``: ``"Step k:\n<text>"``; ``gui_kv``: GUI-KV's
+    AgentNetBench double header ``"# Step k:\nStep k:\n<text>"``); ``system_prompt`` the system turn.
     """
 
     name: ClassVar[str] = "base"
     prompt_kind: ClassVar[str] = "grounding"
+    default_prompt_family: ClassVar[str] = "box"
+    default_history_source: ClassVar[str] = "ground_truth"
+    default_image_slots: ClassVar[int] = 5
+    history_header: ClassVar[str] = "step"
+    system_prompt: ClassVar[str | None] = "You are a helpful assistant."
 
     def __init__(self, path: str, **options: Any) -> None:
         self.path = path

@@ -20,8 +20,9 @@ Action mapping (UI-TARS -> Mind2Web): click / left_double / right_single / long_
 ``type(content)`` -> TYPE content (a trailing newline, UI-TARS's "submit", is dropped);
 ``select`` (the GUI-KV Mind2Web template's select action; ``ParsedAction.text`` is the chosen value)
 -> SELECT value; anything else -> its own name, which never matches. Element accuracy needs a point:
-the UI-TARS computer action space's ``type(content)`` has none, so TYPE steps only get an element hit
-when the prompt offers a pointed type/select (as GUI-KV's Mind2Web template does).
+``type(content)`` has none (neither in the computer action space nor in GUI-KV's Mind2Web template, whose
+rule says type clicks the box itself), so TYPE steps get no element hit, as in the GUI-KV driver; SELECT
+steps do (``select(point=..., content=...)``).
 """
 
 from __future__ import annotations
@@ -64,15 +65,21 @@ class Mind2Web(Benchmark):
 
     Options: ``split`` (default ``test_task``); ``dataset_id`` (e.g. ``osunlp/Multimodal-Mind2Web``:
     read with ``datasets.load_dataset(dataset_id, split=split)`` instead of ``path``, needs network);
-    ``cache_dir`` (screenshots go to ``<cache_dir>/mind2web/...``; default ``$STARKV_CACHE_DIR`` or
+    ``cache_dir`` (screenshots go to ``<cache_dir>/mind2web/...``; default ``$STARKV_CACHE`` or
     ``~/.cache/starkv-eval``; must be readable by the workers); ``viewport_height`` (default none = the
     full page; N = crop each screenshot to the N-pixel page block holding the target's centre, blocks
     aligned at multiples of N, the last one ending at the page bottom).
 
-    Multi-step with teacher-forced ground-truth history, hence the ``computer`` prompt.
+    Multi-step with teacher-forced ground-truth history: GUI-KV's ``mind2web`` prompt (type / scroll /
+    select / click) with the earlier actions under ``## Previous Actions``.
     """
 
-    prompt_kind = "computer"
+    prompt_kind = "mind2web"
+    # GUI-KV driver (MM_MIND2WEB_PROMPT): one screenshot, earlier actions as "## Previous Actions" text.
+    default_prompt_family = "point"
+    default_history_source = "ground_truth"
+    default_image_slots = 1
+    system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
 
     def load(self) -> Iterable[Episode]:
         split = str(self.options.get("split", "test_task"))

@@ -51,6 +51,10 @@ class ScreenSpotPro(Benchmark):
     """
 
     prompt_kind = "grounding"
+    # Same protocol as ScreenSpot-v2 (GROUNDING_DOUBAO, one screenshot, no system turn).
+    default_prompt_family = "point"
+    default_image_slots = 1
+    system_prompt = None
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)

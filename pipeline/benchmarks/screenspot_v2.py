@@ -31,8 +31,11 @@ from pipeline.benchmarks.base import (
     Step,
     StepScore,
     register_benchmark,
+    row_fields,
+    row_meta,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box, xywh_to_xyxy
+from pipeline.cache import cache_root as project_cache_root
 
 SPLITS = ("mobile", "desktop", "web")
 DATA_TYPES = ("text", "icon")
@@ -51,10 +54,15 @@ class ScreenSpotV2(Benchmark):
 
     Options: ``images_dir`` (default ``<path>/screenspotv2_image``, else the extracted zip),
     ``splits`` (subset of mobile/desktop/web, list or comma string), ``cache_dir`` (where the image zip
-    is extracted; default ``$STARKV_CACHE_DIR`` or ``~/.cache/starkv-eval``).
+    is extracted; default ``$STARKV_CACHE`` or ``~/.cache/starkv-eval``).
     """
 
     prompt_kind = "grounding"
+    # GUI-KV / STaR-KV driver: GROUNDING_DOUBAO, one screenshot, no system turn (the chat template then
+    # inserts its default "You are a helpful assistant.", which is what our default renders too).
+    default_prompt_family = "point"
+    default_image_slots = 1
+    system_prompt = None
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)
@@ -213,9 +221,8 @@ def url_of(fs: Any, path: str) -> str:
 
 
 def cache_root(options: dict[str, Any]) -> Path:
-    """Writable cache for derived files: option ``cache_dir``, ``$STARKV_CACHE_DIR``, ``~/.cache/starkv-eval``."""
-    value = options.get("cache_dir") or os.environ.get("STARKV_CACHE_DIR") or "~/.cache/starkv-eval"
-    return Path(str(value)).expanduser().resolve()
+    """Writable cache for derived files: option ``cache_dir``, else the project cache (``$STARKV_CACHE``)."""
+    return project_cache_root(options.get("cache_dir"))
 
 
 def read_json_list(fs: Any, file: str, bench: str) -> list[Any]:
@@ -309,35 +316,6 @@ def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, 
     reason = "" if hit else (f"point ({action.point[0]:.4f}, {action.point[1]:.4f}) outside box "
                              f"({box[0]:.4f}, {box[1]:.4f}, {box[2]:.4f}, {box[3]:.4f})")
     return StepScore(hit, 1.0 if hit else 0.0, reason=reason, fields={"hit": int(hit), "wrong_format": 0})
-
-
-def row_meta(row: dict[str, Any]) -> dict[str, Any]:
-    """The Step.meta of a result row: ``meta`` (a dict) or, in Parquet rows, ``meta_json``."""
-    return _dict_field(row, "meta")
-
-
-def row_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """The StepScore.fields of a result row: ``meta_json["score_fields"]`` (how ``pipeline.evaluate``
-    stores them), else ``fields`` / ``fields_json``, else the row itself (fields flattened into it)."""
-    fields = row_meta(row).get("score_fields")
-    if isinstance(fields, dict):
-        return fields
-    fields = _dict_field(row, "fields")
-    return fields if fields else row
-
-
-def _dict_field(row: dict[str, Any], name: str) -> dict[str, Any]:
-    value = row.get(name)
-    if isinstance(value, dict):
-        return value
-    text = row.get(f"{name}_json")
-    if isinstance(text, str) and text:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-    return {}
 
 
 def row_correct(row: dict[str, Any]) -> bool:

@@ -30,8 +30,10 @@ from pipeline.benchmarks.base import (
     Step,
     StepScore,
     register_benchmark,
+    row_meta,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
+from pipeline.cache import cache_root
 
 FORMAT_NAME = "starkv-synthetic"
 FORMAT_VERSION = 1
@@ -307,8 +309,7 @@ def generate_synthetic(out_dir: str | os.PathLike, *, num_episodes: int, min_ste
 
 
 def _default_cache_dir() -> Path:
-    env = os.environ.get("STARKV_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "starkv-eval"
+    return cache_root()
 
 
 def ensure_synthetic_dataset(root: str | os.PathLike | None = None, num_episodes: int = 8,
@@ -417,21 +418,6 @@ def _load_step(root: Path, episode_id: str, position: int, raw: Any) -> Step:
                 error=f"{where}: {'; '.join(problems)}" if problems else None)
 
 
-def _row_meta(row: dict[str, Any]) -> dict[str, Any]:
-    """The step meta of a result row: ``meta`` (a dict) or, in Parquet rows, ``meta_json``."""
-    meta = row.get("meta")
-    if isinstance(meta, dict):
-        return meta
-    text = row.get("meta_json")
-    if isinstance(text, str) and text:
-        try:
-            meta = json.loads(text)
-        except ValueError:
-            return {}
-        return meta if isinstance(meta, dict) else {}
-    return {}
-
-
 @register_benchmark("synthetic")
 class SyntheticBenchmark(Benchmark):
     """The generated multi-step benchmark: click the named element; accuracy overall and per type.
@@ -508,7 +494,7 @@ class SyntheticBenchmark(Benchmark):
         out["accuracy"] = sum(1.0 for r in rows if r.get("correct") and not r.get("error")) / len(rows)
         groups: dict[str, list[float]] = {}
         for r in rows:
-            kind = _row_meta(r).get("element_type")
+            kind = row_meta(r).get("element_type")
             if isinstance(kind, str) and kind:
                 groups.setdefault(kind, []).append(1.0 if r.get("correct") and not r.get("error") else 0.0)
         for kind in sorted(groups):

@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from pipeline.cache import cache_root
 from pipeline.models.processor import Qwen2_5_VLImageOnlyProcessor
 
 # Bump when the recipe changes so cached builds are rebuilt.
@@ -263,9 +264,7 @@ def is_tiny_model_dir(model_dir: str | Path) -> bool:
 
 def tiny_model_cache_dir() -> Path:
     """Default cache folder: ``$STARKV_CACHE/tiny-qwen2.5-vl`` or ``~/.cache/starkv-eval/tiny-qwen2.5-vl``."""
-    root = os.environ.get("STARKV_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "starkv-eval"
-    return base / "tiny-qwen2.5-vl"
+    return cache_root() / "tiny-qwen2.5-vl"
 
 
 def _is_current(model_dir: Path, seed: int) -> bool:
