@@ -1,0 +1,85 @@
+"""A bad job config fails before any work with one message naming the field (library and CLI)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, parse_config
+
+BASE = {
+    "name": "t",
+    "model": {"path": "tiny"},
+    "benchmark": {"name": "synthetic", "options": {"num_episodes": 1}},
+    "compressors": [{"name": "snapkv"}],
+    "budgets": [20],
+}
+
+
+def _with(**changes):
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"compressors": [{"name": "nope"}]}, r"compressors\[0\].*unknown compressor 'nope'"),
+    ({"compressors": [{"name": "snapkv", "params": {"windw": 3}}]}, r"compressors\[0\].*windw"),
+    ({"budgets": [0]}, r"budgets\[0\]: 0 is outside \(0, 100\]"),
+    ({"budgets": [20, 150]}, r"budgets\[1\]: 150"),
+    ({"budgets": ["ten"]}, r"budgets\[0\]"),
+    ({"budgets": []}, r"^budgets"),
+    ({"benchmark__name": "screenspot_v3"}, r"^benchmark\.name: unknown benchmark 'screenspot_v3'"),
+    ({"benchmark__path": "/does/not/exist"}, r"^benchmark\.path: /does/not/exist does not exist"),
+    ({"model__path": "/no/model"}, r"^model\.path: /no/model does not exist"),
+    ({"model__colour": "red"}, r"^model: unknown field\(s\) \['colour'\]"),
+    ({"model__max_new_tokens": 0}, r"^model\.max_new_tokens"),
+    ({"ray": {"num_actors": 0}}, r"^ray\.num_actors"),
+    ({"compressors": [{"name": "snapkv"}, {"name": "snapkv"}]}, r"^compressors: duplicate"),
+])
+def test_bad_config_names_the_field(changes, field):
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if "__" in key:
+            data = _with(**{key: value})
+        else:
+            data[key] = value
+    with pytest.raises(ConfigError, match=field):
+        parse_config(data)
+
+
+def test_missing_required_field():
+    data = copy.deepcopy(BASE)
+    del data["budgets"]
+    with pytest.raises(ConfigError, match="missing required field 'budgets'"):
+        parse_config(data)
+
+
+def test_good_config_and_stable_run_id():
+    a, b = parse_config(copy.deepcopy(BASE)), parse_config(copy.deepcopy(BASE))
+    assert a.resolved_run_id() == b.resolved_run_id()
+    c = parse_config(_with(budgets=[30]))
+    assert c.resolved_run_id() != a.resolved_run_id()
+    assert [(u[0].name, u[1]) for u in a.units()] == [("snapkv", 20)]
+
+
+def test_cli_reports_config_error_before_any_work(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "budgets": [101]}))
+    assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "budgets[0]: 101" in err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_cli_missing_config_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
