@@ -29,6 +29,17 @@ def resolve_tracking_uri(cli_uri: str | None, config_uri: str | None, output_dir
     return cli_uri or config_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_dir)
 
 
+def local_artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live beside it (``<folder>/mlartifacts``), not in the process cwd.
+
+    MLflow's default is ``<cwd>/mlruns``, which for a ``ray job submit`` run is the job's temporary working
+    directory: the artifacts would vanish with it. For a tracking server the server decides (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+
+
 def git_commit() -> str:
     """The code version: ``git rev-parse HEAD``, else ``STARKV_GIT_COMMIT`` (set at image build time)."""
     if os.environ.get("STARKV_GIT_COMMIT"):
@@ -77,7 +88,8 @@ class Tracker:
 
             client = MlflowClient(tracking_uri=self.uri)
             exp = client.get_experiment_by_name(self.experiment)
-            self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            self._experiment_id = exp.experiment_id if exp else client.create_experiment(
+                self.experiment, artifact_location=local_artifact_location(self.uri))
             self._client = client
         return self._client
 

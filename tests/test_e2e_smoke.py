@@ -59,4 +59,7 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
         for param in ("budget", "compressor", "model", "benchmark", "git_commit", "window_size"):
             assert param in p, param
     assert any("summary_table" in a.path for a in client.list_artifacts(parents[0].info.run_id))
+    # artifacts live beside the sqlite store, not in the process cwd (a submitted job's cwd is temporary)
+    assert exp.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
+    assert list((tmp_path / "mlartifacts").rglob("summary_table.txt"))
     assert any("Parquet rows" in line for line in lines) and any("MLflow" in line for line in lines)
