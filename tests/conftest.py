@@ -37,3 +37,10 @@ def ray_local():
         ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def isolated_mlflow(tmp_path, monkeypatch):
+    """Run in tmp_path with no ambient MLFLOW_TRACKING_URI, so no store or artifact lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

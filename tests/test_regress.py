@@ -24,22 +24,17 @@ from pipeline.regression import (
     RegressionInputError,
     compare,
     judge,
-    load_expected,
     parse_tolerances,
-    resolve_run,
     resolve_tolerances,
 )
+from pipeline.run_sources import load_expected, resolve_run
 from pipeline.summary import UnitSummary
+from tests.helpers_runs import MIB, step_row, write_run_folder
 
-MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """MLflow's sqlite stores put artifacts under ./mlruns: keep them out of the checkout."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_mlflow")
 
 
 def unit(comp: str, budget: float, acc: float, peak_mib: float, kv_mib: float, sps: float, errors: float = 0):
@@ -211,28 +206,13 @@ def test_cli_with_expected_values(tmp_path, capsys, monkeypatch):
 
 def write_fake_run(output: Path, run_id: str, units: dict[tuple[str, float], tuple[bool, int]]) -> Path:
     """A run folder as `starkv-eval run` leaves it: config.json + Parquet rows (2 steps per unit)."""
-    import pyarrow.parquet as pq
-
-    from pipeline.evaluate import rows_to_table
-
     config = {"name": "fake", "model": {"path": "tiny"}, "benchmark": {"name": "synthetic",
               "options": {"num_episodes": 4, "seed": 0}}, "compressors": sorted({c for c, _ in units}),
               "budgets": sorted({b for _, b in units}), "tracking": {"experiment": "fake-exp"},
               "regression": {"throughput": None}}
-    run_dir = output / run_id
-    (run_dir / "rows").mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(config))
-    rows = []
-    for (comp, budget), (correct, kv) in units.items():
-        key = f"{comp}@{budget:g}"
-        for step in range(2):
-            rows.append({"run_id": run_id, "benchmark": "synthetic", "episode_id": "ep0", "step_index": step,
-                         "compressor": comp, "budget": budget, "model": "tiny", "unit_key": key,
-                         "step_key": f"{key}/ep0/{step}", "correct": correct and step == 0, "prompt_tokens": 100,
-                         "kept_tokens": 50, "kv_bytes": kv, "kv_bytes_full": 4000, "peak_mem_bytes": 10 * MIB,
-                         "mem_device": "cpu_rss_hwm", "prefill_s": 0.2, "decode_s": 0.05, "meta_json": "{}"})
-    pq.write_table(rows_to_table(rows, {"config": json.dumps(config)}), run_dir / "rows" / "part-0.parquet")
-    return run_dir
+    rows = [step_row(run_id, comp, budget, step, correct=correct and step == 0, kv_bytes=kv)
+            for (comp, budget), (correct, kv) in units.items() for step in range(2)]
+    return write_run_folder(output, run_id, config, rows)
 
 
 def test_run_folder_inputs(tmp_path, capsys):

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
+from tests.helpers_runs import MIB, step_row, write_run_folder
 
-MIB = 1024 * 1024
 COMPRESSORS = ("full", "snapkv")
 BUDGETS = (20.0, 50.0)
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """MLflow's sqlite stores put artifacts under ./mlruns: keep them out of the checkout."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_mlflow")
 
 
 def fake_run(output: Path, run_id: str) -> Path:
     """A finished run as `starkv-eval run` leaves it: config.json, Parquet rows, MLflow parent + children."""
-    import pyarrow.parquet as pq
-
     from pipeline.config import parse_config
-    from pipeline.evaluate import rows_to_table
     from pipeline.results import read_rows
     from pipeline.run import make_benchmark
     from pipeline.summary import summarize
@@ -37,23 +29,15 @@ def fake_run(output: Path, run_id: str) -> Path:
               "compressors": [{"name": c} for c in COMPRESSORS], "budgets": list(BUDGETS),
               "tracking": {"experiment": "report-test"}}
     cfg = parse_config(config)
-    run_dir = output / run_id
-    (run_dir / "rows").mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     rows = []
     for comp in COMPRESSORS:
         for budget in BUDGETS:
-            key = f"{comp}@{budget:g}"
             keep = 1.0 if comp == "full" else budget / 100
             for step in range(4):
-                rows.append({"run_id": run_id, "benchmark": "synthetic", "episode_id": "ep0", "step_index": step,
-                             "compressor": comp, "budget": budget, "model": "tiny", "unit_key": key,
-                             "step_key": f"{key}/ep0/{step}", "correct": step < (4 if comp == "full" else budget // 20),
-                             "prompt_tokens": 1000, "kept_tokens": int(1000 * keep),
-                             "kv_bytes": int(8 * MIB * keep), "kv_bytes_full": 8 * MIB,
-                             "peak_mem_bytes": int((600 + 10 * keep) * MIB), "mem_device": "cpu_rss_hwm",
-                             "prefill_s": 0.2, "decode_s": 0.05, "meta_json": "{}"})
-    pq.write_table(rows_to_table(rows), run_dir / "rows" / "part-0.parquet")
+                rows.append(step_row(run_id, comp, budget, step, correct=step < (4 if comp == "full" else budget // 20),
+                                     prompt_tokens=1000, kept_tokens=int(1000 * keep), kv_bytes=int(8 * MIB * keep),
+                                     kv_bytes_full=8 * MIB, peak_mem_bytes=int((600 + 10 * keep) * MIB)))
+    run_dir = write_run_folder(output, run_id, cfg.to_dict(), rows)
     summaries = summarize(read_rows(run_dir / "rows"), make_benchmark(cfg))
     tracker = Tracker(default_tracking_uri(output), "report-test")
     assert tracker.log_job(run_id=run_id, job={**cfg.to_dict(), "run_id": run_id}, summaries=summaries, tags={},

@@ -16,14 +16,13 @@ from pathlib import Path
 from pipeline.regression import (
     RegressionInputError,
     RegressionReport,
-    ResolvedRun,
     compare,
     load_tolerances,
     log_regression,
-    resolve_run,
     resolve_tolerances,
     size_mismatches,
 )
+from pipeline.run_sources import ResolvedRun, resolve_run
 
 INPUTS = ("run id (starkv run id or MLflow parent run id), Parquet rows folder or file, run folder, output folder "
           "(its only run, or the newest of several), or a YAML/JSON file of expected values "

@@ -15,14 +15,8 @@ import warnings
 from pathlib import Path
 
 from pipeline.plots import write_report_plots
-from pipeline.regression import (
-    RegressionInputError,
-    ResolvedRun,
-    find_parent_run,
-    mlflow_client,
-    resolve_run,
-    sqlite_missing,
-)
+from pipeline.regression import RegressionInputError
+from pipeline.run_sources import ResolvedRun, find_parent_run, mlflow_client, resolve_run, sqlite_missing
 
 
 def add_parser(subparsers) -> None:
