@@ -104,6 +104,8 @@ class JobConfig:
     seed: int = 0
     run_id: str | None = None
     regression: dict[str, Any] = field(default_factory=dict)
+    #: modules imported (driver and every actor) before compressors are built: user-registered methods
+    plugins: list[str] = field(default_factory=list)
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +176,7 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> JobConfig:
         seed=int(data.get("seed", 0)),
         run_id=data.get("run_id"),
         regression=data.get("regression") or {},
+        plugins=list(data.get("plugins") or []),
         source=source,
     )
     validate(cfg)
@@ -194,11 +197,23 @@ def load_config(path: str | os.PathLike) -> JobConfig:
     return parse_config(data, source=str(path))
 
 
+def import_plugins(plugins: list[str]) -> None:
+    """Import the modules that register user compressors/benchmarks; a failure names the entry."""
+    import importlib
+
+    for i, module in enumerate(plugins):
+        try:
+            importlib.import_module(module)
+        except Exception as err:
+            raise ConfigError(f"plugins[{i}]: cannot import {module!r}: {type(err).__name__}: {err}") from None
+
+
 def validate(cfg: JobConfig) -> None:
     """Every check that can fail before a model is loaded or a Ray cluster is started."""
     import starkv
     from pipeline.benchmarks.base import get_benchmark
 
+    import_plugins(cfg.plugins)
     for i, b in enumerate(cfg.budgets):
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < float(b) <= 100:
             raise ConfigError(f"budgets[{i}]: {b!r} is outside (0, 100] percent")

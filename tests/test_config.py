@@ -83,3 +83,13 @@ def test_cli_reports_config_error_before_any_work(tmp_path, capsys):
 def test_cli_missing_config_file(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_plugins_are_imported_and_a_bad_one_is_named():
+    import starkv
+
+    cfg = parse_config({**copy.deepcopy(BASE), "plugins": ["tests.plugin_compressor"],
+                        "compressors": [{"name": "test_reversed_snapkv"}]})
+    assert cfg.plugins == ["tests.plugin_compressor"] and "test_reversed_snapkv" in starkv.available()
+    with pytest.raises(ConfigError, match=r"plugins\[1\]: cannot import 'no_such_module_x'"):
+        parse_config({**copy.deepcopy(BASE), "plugins": ["tests.plugin_compressor", "no_such_module_x"]})
