@@ -130,6 +130,22 @@ def _gpus_per_actor(cfg: JobConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo) -> list[Path]:
+    """Accuracy/memory-vs-budget PNGs beside the rows (and into MLflow); a plotting failure only warns."""
+    try:
+        from pipeline.plots import write_report_plots
+
+        subtitle = f"run {result.run_id} · {cfg.benchmark.name} · model {cfg.model.path}"
+        files = write_report_plots(result.summaries, result.rows_dir.parent / "report", subtitle=subtitle,
+                                   mem_device=mem_device)
+    except Exception as err:  # noqa: BLE001 - plots are a view of the results, never a reason to fail
+        echo(f"[starkv-eval] WARNING: plots not drawn ({type(err).__name__}: {err})")
+        return []
+    if files:
+        echo(f"[starkv-eval] plots: {files[0].parent}")
+    return files
+
+
 def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None = None,
             echo=print) -> RunResult:
     """Run (or resume) a job: skip finished units, stream new rows to Parquet, summarise, log to MLflow."""
@@ -192,11 +208,12 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
         {"compressor": s.compressor, "budget": s.budget, **s.metrics} for s in result.summaries]}, indent=2))
     (rdir.parent / "summary_table.txt").write_text(result.table + "\n")
 
+    plots = _draw_plots(result, cfg, ", ".join(d for d in devices if d), echo)
     tags = {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
             **cfg.tracking.tags}
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
-                                              table_text=result.table, artifacts=[summary_path])
+                                              table_text=result.table, artifacts=[summary_path, *plots])
     result.mlflow_ok = tracker.ok
     echo(result.table)
     echo(f"[starkv-eval] Parquet rows: {rdir}")

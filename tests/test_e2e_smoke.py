@@ -62,4 +62,7 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
     # artifacts live beside the sqlite store, not in the process cwd (a submitted job's cwd is temporary)
     assert exp.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
     assert list((tmp_path / "mlartifacts").rglob("summary_table.txt"))
+    pngs = sorted(p.name for p in (result.rows_dir.parent / "report").glob("*.png"))
+    assert "accuracy_vs_budget.png" in pngs and len(pngs) == 3
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= set(pngs)
     assert any("Parquet rows" in line for line in lines) and any("MLflow" in line for line in lines)
