@@ -93,3 +93,17 @@ def test_plugins_are_imported_and_a_bad_one_is_named():
     assert cfg.plugins == ["tests.plugin_compressor"] and "test_reversed_snapkv" in starkv.available()
     with pytest.raises(ConfigError, match=r"plugins\[1\]: cannot import 'no_such_module_x'"):
         parse_config({**copy.deepcopy(BASE), "plugins": ["tests.plugin_compressor", "no_such_module_x"]})
+
+
+def test_cli_benchmark_path_without_data_fails_before_any_work(tmp_path, capsys):
+    empty = tmp_path / "not_screenspot"
+    empty.mkdir()
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "benchmark": {"name": "screenspot_v2", "path": str(empty)}}))
+    assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "benchmark data error" in err and "screenspot_mobile_v2.json" in err.replace("{mobile,desktop,web}",
+                                                                                          "mobile")
+    import ray
+
+    assert not ray.is_initialized()  # failed before starting any Ray work
