@@ -21,24 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline.config import parse_config
+from pipeline.config import load_config
 from pipeline.results import read_rows
+from pipeline.run import load_episodes, make_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-JOB = {
-    "name": "submitted",
-    "model": {"path": "tiny", "device": "cpu", "max_new_tokens": 8},
-    "benchmark": {"name": "synthetic", "options": {"num_episodes": 2, "seed": 0}},
-    "agent": {"image_slots": 1},
-    "compressors": [{"name": "snapkv", "params": {"window_size": 8, "kernel_size": 5}}],
-    "budgets": [50],
-    "ray": {"num_actors": 1, "num_cpus_per_actor": 1},
-    "tracking": {"experiment": "submitted"},
-}
-STEPS = 9  # synthetic seed 0 with 2 episodes: 6 + 3 steps
 # What the README tells users to pass (Ray 2.60 already skips .git/.venv and honours .gitignore; being
 # explicit keeps it safe where those defaults are overridden).
 RUNTIME_ENV = {"excludes": [".git", ".venv", "outputs", "mlruns"]}
@@ -90,8 +79,7 @@ def _stop_head(head: subprocess.Popen) -> list[tuple[int, str]]:
 
 @pytest.mark.slow
 def test_ray_job_submit_runs_a_job_on_a_head(tmp_path):
-    job_path = tmp_path / "job.yaml"
-    job_path.write_text(yaml.safe_dump(JOB))
+    """Exactly the README's command: submit ``starkv-eval run jobs/smoke.yaml`` to a fresh head on loopback."""
     out = tmp_path / "out"
     temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
     dashboard = _free_port()
@@ -124,7 +112,7 @@ def test_ray_job_submit_runs_a_job_on_a_head(tmp_path):
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
              "--runtime-env-json", json.dumps(runtime_env), "--",
-             "starkv-eval", "run", str(job_path), "--output", str(out)],
+             "starkv-eval", "run", "jobs/smoke.yaml", "--output", str(out)],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         timings["job_s"] = time.time() - t1
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
@@ -145,17 +133,19 @@ def test_ray_job_submit_runs_a_job_on_a_head(tmp_path):
         print(f"timings: {timings}")
     assert not left, f"processes of the head outlived it: {left}"
 
-    cfg = parse_config(JOB)
+    cfg = load_config(ROOT / "jobs" / "smoke.yaml")
+    steps = sum(len(e.steps) for e in load_episodes(cfg, make_benchmark(cfg)))
+    units = len(cfg.units())
     table = read_rows(out / cfg.resolved_run_id() / "rows")
-    assert table.num_rows == STEPS and all(e is None for e in table.column("error").to_pylist())
+    assert table.num_rows == steps * units and all(e is None for e in table.column("error").to_pylist())
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("submitted")
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("starkv.kind") == "job"]
     children = [r for r in runs if r.data.tags.get("starkv.kind") == "unit"]
-    assert len(parents) == 1 and len(children) == 1
+    assert len(parents) == 1 and len(children) == units
     assert parents[0].data.tags["git_commit"] == commit  # no .git in the upload: the commit comes from the env
-    assert children[0].data.metrics["steps"] == STEPS
+    assert all(c.data.metrics["steps"] == steps for c in children)
