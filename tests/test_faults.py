@@ -29,6 +29,7 @@ from pipeline.config import parse_config
 from pipeline.results import finished_units, read_rows
 from pipeline.run import run_job
 from pipeline.tracking import Tracker
+from tests.helpers_procs import session_procs
 
 BIN = Path(sys.executable).parent
 JOB = {
@@ -66,21 +67,10 @@ def _cli(args: list[str], cwd: Path, timeout: float = 240, **env: str) -> subpro
                           text=True, timeout=timeout)
 
 
-def _session_procs(sid: int) -> list[tuple[int, str]]:
-    """Live processes of a session (a child started with ``start_new_session`` and all it spawned)."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
-    procs = []
-    for line in out.splitlines():
-        pid, psid, stat, *cmd = line.split(None, 3)
-        if int(psid) == sid and not stat.startswith("Z"):
-            procs.append((int(pid), " ".join(cmd)[:120]))
-    return procs
-
-
 def _wait_session_gone(sid: int, timeout: float) -> list[tuple[int, str]]:
     """Wait for a session to empty; SIGKILL (by pid) what is left after ``timeout``; returns the leftovers."""
     deadline = time.time() + timeout
-    while (left := _session_procs(sid)) and time.time() < deadline:
+    while (left := session_procs(sid)) and time.time() < deadline:
         time.sleep(0.5)
     for pid, _ in left:
         try:
@@ -196,7 +186,7 @@ def test_mlflow_unreachable_warns_then_sync_fills_it(reference, monkeypatch, cap
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         _wait_session_gone(server.pid, 10)
-    assert not _session_procs(server.pid)
+    assert not session_procs(server.pid)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.results import read_rows
 from pipeline.run import load_episodes, make_benchmark
+from tests.helpers_procs import session_procs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,16 +48,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _session_procs(sid: int) -> list[tuple[int, str]]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
-    procs = []
-    for line in out.splitlines():
-        pid, psid, stat, *cmd = line.split(None, 3)
-        if int(psid) == sid and not stat.startswith("Z"):
-            procs.append((int(pid), " ".join(cmd)[:120]))
-    return procs
-
-
 def _stop_head(head: subprocess.Popen) -> list[tuple[int, str]]:
     """SIGTERM ``ray start --block`` (it stops its processes), then SIGKILL by pid whatever is left."""
     if head.poll() is None:
@@ -67,7 +58,7 @@ def _stop_head(head: subprocess.Popen) -> list[tuple[int, str]]:
             head.kill()
             head.wait()
     deadline = time.time() + 15
-    while (left := _session_procs(head.pid)) and time.time() < deadline:
+    while (left := session_procs(head.pid)) and time.time() < deadline:
         time.sleep(0.5)
     for pid, _ in left:
         try:
