@@ -175,7 +175,9 @@ class _LayerHook:
         if comp.layer_adaptive and isinstance(comp, ScorerCompressor):
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
-            att._pending.append((ctx, scores, weight, layer))
+            # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
+            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None)
+            att._pending.append((light, scores, weight, layer))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
             return
