@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from pipeline.agent.actions import ParsedAction
@@ -167,7 +168,8 @@ def test_conversion_and_key_rules():
 # Bad data
 # ---------------------------------------------------------------------------------------------------
 
-def test_bad_steps_become_error_rows(tmp_path: Path):
+def _write_bad_dataset(root: Path) -> None:
+    """Trajectory 'bad' with a bad step of every kind, a broken JSON file and a JSON list."""
     traj = {"task_id": "bad", "high_level_task_description": "Bad data", "steps": [
         {"image": "bad_1.png", "ground_truth_actions": [{"type": "click", "params": {"position": {"x": 0.1, "y": 0.1}}}]},
         {"image": "missing.png", "ground_truth_actions": [{"type": "click", "params": {"position": {"x": 0.1, "y": 0.1}}}]},
@@ -177,9 +179,13 @@ def test_bad_steps_become_error_rows(tmp_path: Path):
         {"image": "bad_6.png", "ground_truth_actions": [{"type": "write", "params": {"text": "x"}}],
          "alternative_options": [[{"type": "bogus"}]]},
     ]}
-    write_agentnet(tmp_path, [traj], skip_images={"missing.png"})
-    (tmp_path / "broken.json").write_text("{not json")
-    (tmp_path / "list.json").write_text("[]")
+    write_agentnet(root, [traj], skip_images={"missing.png"})
+    (root / "broken.json").write_text("{not json")
+    (root / "list.json").write_text("[]")
+
+
+def test_bad_steps_become_error_rows(tmp_path: Path):
+    _write_bad_dataset(tmp_path)
     episodes = {e.episode_id: e for e in AgentNetBenchmark(str(tmp_path)).load()}
     assert set(episodes) == {"bad", "broken", "list"}
     steps = episodes["bad"].steps
@@ -213,3 +219,79 @@ def test_missing_or_unrecognised_paths(tmp_path: Path):
     (tmp_path / "mapping_ids.json").write_text("{}")
     with pytest.raises(BenchmarkDataError, match="no trajectory files"):
         list(AgentNetBenchmark(str(tmp_path)).load())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Remote data through fsspec (memory:// stands in for a shared filesystem or object store)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def memory_copy():
+    """Copies local folders into fsspec's process-wide memory filesystem; removes them afterwards."""
+    fs = fsspec.filesystem("memory")
+    made: list[str] = []
+
+    def copy(local: Path, name: str) -> str:
+        fs.put(str(local), f"/{name}", recursive=True)
+        made.append(f"/{name}")
+        return f"memory://{name}"
+
+    yield copy
+    for path in made:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def _as_remote(text: str | None, local: Path, url: str) -> str | None:
+    return text.replace(str(local.resolve()), url) if text is not None else None
+
+
+def test_memory_url_loads_like_local(dataset: Path, memory_copy):
+    from pipeline.evaluate import open_screenshot
+
+    url = memory_copy(dataset, "anb-remote")
+    local = list(AgentNetBenchmark(str(dataset)).load())
+    remote = list(AgentNetBenchmark(url).load())
+    assert [e.episode_id for e in remote] == [e.episode_id for e in local] == ["s_fixture_a", "s_fixture_b",
+                                                                                "s_fixture_c"]
+    assert [e.goal for e in remote] == [e.goal for e in local]
+    assert [e.meta["source"] for e in remote] == [_as_remote(e.meta["source"], dataset, "memory:///anb-remote")
+                                                  for e in local]
+    for r, lo in zip((s for e in remote for s in e.steps), (s for e in local for s in e.steps)):
+        assert (r.step_index, r.instruction, r.target, r.history_text, r.meta, r.error) == \
+            (lo.step_index, lo.instruction, lo.target, lo.history_text, lo.meta, lo.error)
+        assert r.image_path == _as_remote(lo.image_path, dataset, "memory:///anb-remote")
+    step = remote[0].steps[2]
+    assert step.image_path == "memory:///anb-remote/images/s_fixture_a_4.png"
+    assert open_screenshot(step.image_path).size == (1280, 720)
+    assert Episode.from_row(remote[0].to_row()) == remote[0]
+
+
+def test_memory_url_bad_data_errors_match_local(tmp_path: Path, memory_copy):
+    _write_bad_dataset(tmp_path / "bad")
+    url = memory_copy(tmp_path / "bad", "anb-bad")
+    local = list(AgentNetBenchmark(str(tmp_path / "bad")).load())
+    remote = list(AgentNetBenchmark(url).load())
+    assert [e.episode_id for e in remote] == [e.episode_id for e in local] == ["bad", "broken", "list"]
+    errors = [s.error for e in remote for s in e.steps]
+    assert [_as_remote(s.error, tmp_path / "bad", "memory:///anb-bad") for e in local for s in e.steps] == errors
+    missing = remote[0].steps[1].error
+    assert "memory:///anb-bad/images/missing.png (field 'image') does not exist" in missing
+    assert "memory:///anb-bad/bad.json: steps[1]" in missing
+    assert "memory:///anb-bad/broken.json: not readable JSON" in remote[1].steps[0].error
+
+
+def test_memory_images_dir_option_and_missing_paths(tmp_path: Path, memory_copy):
+    write_agentnet(tmp_path / "data", default_agentnet_trajectories()[:1])
+    images = memory_copy(tmp_path / "data" / "images", "anb-imgs")
+    (tmp_path / "data" / "images").rename(tmp_path / "elsewhere")
+    # local trajectories, remote screenshots
+    ep = list(AgentNetBenchmark(str(tmp_path / "data"), images_dir=images).load())[0]
+    assert all(s.error is None and s.image_path.startswith("memory:///anb-imgs/") for s in ep.steps)
+    # remote trajectories, local screenshots: plain local paths
+    url = memory_copy(tmp_path / "data", "anb-data")
+    ep = list(AgentNetBenchmark(url, images_dir=str(tmp_path / "elsewhere")).load())[0]
+    assert all(s.error is None and Path(s.image_path).is_file() for s in ep.steps)
+    assert all("does not exist" in s.error for s in list(AgentNetBenchmark(url).load())[0].steps)
+    with pytest.raises(BenchmarkDataError, match="memory:///anb-nope is not a folder"):
+        list(AgentNetBenchmark("memory://anb-nope").load())

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from pipeline.agent.actions import ParsedAction
@@ -18,7 +19,13 @@ from pipeline.benchmarks.fixtures_episodes import (
     default_androidcontrol_episodes,
     write_androidcontrol,
 )
-from pipeline.benchmarks.tfrecord import encode_example, frame_record, write_records
+from pipeline.benchmarks.tfrecord import (
+    TFRecordError,
+    encode_example,
+    frame_record,
+    iter_records,
+    write_records,
+)
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +222,8 @@ def test_guikv_rules_without_tree():
 # Bad data
 # ---------------------------------------------------------------------------------------------------
 
-def test_bad_steps_become_error_rows(tmp_path: Path):
-    root = tmp_path / "bad"
+def _write_bad_dataset(root: Path) -> None:
+    """One shard: episode 7 with a bad step of every kind, a record without an id, good episode 103."""
     png_ok = default_androidcontrol_episodes()[2].screenshot_bytes()[0]
     ep = ACEpisode(7, "Bad episode", [
         {"action_type": "click", "x": 10, "y": 20},  # screenshot 0 is corrupt bytes: left to the runner
@@ -231,6 +238,11 @@ def test_bad_steps_become_error_rows(tmp_path: Path):
     records = [androidcontrol_example(ep), no_id, androidcontrol_example(good)]
     write_records(root / "android_control-00000-of-00001", records)
     (root / "splits.json").write_text(json.dumps({"test": [7, 103]}))
+
+
+def test_bad_steps_become_error_rows(tmp_path: Path):
+    root = tmp_path / "bad"
+    _write_bad_dataset(root)
     episodes = list(AndroidControlBenchmark(str(root), cache_dir=str(tmp_path / "c")).load())
     assert [e.episode_id for e in episodes] == ["7", "103"]  # the record without an id is skipped
     steps = episodes[0].steps
@@ -275,3 +287,102 @@ def test_corrupt_shard_is_a_data_error(tmp_path: Path):
     (root / "splits.json").write_text(json.dumps({"test": [103]}))
     with pytest.raises(BenchmarkDataError, match=r"android_control-00000-of-00001: record 0 at byte offset 0"):
         list(AndroidControlBenchmark(str(root), cache_dir=str(tmp_path / "c")).load())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Remote data through fsspec (memory:// stands in for a shared filesystem or object store)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def memory_copy():
+    """Copies local folders into fsspec's process-wide memory filesystem; removes them afterwards."""
+    fs = fsspec.filesystem("memory")
+    made: list[str] = []
+
+    def copy(local: Path, name: str) -> str:
+        fs.put(str(local), f"/{name}", recursive=True)
+        made.append(f"/{name}")
+        return f"memory://{name}"
+
+    yield copy
+    for path in made:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def test_memory_url_loads_like_local(dataset: Path, tmp_path: Path, memory_copy):
+    url = memory_copy(dataset, "ac-remote")
+    for options in ({}, {"split": "all", "level": "low"}, {"split": "train"}):
+        local = list(_bench(dataset, tmp_path, **options).load())
+        remote = list(_bench(url, tmp_path, **options).load())
+        assert [e.episode_id for e in remote] == [e.episode_id for e in local] and remote
+        assert [e.goal for e in remote] == [e.goal for e in local]
+        # same steps (instructions, targets, meta, no errors); screenshots land in the same local cache
+        assert [e.steps for e in remote] == [e.steps for e in local]
+        assert remote[0].meta["source"].startswith("memory:///ac-remote/android_control-00000-of-")
+    step = remote[0].steps[0]
+    assert Path(step.image_path).is_file() and step.image_path.startswith(str(tmp_path / "cache"))
+    # a single shard given as a URL
+    one = list(_bench(f"{url}/android_control-00001-of-00002", tmp_path).load())
+    assert [e.episode_id for e in one] == ["102"]
+
+
+def test_memory_url_bad_data_errors_match_local(tmp_path: Path, memory_copy):
+    root = tmp_path / "bad"
+    _write_bad_dataset(root)
+    url = memory_copy(root, "ac-bad")
+    local = list(AndroidControlBenchmark(str(root), cache_dir=str(tmp_path / "c")).load())
+    remote = list(AndroidControlBenchmark(url, cache_dir=str(tmp_path / "c")).load())
+    assert [e.episode_id for e in remote] == [e.episode_id for e in local] == ["7", "103"]
+    errors = [s.error for e in remote for s in e.steps]
+    assert sum(e is not None for e in errors) == 4
+    assert all("memory:///ac-bad/android_control-00000-of-00001: record 0" in e for e in errors if e)
+    assert errors == [s.error.replace(str(root), "memory:///ac-bad") if s.error else None
+                      for e in local for s in e.steps]
+    assert [s.target for e in remote for s in e.steps] == [s.target for e in local for s in e.steps]
+
+
+def test_memory_url_missing_paths(tmp_path: Path, memory_copy):
+    with pytest.raises(BenchmarkDataError, match="memory:///ac-nope does not exist"):
+        list(AndroidControlBenchmark("memory://ac-nope").load())
+    nosplits = tmp_path / "nosplits"
+    write_records(nosplits / "data.tfrecord.gz", [androidcontrol_example(default_androidcontrol_episodes()[2])])
+    url = memory_copy(nosplits, "ac-nosplits")
+    with pytest.raises(BenchmarkDataError, match="memory:///ac-nosplits/splits.json does not exist"):
+        list(AndroidControlBenchmark(url).load())
+    assert [e.episode_id for e in AndroidControlBenchmark(url, split="all", cache_dir=str(tmp_path / "c")).load()] \
+        == ["103"]
+
+
+class _ReadOnlyStream:
+    """A forward-only stream (no seek, tell or name), like a pipe or an HTTP body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos, self.closed = data, 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n is None or n < 0 else self._pos + n
+        chunk, self._pos = self._data[self._pos:end], min(end, len(self._data))
+        return chunk
+
+
+def test_iter_records_reads_urls_and_open_streams(tmp_path: Path, memory_copy):
+    records = [androidcontrol_example(e) for e in default_androidcontrol_episodes()]
+    write_records(tmp_path / "recs" / "gz.tfrecord.gz", records)
+    write_records(tmp_path / "recs" / "plain.tfrecord", records, compression=None)
+    url = memory_copy(tmp_path / "recs", "ac-recs")
+    for name in ("gz.tfrecord.gz", "plain.tfrecord"):
+        assert list(iter_records(f"{url}/{name}")) == records
+        with fsspec.open(f"{url}/{name}", "rb") as fh:  # a seekable fsspec file object, left open
+            assert list(iter_records(fh)) == records
+            assert not fh.closed
+        stream = _ReadOnlyStream((tmp_path / "recs" / name).read_bytes())  # GZIP sniffed without seeking
+        assert list(iter_records(stream)) == records and not stream.closed
+    gz = (tmp_path / "recs" / "gz.tfrecord.gz").read_bytes()
+    assert list(iter_records(_ReadOnlyStream(gz), compression="gzip")) == records
+    # errors name the URL
+    framed = bytearray(frame_record(records[0]))
+    framed[40] ^= 0xFF
+    fsspec.filesystem("memory").pipe("/ac-recs/bad.gz", gzip.compress(bytes(framed)))
+    with pytest.raises(TFRecordError, match=r"memory://ac-recs/bad.gz: record 0 at byte offset 0"):
+        list(iter_records(f"{url}/bad.gz"))

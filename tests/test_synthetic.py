@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import fsspec
 import pytest
 from PIL import Image
 
@@ -171,6 +172,68 @@ def test_missing_path_and_bad_files_raise(tmp_path):
     (tmp_path / "junk" / "synthetic.json").write_text(json.dumps({"format": "other", "episodes": []}))
     with pytest.raises(BenchmarkDataError, match="format"):
         list(SyntheticBenchmark(str(tmp_path / "junk")).load())
+
+
+@pytest.fixture
+def memory_copy():
+    """Copies local folders into fsspec's process-wide memory filesystem; removes them afterwards."""
+    fs = fsspec.filesystem("memory")
+    made: list[str] = []
+
+    def copy(local: Path, name: str) -> str:
+        fs.put(str(local), f"/{name}", recursive=True)
+        made.append(f"/{name}")
+        return f"memory://{name}"
+
+    yield copy
+    for path in made:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def _as_remote(text, local: Path, url: str):
+    return text.replace(str(local.resolve()), url) if text is not None else None
+
+
+def test_memory_url_loads_like_local(dataset, memory_copy):
+    from pipeline.evaluate import open_screenshot
+
+    url = memory_copy(dataset, "syn-remote")
+    local = list(SyntheticBenchmark(str(dataset)).load())
+    remote = list(SyntheticBenchmark(url).load())
+    assert [e.episode_id for e in remote] == [e.episode_id for e in local]
+    assert [e.goal for e in remote] == [e.goal for e in local]
+    for r, lo in zip((s for e in remote for s in e.steps), (s for e in local for s in e.steps)):
+        assert (r.step_index, r.instruction, r.target, r.history_text, r.meta, r.error) == \
+            (lo.step_index, lo.instruction, lo.target, lo.history_text, lo.meta, lo.error)
+        assert r.error is None and r.image_path == _as_remote(lo.image_path, dataset, "memory:///syn-remote")
+    first = remote[0].steps[0]
+    assert first.image_path == "memory:///syn-remote/images/ep0000/0.png"
+    assert open_screenshot(first.image_path).size == tuple(first.meta["image_size"])
+    # the annotation file as the path, as a URL too
+    assert list(SyntheticBenchmark(f"{url}/synthetic.json").load()) == remote
+
+
+def test_memory_url_bad_data_and_missing_file(tmp_path, memory_copy):
+    root = generate_synthetic(tmp_path / "bad", num_episodes=2, seed=0)
+    data = _annotations(root)
+    ep0, ep1 = data["episodes"]
+    (root / ep0["steps"][1]["image"]).unlink()
+    del ep1["steps"][0]["bbox"]
+    (root / "synthetic.json").write_text(json.dumps(data))
+    url = memory_copy(root, "syn-bad")
+    local = list(SyntheticBenchmark(str(root)).load())
+    remote = list(SyntheticBenchmark(url).load())
+    assert [e.episode_id for e in remote] == [e.episode_id for e in local] == ["ep0000", "ep0001"]
+    errors = [s.error for e in remote for s in e.steps]
+    assert errors == [_as_remote(s.error, root, "memory:///syn-bad") for e in local for s in e.steps]
+    assert sum(e is not None for e in errors) == 2
+    assert f"image file 'memory:///syn-bad/{ep0['steps'][1]['image']}' (field 'image') not found" in errors[1]
+    with pytest.raises(BenchmarkDataError, match="memory:///syn-nope/synthetic.json"):
+        list(SyntheticBenchmark("memory://syn-nope").load())
+    fsspec.filesystem("memory").pipe("/syn-bad/synthetic.json", b"{not json")
+    with pytest.raises(BenchmarkDataError, match="memory:///syn-bad/synthetic.json is not readable JSON"):
+        list(SyntheticBenchmark(url).load())
 
 
 # --- scoring ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Layout: ``<root>/<task_id>.json`` (files whose name starts with ``mapping`` are skipped, as in the
 reference driver) and ``<root>/images/<image>`` (option ``images_dir`` to point elsewhere). Coordinates
 are relative [0, 1]; GT boxes are ``rel_bbox = [x, y, w, h]``. Steps are teacher-forced: every step is
-scored on its GT screenshot.
+scored on its GT screenshot. Both folders may be local paths or fsspec URLs; remote screenshots stay
+where they are (``Step.image_path`` is then the URL, which the runner opens with fsspec).
 
 Scoring follows the STaR-KV / GUI-KV reference driver (OpenCUA's ``ActionEvaluator`` rules applied to the
 first predicted vs the first GT action, after merging ``write`` + ``press enter`` into ``write(text\\n)``
@@ -33,8 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
@@ -47,6 +49,7 @@ from pipeline.benchmarks.base import (
     StepScore,
     register_benchmark,
 )
+from pipeline.benchmarks.storage import is_local, open_fs, url_of
 
 COORD_THRESHOLD = 0.01 * math.sqrt(2.0)
 DECAY = 120.0
@@ -272,7 +275,8 @@ def _history_text(step: dict[str, Any]) -> str:
 
 @register_benchmark("agentnetbench")
 class AgentNetBenchmark(Benchmark):
-    """AgentNetBench trajectories. Options: ``images_dir`` (default ``<path>/images``), ``ctrl_quirk``."""
+    """AgentNetBench trajectories. ``path``: local folder or fsspec URL. Options: ``images_dir`` (local or
+    URL, default ``<path>/images``), ``ctrl_quirk``."""
 
     prompt_kind = "agentnet"
     # GUI-KV driver: --image_slots 5, the model's own earlier outputs as history ("# Step k:\nStep k:\n..."),
@@ -285,48 +289,60 @@ class AgentNetBenchmark(Benchmark):
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)
-        root = Path(path).expanduser()
-        images = options.get("images_dir")
-        self.images_dir = Path(images).expanduser() if images else root / "images"
         self.ctrl_quirk = bool(options.get("ctrl_quirk", False))
 
-    def _files(self) -> list[Path]:
-        root = Path(self.path).expanduser()
-        if not root.is_dir():
-            raise BenchmarkDataError(f"agentnetbench: {root} is not a folder (expected <task_id>.json "
-                                     f"trajectory files and an images/ folder)")
-        files = [p for p in sorted(root.glob("*.json")) if not p.name.startswith("mapping")]
+    def _files(self) -> tuple[Any, str, list[str]]:
+        """``(filesystem, root, trajectory files)`` for a local folder or fsspec URL."""
+        fs, root = open_fs(str(self.path))
+        if not fs.isdir(root):
+            raise BenchmarkDataError(f"agentnetbench: {url_of(fs, root)} is not a folder (expected "
+                                     f"<task_id>.json trajectory files and an images/ folder)")
+        files = sorted(str(info["name"]) for info in fs.ls(root, detail=True)
+                       if info.get("type") == "file" and str(info["name"]).endswith(".json")
+                       and not posixpath.basename(str(info["name"])).startswith("mapping"))
         if not files:
-            raise BenchmarkDataError(f"agentnetbench: no trajectory files (*.json, not mapping*) in {root}")
-        return files
+            raise BenchmarkDataError(f"agentnetbench: no trajectory files (*.json, not mapping*) in "
+                                     f"{url_of(fs, root)}")
+        return fs, root, files
+
+    def _images(self, fs: Any, root: str) -> tuple[Any, str]:
+        """``(filesystem, folder)`` of the screenshots: option ``images_dir`` or ``<path>/images``."""
+        explicit = self.options.get("images_dir")
+        return open_fs(str(explicit)) if explicit else (fs, f"{root}/images")
 
     def load(self) -> Iterable[Episode]:
+        fs, root, files = self._files()
+        images = self._images(fs, root)
         episodes = []
-        for file in self._files():
+        for file in files:
+            name, stem = url_of(fs, file), PurePosixPath(file).stem
             try:
-                data = json.loads(file.read_text(encoding="utf-8"))
+                with fs.open(file, "rb") as fh:
+                    data = json.loads(fh.read().decode("utf-8"))
             except (OSError, ValueError) as exc:
-                episodes.append(Episode(episode_id=file.stem, benchmark=self.name, steps=[
-                    Step(step_index=0, image_path="", error=f"{file}: not readable JSON: {exc}")]))
+                episodes.append(Episode(episode_id=stem, benchmark=self.name, steps=[
+                    Step(step_index=0, image_path="", error=f"{name}: not readable JSON: {exc}")]))
                 continue
-            episodes.append(self._episode(file, data))
+            episodes.append(self._episode(name, stem, data, images))
         return episodes
 
-    def _episode(self, file: Path, data: Any) -> Episode:
+    def _episode(self, file: str, stem: str, data: Any, images: tuple[Any, str]) -> Episode:
         if not isinstance(data, dict):
-            return Episode(episode_id=file.stem, benchmark=self.name, steps=[
+            return Episode(episode_id=stem, benchmark=self.name, steps=[
                 Step(step_index=0, image_path="", error=f"{file}: top level is not an object")])
-        task_id = data.get("task_id") if isinstance(data.get("task_id"), str) else file.stem
+        task_id = data.get("task_id") if isinstance(data.get("task_id"), str) else stem
         goal = _str(data.get("high_level_task_description")) or _str(data.get("user_task_description"))
         raw_steps = data.get("steps")
         if not isinstance(raw_steps, list) or not raw_steps:
             return Episode(episode_id=task_id, benchmark=self.name, goal=goal, steps=[
                 Step(step_index=0, image_path="", error=f"{file}: field 'steps' is missing or empty")])
-        steps = [self._step(file, i, s, goal, len(raw_steps)) for i, s in enumerate(raw_steps)]
+        steps = [self._step(file, i, s, goal, len(raw_steps), images) for i, s in enumerate(raw_steps)]
         return Episode(episode_id=task_id, benchmark=self.name, goal=goal, steps=steps,
-                       meta={"source": str(file), "num_steps": len(steps)})
+                       meta={"source": file, "num_steps": len(steps)})
 
-    def _step(self, file: Path, index: int, raw: Any, goal: str, num_steps: int) -> Step:
+    def _step(self, file: str, index: int, raw: Any, goal: str, num_steps: int,
+              images: tuple[Any, str]) -> Step:
+        """One step; ``file`` names the trajectory in messages, ``images`` is ``(filesystem, folder)``."""
         where = f"{file}: steps[{index}]"
         raw = raw if isinstance(raw, dict) else {}
         problems = []
@@ -335,10 +351,11 @@ class AgentNetBenchmark(Benchmark):
         if not isinstance(image, str) or not image:
             problems.append("field 'image' is missing")
         else:
-            path = self.images_dir / image
-            image_path = str(path.resolve())
-            if not path.is_file():
-                problems.append(f"image file {path} (field 'image') does not exist")
+            ifs, folder = images
+            full = f"{folder}/{image}"
+            image_path = str(Path(full).resolve()) if is_local(ifs) else url_of(ifs, full)
+            if not ifs.exists(full):
+                problems.append(f"image file {image_path} (field 'image') does not exist")
         gt, problem = _gt_list(raw.get("ground_truth_actions"), "ground_truth_actions")
         if problem:
             problems.append(problem)

@@ -4,7 +4,8 @@ Data: a folder with the shards (``android_control-000NN-of-00020``, or any ``*.t
 file) and ``splits.json`` (``{"train": [ids], "validation": [...], "test": [...]}``). Each record is a
 ``tf.train.Example`` with ``episode_id``, ``goal``, ``screenshots`` (PNG bytes), ``screenshot_widths``,
 ``screenshot_heights``, ``actions`` (JSON strings, one fewer than screenshots; action *i* is taken on
-screenshot *i*), ``step_instructions`` and ``accessibility_trees``.
+screenshot *i*), ``step_instructions`` and ``accessibility_trees``. The folder (or a single shard) may
+be a local path or any fsspec URL; shards are streamed and GZIP-decompressed on the fly.
 
 One ``Step`` per action. Screenshots are extracted to ``<cache>/androidcontrol/<episode_id>/<i>.png``
 (cache from option ``cache_dir``, else ``$STARKV_CACHE``, else ``~/.cache/starkv-eval``) because the
@@ -40,6 +41,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -56,6 +58,7 @@ from pipeline.benchmarks.base import (
     register_benchmark,
     row_dict,
 )
+from pipeline.benchmarks.storage import open_fs, url_of
 from pipeline.benchmarks.tfrecord import ExampleDecodeError, TFRecordError, iter_records, parse_example
 from pipeline.cache import cache_root
 
@@ -89,15 +92,16 @@ def default_cache_dir() -> Path:
 # Loading
 # ---------------------------------------------------------------------------------------------------
 
-def find_shards(folder: Path) -> list[Path]:
-    """TFRecord shards in ``folder`` (not recursive), sorted by name."""
+def find_shards(fs: Any, folder: str) -> list[str]:
+    """TFRecord shards in ``folder`` of the fsspec filesystem ``fs`` (not recursive), sorted by name."""
     out = []
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name == SPLITS_FILE:
+    for info in fs.ls(folder, detail=True):
+        name = posixpath.basename(str(info["name"]).rstrip("/"))
+        if info.get("type") != "file" or name == SPLITS_FILE:
             continue
-        if SHARD_RE.match(p.name) or ".tfrecord" in p.name or p.name.endswith(".gz"):
-            out.append(p)
-    return out
+        if SHARD_RE.match(name) or ".tfrecord" in name or name.endswith(".gz"):
+            out.append(str(info["name"]))
+    return sorted(out, key=posixpath.basename)
 
 
 def _text(value: Any) -> str | None:
@@ -147,15 +151,17 @@ def validate_action(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
     return action, None
 
 
-def _load_splits(folder: Path, split: str | None) -> set[str] | None:
+def _load_splits(fs: Any, folder: str, split: str | None) -> set[str] | None:
     if split in (None, "all"):
         return None
-    file = folder / SPLITS_FILE
-    if not file.is_file():
+    path = f"{folder}/{SPLITS_FILE}"
+    file = url_of(fs, path)
+    if not fs.isfile(path):
         raise BenchmarkDataError(f"androidcontrol: split {split!r} requested but {file} does not exist "
                                  f"(expected the official splits.json next to the shards; use split='all')")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        with fs.open(path, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise BenchmarkDataError(f"androidcontrol: {file} is not readable JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get(split), list):
@@ -352,25 +358,27 @@ class AndroidControlBenchmark(Benchmark):
 
     # -- loading -------------------------------------------------------------------------------------
 
-    def _shards(self) -> tuple[Path, list[Path]]:
-        path = Path(self.path).expanduser()
-        if not path.exists():
-            raise BenchmarkDataError(f"androidcontrol: {path} does not exist (expected a folder with the "
-                                     f"android_control-*-of-* GZIP TFRecord shards and splits.json)")
-        if path.is_file():
-            return path.parent, [path]
-        shards = find_shards(path)
+    def _shards(self) -> tuple[Any, str, list[str]]:
+        """``(filesystem, folder, shard paths)``; ``path`` may also name a single shard."""
+        fs, path = open_fs(str(self.path))
+        if not fs.exists(path):
+            raise BenchmarkDataError(f"androidcontrol: {url_of(fs, path)} does not exist (expected a folder "
+                                     f"with the android_control-*-of-* GZIP TFRecord shards and splits.json)")
+        if fs.isfile(path):
+            return fs, posixpath.dirname(path), [path]
+        shards = find_shards(fs, path)
         if not shards:
-            raise BenchmarkDataError(f"androidcontrol: no TFRecord shards in {path} (expected files named "
-                                     f"android_control-*-of-*, *.tfrecord* or *.gz, plus splits.json)")
-        return path, shards
+            raise BenchmarkDataError(f"androidcontrol: no TFRecord shards in {url_of(fs, path)} (expected files "
+                                     f"named android_control-*-of-*, *.tfrecord* or *.gz, plus splits.json)")
+        return fs, path, shards
 
     def load(self) -> Iterable[Episode]:
-        folder, shards = self._shards()
-        wanted = _load_splits(folder, self.split)
-        return list(self._iter_episodes(shards, wanted))
+        fs, folder, shards = self._shards()
+        wanted = _load_splits(fs, folder, self.split)
+        return list(self._iter_episodes([url_of(fs, s) for s in shards], wanted))
 
-    def _iter_episodes(self, shards: list[Path], wanted: set[str] | None) -> Iterator[Episode]:
+    def _iter_episodes(self, shards: list[str], wanted: set[str] | None) -> Iterator[Episode]:
+        """Episodes from ``shards`` (local paths or fsspec URLs, streamed by ``iter_records``)."""
         found: set[str] = set()
         for shard in shards:
             try:

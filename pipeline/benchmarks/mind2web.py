@@ -48,7 +48,8 @@ from pipeline.benchmarks.base import (
     register_benchmark,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
-from pipeline.benchmarks.screenspot_v2 import cache_root, open_fs, row_fields, row_meta, url_of, valid_size
+from pipeline.benchmarks.screenspot_v2 import cache_root, row_fields, row_meta, valid_size
+from pipeline.benchmarks.storage import open_fs, url_of
 
 SPLITS = ("train", "test_task", "test_website", "test_domain")
 REQUIRED_COLUMNS = ("annotation_id", "action_uid", "confirmed_task", "operation", "pos_candidates", "screenshot")

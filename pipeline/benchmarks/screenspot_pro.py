@@ -28,15 +28,14 @@ from pipeline.benchmarks.screenspot_v2 import (
     base_counts,
     box_range_problem,
     is_number_list,
-    open_fs,
     read_json_list,
     resolve_image,
     row_correct,
     row_meta,
     score_point_in_box,
-    url_of,
     valid_size,
 )
+from pipeline.benchmarks.storage import open_fs, url_of
 
 GROUPS = ("Dev", "Creative", "CAD", "Scientific", "Office", "OS")
 UI_TYPES = ("text", "icon")

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
@@ -35,6 +34,7 @@ from pipeline.benchmarks.base import (
     row_meta,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box, xywh_to_xyxy
+from pipeline.benchmarks.storage import open_fs, url_of
 from pipeline.cache import cache_root as project_cache_root
 
 SPLITS = ("mobile", "desktop", "web")
@@ -205,19 +205,6 @@ def _extract_zip(zip_path: Path, cache: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Shared by the ScreenSpot family (v2, Pro): file access, validation, scoring, aggregation helpers.
 # ---------------------------------------------------------------------------------------------------
-
-
-def open_fs(path: str) -> tuple[Any, str]:
-    """``(filesystem, path without protocol)`` for a local path or fsspec URL; local paths resolved."""
-    if "://" not in path:
-        return LocalFileSystem(), str(Path(path).expanduser().resolve())
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root.rstrip("/")
-
-
-def url_of(fs: Any, path: str) -> str:
-    """What goes into ``Step.image_path``: a plain path locally, a full URL elsewhere."""
-    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
 def cache_root(options: dict[str, Any]) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import random
 import shutil
 import uuid
@@ -33,6 +34,7 @@ from pipeline.benchmarks.base import (
     row_meta,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
+from pipeline.benchmarks.storage import is_local, open_fs, url_of
 from pipeline.cache import cache_root
 
 FORMAT_NAME = "starkv-synthetic"
@@ -381,8 +383,9 @@ def _check_bbox(value: Any, image_size: Any) -> str | None:
     return None
 
 
-def _load_step(root: Path, episode_id: str, position: int, raw: Any) -> Step:
-    """One ``Step``; an unusable annotation becomes ``Step.error`` naming the episode, step and field."""
+def _load_step(data: tuple[Any, str], episode_id: str, position: int, raw: Any) -> Step:
+    """One ``Step``; an unusable annotation becomes ``Step.error`` naming the episode, step and field.
+    ``data`` is ``(filesystem, dataset folder)``; image paths are plain local paths or fsspec URLs."""
     if not isinstance(raw, dict):
         return Step(step_index=position, image_path="",
                     error=f"episode {episode_id} step {position}: not a JSON object")
@@ -396,8 +399,10 @@ def _load_step(root: Path, episode_id: str, position: int, raw: Any) -> Step:
     if not isinstance(image, str) or not image:
         problems.append("field 'image' missing")
     else:
-        image_path = str((root / image).resolve())
-        if not os.path.isfile(image_path):
+        fs, root = data
+        full = f"{root}/{image}"
+        image_path = str(Path(full).resolve()) if is_local(fs) else url_of(fs, full)
+        if not fs.exists(full):
             problems.append(f"image file '{image_path}' (field 'image') not found")
     instruction = raw.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
@@ -422,24 +427,28 @@ def _load_step(root: Path, episode_id: str, position: int, raw: Any) -> Step:
 class SyntheticBenchmark(Benchmark):
     """The generated multi-step benchmark: click the named element; accuracy overall and per type.
 
-    ``path`` is the dataset directory (or its ``synthetic.json``). Multi-step with teacher-forced history,
-    hence the ``computer`` prompt.
+    ``path`` is the dataset directory (or its ``synthetic.json``), local or an fsspec URL (a copy on a
+    shared filesystem or object store). Multi-step with teacher-forced history, hence the ``computer``
+    prompt.
     """
 
     prompt_kind = "computer"
 
-    def _annotation_file(self) -> Path:
-        path = Path(self.path)
-        file = path if path.suffix == ".json" else path / ANNOTATION_FILE
-        if not file.is_file():
-            raise BenchmarkDataError(f"synthetic benchmark: expected the annotation file {file} "
+    def _annotation_file(self) -> tuple[Any, str]:
+        """``(filesystem, path of synthetic.json)``."""
+        fs, path = open_fs(str(self.path))
+        file = path if path.endswith(".json") else f"{path}/{ANNOTATION_FILE}"
+        if not fs.isfile(file):
+            raise BenchmarkDataError(f"synthetic benchmark: expected the annotation file {url_of(fs, file)} "
                                      f"(generate one with generate_synthetic)")
-        return file
+        return fs, file
 
     def load(self) -> Iterable[Episode]:
-        file = self._annotation_file()
+        fs, path = self._annotation_file()
+        file = url_of(fs, path)
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            with fs.open(path, "rb") as fh:
+                data = json.loads(fh.read().decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise BenchmarkDataError(f"synthetic benchmark: {file} is not readable JSON: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
@@ -451,9 +460,9 @@ class SyntheticBenchmark(Benchmark):
         episodes = data.get("episodes")
         if not isinstance(episodes, list):
             raise BenchmarkDataError(f"synthetic benchmark: {file} has no list in field 'episodes'")
-        return list(self._episodes(file.parent.resolve(), episodes))
+        return list(self._episodes((fs, posixpath.dirname(path)), episodes))
 
-    def _episodes(self, root: Path, episodes: list[Any]) -> Iterator[Episode]:
+    def _episodes(self, root: tuple[Any, str], episodes: list[Any]) -> Iterator[Episode]:
         for i, raw in enumerate(episodes):
             raw = raw if isinstance(raw, dict) else {}
             episode_id = raw.get("episode_id")

@@ -87,9 +87,60 @@ def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
 # Record framing
 # ---------------------------------------------------------------------------------------------------
 
-def _is_gzip(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(2) == GZIP_MAGIC
+class _Prefixed(io.RawIOBase):
+    """A read-only stream that yields ``prefix`` and then the rest of ``stream`` (used to put back the
+    magic bytes sniffed from a stream that cannot seek)."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._stream.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+
+def _sniff_gzip(stream: BinaryIO) -> tuple[bool, BinaryIO]:
+    """Whether ``stream`` starts with the GZIP magic, and a stream positioned where it was."""
+    seekable = getattr(stream, "seekable", None)
+    if seekable is not None and seekable():
+        start = stream.tell()
+        magic = _read_exact(stream, 2)
+        stream.seek(start)
+        return magic == GZIP_MAGIC, stream
+    magic = _read_exact(stream, 2)
+    return magic == GZIP_MAGIC, io.BufferedReader(_Prefixed(magic, stream))  # type: ignore[return-value]
+
+
+def _open_source(source: str | Path | BinaryIO) -> tuple[BinaryIO, bool, str, int | None]:
+    """``(binary stream, whether we opened it, name for messages, size in bytes if known)`` for a local
+    path, an fsspec URL or an already open binary file object (which the caller keeps and closes)."""
+    if isinstance(source, (str, Path)) and "://" in str(source):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(source))
+        try:
+            size = int(fs.size(path))
+        except (OSError, TypeError, ValueError):
+            size = None
+        return fs.open(path, "rb"), True, str(source), size
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        return path.open("rb"), True, str(path), path.stat().st_size
+    name = next((v for v in (getattr(source, a, None) for a in ("full_name", "name", "path")) if v), "<stream>")
+    size = getattr(source, "size", None)
+    return source, False, str(name), size if isinstance(size, int) else None
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
@@ -104,28 +155,40 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def iter_records(path: str | Path, compression: str | None = "auto", verify: bool = True) -> Iterator[bytes]:
+def iter_records(source: str | Path | BinaryIO, compression: str | None = "auto",
+                 verify: bool = True) -> Iterator[bytes]:
     """Yield the payload of every record in a TFRecord file, in order.
 
-    ``compression``: ``"auto"`` (GZIP iff the file starts with the GZIP magic), ``"gzip"`` or ``None``.
-    ``verify`` checks both CRCs. Any defect raises ``TFRecordError`` naming the file and the byte offset
-    of the record in the (uncompressed) record stream.
+    ``source``: a local path, an fsspec URL (``s3://...``, ``memory://...``) or an open binary file
+    object (read from its current position and left open; it need not be seekable).
+    ``compression``: ``"auto"`` (GZIP iff the data starts with the GZIP magic), ``"gzip"`` or ``None``;
+    GZIP is decompressed while streaming. ``verify`` checks both CRCs. Any defect raises
+    ``TFRecordError`` naming the file and the byte offset of the record in the (uncompressed) record
+    stream.
     """
-    path = Path(path)
-    if verify and _gcrc is None and path.stat().st_size > _SLOW_CRC_WARN_BYTES:
-        log.warning("%s: verifying CRC32C in pure Python is slow for large files; install google-crc32c "
-                    "or pass verify=False", path)
-    if compression == "auto":
-        compression = "gzip" if _is_gzip(path) else None
-    if compression not in (None, "gzip"):
+    if compression not in ("auto", None, "gzip"):
         raise ValueError(f"unsupported TFRecord compression {compression!r} (use 'gzip' or None)")
-    raw = path.open("rb")
-    stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compression == "gzip" else raw  # type: ignore[assignment]
+    raw, owned, name, size = _open_source(source)
+    if verify and _gcrc is None and size is not None and size > _SLOW_CRC_WARN_BYTES:
+        log.warning("%s: verifying CRC32C in pure Python is slow for large files; install google-crc32c "
+                    "or pass verify=False", name)
+    try:
+        if compression == "auto":
+            is_gzip, raw_stream = _sniff_gzip(raw)
+            compression = "gzip" if is_gzip else None
+        else:
+            raw_stream = raw
+    except OSError as exc:
+        if owned:
+            raw.close()
+        raise TFRecordError(f"{name}: unreadable: {exc}") from exc
+    stream: BinaryIO = (gzip.GzipFile(fileobj=raw_stream, mode="rb")  # type: ignore[assignment]
+                        if compression == "gzip" else raw_stream)
     offset = 0
     index = 0
     try:
         while True:
-            where = f"{path}: record {index} at byte offset {offset}"
+            where = f"{name}: record {index} at byte offset {offset}"
             try:
                 header = _read_exact(stream, 12)
                 if not header:
@@ -155,8 +218,10 @@ def iter_records(path: str | Path, compression: str | None = "auto", verify: boo
             offset += 16 + length
             index += 1
     finally:
-        stream.close()
-        raw.close()
+        if stream is not raw_stream:
+            stream.close()  # the GzipFile wrapper only; it never closes the file object it was given
+        if owned:
+            raw.close()
 
 
 def frame_record(data: bytes) -> bytes:

@@ -1,0 +1,34 @@
+"""Where benchmark data lives: a local path or any fsspec URL (shared filesystem, object store).
+
+Loaders call ``open_fs`` once on their ``path`` option and then work with ``(filesystem, path without
+protocol)`` pairs, so the same code reads a local folder, ``s3://...`` or ``memory://...`` (tests).
+``url_of`` turns such a pair back into what a ``Step.image_path`` holds: a plain path for local data
+(what every consumer expects), the full URL otherwise (``pipeline.evaluate.open_screenshot`` opens URLs
+with fsspec).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def open_fs(path: str) -> tuple[Any, str]:
+    """``(filesystem, path without protocol)`` for a local path or fsspec URL; local paths resolved."""
+    if "://" not in path:
+        return LocalFileSystem(), str(Path(path).expanduser().resolve())
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs, root.rstrip("/")
+
+
+def is_local(fs: Any) -> bool:
+    """True for the local filesystem (paths usable with ``open`` / ``pathlib``)."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def url_of(fs: Any, path: str) -> str:
+    """What goes into ``Step.image_path``: a plain path locally, a full URL elsewhere."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
