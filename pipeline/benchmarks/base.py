@@ -149,9 +149,8 @@ class Benchmark(ABC):
         """Score one action against the step's ground truth; never raises on a bad action."""
 
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
-        """Official summary metrics from per-step rows (default: accuracy over rows without error)."""
-        scored = [r for r in rows]
-        if not scored:
+        """Official summary metrics from per-step rows (default: accuracy over all rows, errors count wrong)."""
+        if not rows:
             return {"accuracy": 0.0, "num_steps": 0.0}
-        acc = sum(1.0 for r in scored if r.get("correct")) / len(scored)
-        return {"accuracy": acc, "num_steps": float(len(scored))}
+        acc = sum(1.0 for r in rows if r.get("correct") and not r.get("error")) / len(rows)
+        return {"accuracy": acc, "num_steps": float(len(rows))}
