@@ -18,6 +18,8 @@ from starkv.budget import capacity, plan_selection
 from starkv.context import LayerContext
 from starkv.layout import PromptLayout
 
+CPU = torch.device("cpu")
+
 
 @dataclass(frozen=True)
 class Dims:
@@ -64,25 +66,37 @@ class ScenarioReport:
     selection_over_layer: dict[str, float] = field(default_factory=dict)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy init)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device = CPU) -> float:
+    fn()  # warm-up (allocations, lazy init, kernel selection)
     times = []
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def make_context(dims: Dims, layout: PromptLayout, budget: float, seed: int = 0, dtype=torch.float32) -> LayerContext:
+def make_context(dims: Dims, layout: PromptLayout, budget: float, seed: int = 0, dtype=torch.float32,
+                 device: torch.device = CPU) -> LayerContext:
     g = torch.Generator().manual_seed(seed)
     L = layout.prompt_length
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
     return LayerContext(
         layer_idx=0, num_layers=28,
-        queries=torch.randn(1, dims.num_heads, 8, dims.head_dim, generator=g, dtype=dtype),
-        keys=torch.randn(1, dims.num_kv_heads, L, dims.head_dim, generator=g, dtype=dtype),
-        values=torch.randn(1, dims.num_kv_heads, L, dims.head_dim, generator=g, dtype=dtype),
-        hidden_states=torch.randn(1, L, dims.hidden, generator=g, dtype=dtype),
+        queries=rand(1, dims.num_heads, 8, dims.head_dim),
+        keys=rand(1, dims.num_kv_heads, L, dims.head_dim),
+        values=rand(1, dims.num_kv_heads, L, dims.head_dim),
+        hidden_states=rand(1, L, dims.hidden),
         layout=layout, budget=budget, plan=plan_selection(L, capacity(L, budget), 8),
     )
 
@@ -92,8 +106,8 @@ def _select_fn(name: str, ctx: LayerContext) -> Callable[[], object]:
     if name == "vlcache":  # needs the post-vision query rows, not only the 8-token window
         rows = comp.query_window(ctx.layout, ctx.length)
         g = torch.Generator().manual_seed(1)
-        ctx = LayerContext(**{**ctx.__dict__, "queries": torch.randn(1, ctx.num_heads, rows, ctx.head_dim,
-                                                                       generator=g, dtype=ctx.keys.dtype)})
+        queries = torch.randn(1, ctx.num_heads, rows, ctx.head_dim, generator=g).to(ctx.keys)
+        ctx = LayerContext(**{**ctx.__dict__, "queries": queries})
     if name == "starkv":
         for _ in range(comp.mi_profile_steps + 2):  # steady state: MI prior and temporal state active
             comp.select(ctx)
@@ -108,7 +122,8 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _layer_prefill_ms(dims: Dims, length: int, repeats: int) -> float:
+def _layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
+                      device: torch.device = CPU) -> float:
     """One Qwen2.5-VL decoder layer's prefill forward (sdpa attention, random weights) at ``length`` tokens."""
     from transformers import Qwen2_5_VLTextConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
@@ -121,45 +136,46 @@ def _layer_prefill_ms(dims: Dims, length: int, repeats: int) -> float:
                                num_hidden_layers=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                                      "mrope_section": _mrope_section(dims.head_dim)})
     cfg._attn_implementation = "sdpa"
-    layer = Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval()
-    rotary = Qwen2_5_VLRotaryEmbedding(cfg)
-    hidden = torch.randn(1, length, dims.hidden)
-    pos = torch.arange(length).view(1, 1, -1).expand(3, 1, -1)
+    layer = Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval().to(device=device, dtype=dtype)
+    rotary = Qwen2_5_VLRotaryEmbedding(cfg).to(device)
+    hidden = torch.randn(1, length, dims.hidden).to(device=device, dtype=dtype)
+    pos = torch.arange(length, device=device).view(1, 1, -1).expand(3, 1, -1)
     with torch.inference_mode():
         emb = rotary(hidden, pos)
 
         def forward():
             return layer(hidden, attention_mask=None, position_ids=pos, position_embeddings=emb)
 
-        return _median_ms(forward, repeats) if repeats > 0 else 0.0
+        return _median_ms(forward, repeats, device) if repeats > 0 else 0.0
 
 
 def run_compress_bench(scenarios: dict[str, Scenario] | None = None, dims: Dims = Dims(), budget: float = 20.0,
                        repeats: int = 5, layer_repeats: int = 1, compressors: list[str] | None = None,
-                       echo=print) -> list[ScenarioReport]:
+                       echo=print, device: str = "cpu", dtype: str = "float32") -> list[ScenarioReport]:
     """Measure every compressor's selection, STaR-KV's MI step and one decoder layer's prefill per scenario."""
     from starkv.methods import mi as mi_mod
 
     torch.manual_seed(0)
+    dev, dt = torch.device(device), getattr(torch, dtype)
     names = compressors or starkv.available()
     reports = []
     for key, scenario in (scenarios or SCENARIOS).items():
         layout = scenario.layout()
-        ctx = make_context(dims, layout, budget)
+        ctx = make_context(dims, layout, budget, dtype=dt, device=dev)
         rep = ScenarioReport(scenario=f"{key}: {scenario.name}", prompt_tokens=layout.prompt_length, budget=budget)
         with torch.inference_mode():
             for name in names:
                 if name == "full":
                     continue
-                rep.selection_ms[name] = _median_ms(_select_fn(name, ctx), repeats)
+                rep.selection_ms[name] = _median_ms(_select_fn(name, ctx), repeats, dev)
                 echo(f"  [{key}] {name:<13} selection {rep.selection_ms[name]:9.2f} ms")
             start, end = layout.current_image
-            image_scores = torch.rand(dims.num_kv_heads, end - start)
-            rep.mi_step_ms = _median_ms(lambda s=image_scores: mi_mod.spatial_mi(s), repeats)
+            image_scores = torch.rand(dims.num_kv_heads, end - start, device=dev)
+            rep.mi_step_ms = _median_ms(lambda s=image_scores: mi_mod.spatial_mi(s), repeats, dev)
             echo(f"  [{key}] MI step        {rep.mi_step_ms:9.2f} ms per layer ({end - start} image tokens)")
         if layer_repeats > 0:
             echo(f"  [{key}] measuring one decoder layer prefill at {layout.prompt_length} tokens ...")
-            rep.layer_prefill_ms = _layer_prefill_ms(dims, layout.prompt_length, layer_repeats)
+            rep.layer_prefill_ms = _layer_prefill_ms(dims, layout.prompt_length, layer_repeats, dt, dev)
             rep.selection_over_layer = {n: t / rep.layer_prefill_ms for n, t in rep.selection_ms.items()}
         if "starkv" in rep.selection_ms and "snapkv" in rep.selection_ms:
             rep.starkv_over_snapkv = rep.selection_ms["starkv"] / rep.selection_ms["snapkv"]
@@ -167,8 +183,9 @@ def run_compress_bench(scenarios: dict[str, Scenario] | None = None, dims: Dims 
     return reports
 
 
-def format_reports(reports: list[ScenarioReport], threads: int) -> str:
-    lines = [f"selection cost at budget {reports[0].budget:g}% (fp32, {threads} torch threads; medians)"]
+def format_reports(reports: list[ScenarioReport], threads: int, device: str = "cpu", dtype: str = "float32") -> str:
+    where = f"{threads} torch threads" if device == "cpu" else device
+    lines = [f"selection cost at budget {reports[0].budget:g}% ({dtype}, {where}; medians)"]
     for rep in reports:
         lines.append(f"\n{rep.scenario} — L = {rep.prompt_tokens}")
         layer = f"{rep.layer_prefill_ms:.1f} ms" if rep.layer_prefill_ms else "not measured"

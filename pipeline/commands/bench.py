@@ -26,12 +26,13 @@ def _cmd(args: argparse.Namespace) -> int:
     echo = (lambda *_: None) if args.json else print
     reports = run_compress_bench(scenarios, dims, budget=args.budget, repeats=args.repeats,
                                  layer_repeats=0 if args.no_layer else args.layer_repeats,
-                                 compressors=args.compressor, echo=echo)
+                                 compressors=args.compressor, echo=echo, device=args.device, dtype=args.dtype)
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "dims": dims.__dict__,
+        print(json.dumps({"threads": torch.get_num_threads(), "device": args.device, "dtype": args.dtype,
+                          "dims": dims.__dict__,
                           "reports": reports_to_json(reports)}, indent=2))
     else:
-        print(format_reports(reports, torch.get_num_threads()))
+        print(format_reports(reports, torch.get_num_threads(), args.device, args.dtype))
     return 0
 
 
@@ -47,5 +48,7 @@ def add_parser(sub) -> None:
     comp.add_argument("--scenario", action="append", choices=["5x2691", "1x16384"], help="default: both")
     comp.add_argument("--compressor", action="append", help="default: every registered compressor")
     comp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    comp.add_argument("--device", default="cpu", help="cpu or cuda[:i] (all inputs and the layer live there)")
+    comp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     comp.add_argument("--quick", action="store_true", help="tiny dimensions, for smoke tests of the command")
     comp.set_defaults(func=_cmd)
