@@ -44,3 +44,22 @@ def isolated_mlflow(tmp_path, monkeypatch):
     """Run in tmp_path with no ambient MLFLOW_TRACKING_URI, so no store or artifact lands in the checkout."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def memory_copy():
+    """Copies local folders into fsspec's memory filesystem (a stand-in for remote storage); cleans up after."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    made: list[str] = []
+
+    def copy(local, name: str) -> str:
+        fs.put(str(local), f"/{name}", recursive=True)
+        made.append(f"/{name}")
+        return f"memory://{name}"
+
+    yield copy
+    for path in made:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)

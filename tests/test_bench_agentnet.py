@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import fsspec
 import pytest
 
 from pipeline.agent.actions import ParsedAction
@@ -224,23 +223,6 @@ def test_missing_or_unrecognised_paths(tmp_path: Path):
 # ---------------------------------------------------------------------------------------------------
 # Remote data through fsspec (memory:// stands in for a shared filesystem or object store)
 # ---------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def memory_copy():
-    """Copies local folders into fsspec's process-wide memory filesystem; removes them afterwards."""
-    fs = fsspec.filesystem("memory")
-    made: list[str] = []
-
-    def copy(local: Path, name: str) -> str:
-        fs.put(str(local), f"/{name}", recursive=True)
-        made.append(f"/{name}")
-        return f"memory://{name}"
-
-    yield copy
-    for path in made:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-
 
 def _as_remote(text: str | None, local: Path, url: str) -> str | None:
     return text.replace(str(local.resolve()), url) if text is not None else None

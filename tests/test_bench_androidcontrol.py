@@ -293,23 +293,6 @@ def test_corrupt_shard_is_a_data_error(tmp_path: Path):
 # Remote data through fsspec (memory:// stands in for a shared filesystem or object store)
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def memory_copy():
-    """Copies local folders into fsspec's process-wide memory filesystem; removes them afterwards."""
-    fs = fsspec.filesystem("memory")
-    made: list[str] = []
-
-    def copy(local: Path, name: str) -> str:
-        fs.put(str(local), f"/{name}", recursive=True)
-        made.append(f"/{name}")
-        return f"memory://{name}"
-
-    yield copy
-    for path in made:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-
-
 def test_memory_url_loads_like_local(dataset: Path, tmp_path: Path, memory_copy):
     url = memory_copy(dataset, "ac-remote")
     for options in ({}, {"split": "all", "level": "low"}, {"split": "train"}):

@@ -174,23 +174,6 @@ def test_missing_path_and_bad_files_raise(tmp_path):
         list(SyntheticBenchmark(str(tmp_path / "junk")).load())
 
 
-@pytest.fixture
-def memory_copy():
-    """Copies local folders into fsspec's process-wide memory filesystem; removes them afterwards."""
-    fs = fsspec.filesystem("memory")
-    made: list[str] = []
-
-    def copy(local: Path, name: str) -> str:
-        fs.put(str(local), f"/{name}", recursive=True)
-        made.append(f"/{name}")
-        return f"memory://{name}"
-
-    yield copy
-    for path in made:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-
-
 def _as_remote(text, local: Path, url: str):
     return text.replace(str(local.resolve()), url) if text is not None else None
 
