@@ -36,7 +36,7 @@ import json
 import math
 import posixpath
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
@@ -49,7 +49,7 @@ from pipeline.benchmarks.base import (
     StepScore,
     register_benchmark,
 )
-from pipeline.benchmarks.storage import is_local, open_fs, url_of
+from pipeline.benchmarks.storage import open_fs, url_of
 
 COORD_THRESHOLD = 0.01 * math.sqrt(2.0)
 DECAY = 120.0
@@ -353,7 +353,7 @@ class AgentNetBenchmark(Benchmark):
         else:
             ifs, folder = images
             full = f"{folder}/{image}"
-            image_path = str(Path(full).resolve()) if is_local(ifs) else url_of(ifs, full)
+            image_path = url_of(ifs, full)
             if not ifs.exists(full):
                 problems.append(f"image file {image_path} (field 'image') does not exist")
         gt, problem = _gt_list(raw.get("ground_truth_actions"), "ground_truth_actions")

@@ -30,5 +30,5 @@ def is_local(fs: Any) -> bool:
 
 
 def url_of(fs: Any, path: str) -> str:
-    """What goes into ``Step.image_path``: a plain path locally, a full URL elsewhere."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
+    """What goes into ``Step.image_path``: a plain resolved path locally, a full URL elsewhere."""
+    return str(Path(path).resolve()) if is_local(fs) else fs.unstrip_protocol(path)

@@ -34,7 +34,7 @@ from pipeline.benchmarks.base import (
     row_meta,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
-from pipeline.benchmarks.storage import is_local, open_fs, url_of
+from pipeline.benchmarks.storage import open_fs, url_of
 from pipeline.cache import cache_root
 
 FORMAT_NAME = "starkv-synthetic"
@@ -401,7 +401,7 @@ def _load_step(data: tuple[Any, str], episode_id: str, position: int, raw: Any) 
     else:
         fs, root = data
         full = f"{root}/{image}"
-        image_path = str(Path(full).resolve()) if is_local(fs) else url_of(fs, full)
+        image_path = url_of(fs, full)
         if not fs.exists(full):
             problems.append(f"image file '{image_path}' (field 'image') not found")
     instruction = raw.get("instruction")
