@@ -29,7 +29,7 @@ from pipeline.config import parse_config
 from pipeline.results import finished_units, read_rows
 from pipeline.run import run_job
 from pipeline.tracking import Tracker
-from tests.helpers_procs import session_procs
+from tests.helpers_procs import session_procs, wait_session_gone
 
 BIN = Path(sys.executable).parent
 JOB = {
@@ -65,19 +65,6 @@ def _env(**extra: str) -> dict[str, str]:
 def _cli(args: list[str], cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "starkv-eval"), *args], cwd=cwd, env=_env(**env), capture_output=True,
                           text=True, timeout=timeout)
-
-
-def _wait_session_gone(sid: int, timeout: float) -> list[tuple[int, str]]:
-    """Wait for a session to empty; SIGKILL (by pid) what is left after ``timeout``; returns the leftovers."""
-    deadline = time.time() + timeout
-    while (left := session_procs(sid)) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid, _ in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
 
 
 def _readable(rows: Path) -> list[Path]:
@@ -185,7 +172,7 @@ def test_mlflow_unreachable_warns_then_sync_fills_it(reference, monkeypatch, cap
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-        _wait_session_gone(server.pid, 10)
+        wait_session_gone(server.pid, 10)
     assert not session_procs(server.pid)
 
 
@@ -207,7 +194,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_steps(reference, tmp_
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    left = _wait_session_gone(driver.pid, 30)
+    left = wait_session_gone(driver.pid, 30)
     assert not left, f"Ray processes of the killed driver outlived it: {left}"
 
     readable = _readable(rows)

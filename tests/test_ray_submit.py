@@ -25,7 +25,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.results import read_rows
 from pipeline.run import load_episodes, make_benchmark
-from tests.helpers_procs import session_procs
+from tests.helpers_procs import wait_session_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,15 +57,7 @@ def _stop_head(head: subprocess.Popen) -> list[tuple[int, str]]:
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
-    deadline = time.time() + 15
-    while (left := session_procs(head.pid)) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid, _ in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
+    return wait_session_gone(head.pid, 15)
 
 
 @pytest.mark.slow
