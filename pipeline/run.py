@@ -39,16 +39,24 @@ class RunResult:
     ran_units: int = 0
 
 
-def make_benchmark(cfg: JobConfig) -> Benchmark:
-    """The configured benchmark; the synthetic one is generated into a cache folder when no path is given."""
+SYNTHETIC_GENERATOR_OPTIONS = ("num_episodes", "seed", "min_steps", "max_steps")
+
+
+def make_benchmark(cfg: JobConfig, path: str | None = None) -> Benchmark:
+    """The configured benchmark at ``path`` (default: the config's).
+
+    The synthetic benchmark's generator options are not loader options; without a path it is generated
+    into a cache folder from them.
+    """
     cls = get_benchmark(cfg.benchmark.name)
     options = dict(cfg.benchmark.options)
-    path = cfg.benchmark.path
-    if path is None and cfg.benchmark.name == "synthetic":
-        from pipeline.benchmarks.synthetic import ensure_synthetic_dataset
+    path = path or cfg.benchmark.path
+    if cfg.benchmark.name == "synthetic":
+        gen = {k: options.pop(k) for k in SYNTHETIC_GENERATOR_OPTIONS if k in options}
+        if path is None:
+            from pipeline.benchmarks.synthetic import ensure_synthetic_dataset
 
-        gen = {k: options.pop(k) for k in ("num_episodes", "seed", "min_steps", "max_steps") if k in options}
-        path = str(ensure_synthetic_dataset(**gen))
+            path = str(ensure_synthetic_dataset(**gen))
     return cls(path, **options)
 
 
@@ -73,18 +81,16 @@ class EpisodeActor:
 
         torch.set_num_threads(max(1, torch_threads))
         torch.manual_seed(job.get("seed", 0))
-        self.cfg = parse_config({k: v for k, v in job.items() if not k.startswith("_")})
+        config = {k: v for k, v in job.items() if not k.startswith("_")}
+        self.cfg = parse_config(config)
         m = self.cfg.model
         self.loaded = load_model(ModelSpec(path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                            device=m.device, min_pixels=m.min_pixels, max_pixels=m.max_pixels))
-        options = {k: v for k, v in self.cfg.benchmark.options.items()
-                   if k not in ("num_episodes", "seed", "min_steps", "max_steps")
-                   or self.cfg.benchmark.name != "synthetic"}
-        self.benchmark = get_benchmark(self.cfg.benchmark.name)(benchmark_path, **options)
+        self.benchmark = make_benchmark(self.cfg, benchmark_path)
         self.runner = EpisodeRunner(self.loaded, self.benchmark, self.cfg.agent, m.max_new_tokens)
         self.compressors = {}
         self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),
-                         "config": json.dumps({k: v for k, v in job.items() if not k.startswith("_")}, default=str)}
+                         "config": json.dumps(config, default=str)}
 
     def _compressor(self, label: str):
         import starkv
@@ -152,12 +158,12 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     out_dir = Path(output or cfg.output).resolve()
     run_id = cfg.resolved_run_id()
     rdir = rows_dir(out_dir, run_id)
-    rdir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, out_dir)
     result = RunResult(run_id=run_id, output_dir=out_dir, rows_dir=rdir, tracking_uri=uri)
 
     benchmark = make_benchmark(cfg)
-    episodes = load_episodes(cfg, benchmark)
+    episodes = load_episodes(cfg, benchmark)  # bad data fails here, before anything is written or started
+    rdir.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
     job = {**cfg.to_dict(), "run_id": run_id, "_git_commit": commit}
     (rdir.parent / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
