@@ -29,13 +29,6 @@ from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
 from starkv import Compressor, PromptLayout, attach
 
-ROW_FIELDS = (
-    "run_id", "benchmark", "episode_id", "step_index", "compressor", "budget", "model", "prediction",
-    "correct", "score", "prompt_tokens", "kept_tokens", "kv_bytes", "kv_bytes_full", "peak_mem_bytes",
-    "mem_device", "prefill_s", "decode_s", "error",
-)
-
-
 # Vision placeholders in a model's own output would desynchronise the processor's image count when that
 # output is fed back as history; they carry no meaning there and are removed.
 _VISION_TOKENS = re.compile(r"<\|(?:vision_start|vision_end|vision_pad|image_pad|video_pad)\|>")
