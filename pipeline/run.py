@@ -20,7 +20,7 @@ from pipeline.config import JobConfig, parse_config
 from pipeline.faults import fault_env
 from pipeline.results import drop_unreadable, finished_units, read_rows, rows_dir
 from pipeline.summary import UnitSummary, format_table, summarize
-from pipeline.tracking import Tracker, git_commit, resolve_tracking_uri
+from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     (rdir.parent / "summary_table.txt").write_text(result.table + "\n")
 
     plots = _draw_plots(result, cfg, ", ".join(d for d in devices if d), echo)
-    tags = {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
-            **cfg.tracking.tags}
+    tags = job_tags(cfg, commit)
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
                                               table_text=result.table, artifacts=[summary_path, *plots])

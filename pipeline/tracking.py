@@ -40,6 +40,12 @@ def local_artifact_location(uri: str) -> str | None:
     return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
 
 
+def job_tags(cfg, commit: str) -> dict[str, str]:
+    """Tags every run of a job carries, to filter and compare in the MLflow UI."""
+    return {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
+            **cfg.tracking.tags}
+
+
 def git_commit() -> str:
     """The code version: ``git rev-parse HEAD``, else ``STARKV_GIT_COMMIT`` (set at image build time)."""
     if os.environ.get("STARKV_GIT_COMMIT"):
