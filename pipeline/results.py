@@ -47,6 +47,14 @@ def read_rows(directory: str | Path, columns: list[str] | None = None) -> pa.Tab
     return table
 
 
+def run_metadata(directory: str | Path) -> dict[str, str]:
+    """The run's Parquet metadata (run id, git commit, config) as the actors wrote it; {} if no rows yet."""
+    for path in _parquet_files(Path(directory)):
+        meta = pq.read_schema(path).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
+    return {}
+
+
 def finished_units(directory: str | Path) -> set[tuple[str, str]]:
     """(unit_key, episode_id) pairs whose rows are already on disk."""
     table = read_rows(directory, columns=["unit_key", "episode_id"])

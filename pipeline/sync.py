@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from pipeline.config import parse_config
-from pipeline.results import read_rows
+from pipeline.results import read_rows, run_metadata
 from pipeline.summary import format_table, summarize
-from pipeline.tracking import Tracker, git_commit, resolve_tracking_uri
+from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
 
 
 def run_dirs(output: str | Path) -> list[Path]:
@@ -36,9 +36,8 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
         text = format_table(summaries)
         uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, run_dir.parent)
         tracker = Tracker(uri, cfg.tracking.experiment)
-        commit = git_commit()
-        tags = {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
-                **cfg.tracking.tags}
+        commit = run_metadata(run_dir / "rows").get("git_commit") or git_commit()  # the code that ran
+        tags = job_tags(cfg, commit)
         parent = tracker.log_job(run_id=run_id, job={**cfg.to_dict(), "run_id": run_id}, summaries=summaries,
                                  tags=tags, table_text=text)
         if tracker.ok:

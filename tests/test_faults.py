@@ -26,7 +26,7 @@ import yaml
 
 from pipeline.cli import main as cli_main
 from pipeline.config import parse_config
-from pipeline.results import finished_units, read_rows
+from pipeline.results import finished_units, read_rows, run_metadata
 from pipeline.run import run_job
 from pipeline.tracking import Tracker
 from tests.helpers_procs import session_procs, wait_session_gone
@@ -159,6 +159,8 @@ def test_mlflow_unreachable_warns_then_sync_fills_it(reference, monkeypatch, cap
             assert len(parents) == 1 and len(children) == 1, [r.info.run_name for r in runs]
             assert children[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
             assert children[0].data.tags["starkv.unit"] == UNIT
+            # tagged with the commit that produced the rows (Parquet metadata), not whatever HEAD is at sync
+            assert parents[0].data.tags["git_commit"] == run_metadata(out / reference["run_id"] / "rows")["git_commit"]
             metrics = children[0].data.metrics
             assert metrics["steps"] == STEPS and metrics["accuracy"] == 0.0
             assert metrics["mean_kv_bytes"] == pytest.approx(
