@@ -234,11 +234,19 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"benchmark.name: {err.args[0]}") from None
     if cfg.benchmark.path is not None and "://" not in cfg.benchmark.path and not Path(cfg.benchmark.path).exists():
         raise ConfigError(f"benchmark.path: {cfg.benchmark.path} does not exist")
-    if cfg.benchmark.path is None and cfg.benchmark.name != "synthetic":
+    if cfg.benchmark.path is None and getattr(get_benchmark(cfg.benchmark.name), "generator_style", None) is None:
         raise ConfigError(f"benchmark.path: required for benchmark {cfg.benchmark.name!r}")
     model_path = cfg.model.path
-    if not (model_path == "tiny" or model_path.startswith("tiny:")) and not Path(model_path).exists():
-        raise ConfigError(f"model.path: {model_path} does not exist (use 'tiny' for the offline test model)")
+    if model_path == "micro":
+        from pipeline.models.micro import micro_model_dir
+
+        try:
+            micro_model_dir()
+        except FileNotFoundError as err:
+            raise ConfigError(f"model.path: {err}") from None
+    elif not (model_path == "tiny" or model_path.startswith("tiny:")) and not Path(model_path).exists():
+        raise ConfigError(f"model.path: {model_path} does not exist (use 'tiny' for the offline test model "
+                          "or 'micro' for the micro agent)")
     if cfg.model.max_new_tokens < 1:
         raise ConfigError("model.max_new_tokens: must be >= 1")
     agent = cfg.agent

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -19,19 +18,15 @@ import torch
 from PIL import Image
 
 from pipeline.agent.coords import smart_resize
-from pipeline.agent.history import HistoryConfig, build_messages, format_history_text
+from pipeline.agent.history import HistoryConfig
 from pipeline.agent.parser import parse_action
-from pipeline.agent.prompts import PREVIOUS_ACTIONS_KINDS, render_prompt
+from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Benchmark, Episode, Step
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
 from starkv import Compressor, PromptLayout, attach
-
-# Vision placeholders in a model's own output would desynchronise the processor's image count when that
-# output is fed back as history; they carry no meaning there and are removed.
-_VISION_TOKENS = re.compile(r"<\|(?:vision_start|vision_end|vision_pad|image_pad|video_pad)\|>")
 
 
 @dataclass(frozen=True)
@@ -119,25 +114,13 @@ class EpisodeRunner:
     def run(self, episode: Episode, compressor: Compressor, unit: Unit) -> list[dict[str, Any]]:
         compressor.reset()  # state never leaks across episodes (or actors)
         rows: list[dict[str, Any]] = []
-        # One entry per past step that ran: its screenshot (None once outside the image window) and
-        # (1-based step number, history text: the model's output or the ground truth, per history_source).
-        past_images: list[Image.Image | None] = []
-        past_texts: list[tuple[int, str]] = []
-        image_window = self.agent.image_slots - 1
-        keep = max(image_window, self._text_window())
+        history = StepHistory.for_agent(self.agent)
         for step in episode.steps:
-            row, image, output_text = self._run_step(episode, step, compressor, unit, past_images, past_texts)
+            row, image, output_text = self._run_step(episode, step, compressor, unit, history)
             rows.append(row)
             if image is not None:
-                own = _VISION_TOKENS.sub("", output_text) if self.agent.history_source == "model" else ""
-                past_images.append(image)
-                past_texts.append((step.step_index + 1, own if own.strip() else (step.history_text or step.instruction)))
-                past_images, past_texts = past_images[-keep:], past_texts[-keep:]
-                past_images = [im if i >= len(past_images) - image_window else None for i, im in enumerate(past_images)]
+                history.add(step, image, output_text, self.agent.history_source)
         return rows
-
-    def _text_window(self) -> int:
-        return self.agent.text_history if self.agent.text_history > 0 else 10**6
 
     def _base_row(self, episode: Episode, step: Step, unit: Unit) -> dict[str, Any]:
         return {
@@ -153,7 +136,7 @@ class EpisodeRunner:
         }
 
     def _run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
-                  past_images: list[Image.Image | None], past_texts: list[tuple[int, str]]):
+                  history: StepHistory):
         row = self._base_row(episode, step, unit)
         if step.error:
             row["error"] = step.error
@@ -165,8 +148,7 @@ class EpisodeRunner:
             return row, None, ""
         try:
             inject_fault(row["step_key"])  # test-only; a no-op unless STARKV_FAULT_* is set
-            output_text = self._generate_and_score(episode, step, image, compressor, unit, past_images,
-                                                   past_texts, row)
+            output_text = self._generate_and_score(episode, step, image, compressor, unit, history, row)
         except torch.cuda.OutOfMemoryError as err:  # type: ignore[attr-defined]
             row["error"] = f"out of memory in generate: {str(err).splitlines()[0]}"
             torch.cuda.empty_cache()
@@ -177,23 +159,10 @@ class EpisodeRunner:
             output_text = ""
         return row, image, output_text
 
-    def _generate_and_score(self, episode, step, image, compressor, unit, past_images, past_texts, row) -> str:
-        loaded, agent = self.loaded, self.agent
-        kind = self.benchmark.prompt_kind
-        instruction = step.instruction or episode.goal
-        # With one screenshot, kinds that have a "## Previous Actions" section get the past texts there
-        # (GUI-KV AndroidControl default mode, Mind2Web); otherwise each past step is an assistant turn
-        # "Step k:\n<text>" after its screenshot when that is inside the image window (build_messages).
-        in_prompt = kind in PREVIOUS_ACTIONS_KINDS and agent.image_slots <= 1
-        prev = [text for _, text in past_texts][-self._text_window():] if in_prompt else None
-        # AndroidControl low level: "## User Goal" carries the goal, "## User Instruction" the step instruction
-        goal = episode.goal or None if kind == "androidcontrol" and step.meta.get("level") == "low" else None
-        prompt = render_prompt(kind, instruction, family=agent.prompt_family, language=agent.language,
-                               goal=goal, previous_actions=prev)
-        gui_kv = self.benchmark.history_header == "gui_kv"
-        history_images = [] if in_prompt else list(past_images)
-        texts = [] if in_prompt else [format_history_text(k, t, gui_kv_header=gui_kv) for k, t in past_texts]
-        messages, images = build_messages(prompt, [*history_images, image], texts, self.history_cfg)
+    def _generate_and_score(self, episode, step, image, compressor, unit, history, row) -> str:
+        loaded = self.loaded
+        messages, images = step_messages(self.benchmark, self.agent, self.history_cfg, episode, step, image,
+                                         history)
         processor = loaded.processor
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[text], images=images, return_tensors="pt").to(loaded.device)

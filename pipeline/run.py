@@ -39,20 +39,21 @@ class RunResult:
     ran_units: int = 0
 
 
-SYNTHETIC_GENERATOR_OPTIONS = ("num_episodes", "seed", "min_steps", "max_steps")
+SYNTHETIC_GENERATOR_OPTIONS = ("num_episodes", "seed", "min_steps", "max_steps", "style")
 
 
 def make_benchmark(cfg: JobConfig, path: str | None = None) -> Benchmark:
     """The configured benchmark at ``path`` (default: the config's).
 
-    The synthetic benchmark's generator options are not loader options; without a path it is generated
-    into a cache folder from them.
+    The generated benchmarks' (synthetic, launcher) generator options are not loader options; without a
+    path the dataset is generated into a cache folder from them.
     """
     cls = get_benchmark(cfg.benchmark.name)
     options = dict(cfg.benchmark.options)
     path = path or cfg.benchmark.path
-    if cfg.benchmark.name == "synthetic":
-        gen = {k: options.pop(k) for k in SYNTHETIC_GENERATOR_OPTIONS if k in options}
+    style = getattr(cls, "generator_style", None)
+    if style is not None:  # a generated benchmark (synthetic, launcher)
+        gen = {"style": style, **{k: options.pop(k) for k in SYNTHETIC_GENERATOR_OPTIONS if k in options}}
         if path is None:
             from pipeline.benchmarks.synthetic import ensure_synthetic_dataset
 

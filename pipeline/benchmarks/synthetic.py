@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -33,6 +33,7 @@ from pipeline.benchmarks.base import (
     register_benchmark,
     row_meta,
 )
+from pipeline.benchmarks.launcher import launcher_episode, launcher_goal
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
 from pipeline.benchmarks.storage import open_fs, url_of
 from pipeline.cache import cache_root
@@ -43,6 +44,7 @@ ANNOTATION_FILE = "synthetic.json"
 COMPLETE_MARKER = ".complete"
 DEFAULT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((1280, 720), (1920, 1080), (1024, 768), (800, 600))
 ELEMENT_TYPES = ("button", "icon", "text_field")
+STYLES = ("windows", "launcher")
 CLICK_TYPES = frozenset({"click", "left_double", "right_single", "long_press"})
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,14 +287,35 @@ def _episode_record(root: Path, seed: int, index: int, min_steps: int, max_steps
     return {"episode_id": episode_id, "goal": rng.choice(_GOALS), "steps": steps}
 
 
+def _launcher_record(root: Path, seed: int, index: int, min_steps: int, max_steps: int) -> dict[str, Any]:
+    """One launcher-style episode (``pipeline.benchmarks.launcher``), its PNGs written under ``root``."""
+    rng = random.Random(f"{FORMAT_NAME}:launcher:{seed}:{index}")
+    episode_id = f"ep{index:04d}"
+    goal = launcher_goal(rng)
+    steps = []
+    for k, step in enumerate(launcher_episode(rng, rng.randint(min_steps, max_steps))):
+        rel = f"images/{episode_id}/{k}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        step.image.save(root / rel, format="PNG", compress_level=1)
+        steps.append({"step_index": k, "image": rel, "instruction": step.instruction,
+                      "bbox": list(step.target.bbox), "element_type": step.kind,
+                      "image_size": list(step.image.size), "history_text": step.history_text})
+    return {"episode_id": episode_id, "goal": goal, "steps": steps}
+
+
 def generate_synthetic(out_dir: str | os.PathLike, *, num_episodes: int, min_steps: int = 3,
                        max_steps: int = 6, seed: int = 0,
-                       resolutions: tuple[tuple[int, int], ...] = DEFAULT_RESOLUTIONS) -> Path:
+                       resolutions: tuple[tuple[int, int], ...] = DEFAULT_RESOLUTIONS,
+                       style: str = "windows") -> Path:
     """Write ``num_episodes`` episodes to ``out_dir`` (``synthetic.json`` + ``images/``); return the root.
 
-    Resolutions are dealt from a seeded shuffle of ``resolutions`` in turn, so any two or more episodes
-    cover more than one size (exercising smart_resize).
+    ``style``: ``windows`` (application windows with buttons, icons and fields at several resolutions;
+    resolutions are dealt from a seeded shuffle of ``resolutions`` in turn, so any two or more episodes
+    cover more than one size) or ``launcher`` (224×224 icon grids with recall steps, see
+    ``pipeline.benchmarks.launcher``; what the micro agent is trained on).
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}; allowed: {', '.join(STYLES)}")
     if num_episodes < 0:
         raise ValueError(f"num_episodes must be >= 0, got {num_episodes}")
     if not 1 <= min_steps <= max_steps:
@@ -303,9 +326,13 @@ def generate_synthetic(out_dir: str | os.PathLike, *, num_episodes: int, min_ste
     root.mkdir(parents=True, exist_ok=True)
     order = [tuple(r) for r in resolutions]
     random.Random(f"{FORMAT_NAME}:{seed}:resolutions").shuffle(order)
-    episodes = [_episode_record(root, seed, i, min_steps, max_steps, order[i % len(order)])
-                for i in range(num_episodes)]
-    data = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "episodes": episodes}
+    if style == "launcher":
+        episodes = [_launcher_record(root, seed, i, min_steps, max_steps) for i in range(num_episodes)]
+    else:
+        episodes = [_episode_record(root, seed, i, min_steps, max_steps, order[i % len(order)])
+                    for i in range(num_episodes)]
+    data = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "style": style,
+            "episodes": episodes}
     (root / ANNOTATION_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return root
 
@@ -315,15 +342,23 @@ def _default_cache_dir() -> Path:
 
 
 def ensure_synthetic_dataset(root: str | os.PathLike | None = None, num_episodes: int = 8,
-                             seed: int = 0) -> Path:
-    """The dataset directory for ``(num_episodes, seed)``, generated only if not already complete.
+                             seed: int = 0, style: str = "windows", min_steps: int = 3,
+                             max_steps: int = 6) -> Path:
+    """The dataset directory for ``(style, num_episodes, seed, steps)``, generated only if not already complete.
 
-    ``root`` is the dataset directory itself; by default ``$STARKV_CACHE/synthetic-<n>-<seed>`` (or
-    ``~/.cache/starkv-eval/...``). Generation goes to a temporary sibling that is renamed into place
+    ``root`` is the dataset directory itself; by default ``$STARKV_CACHE/synthetic-<n>-<seed>`` for the
+    default windows style and 3-6 steps (or ``~/.cache/starkv-eval/...``), with the style and step range
+    in the name otherwise. Generation goes to a temporary sibling that is renamed into place
     with the ``.complete`` marker already written, so concurrent callers (e.g. Ray actors) never see a
     half-written dataset.
     """
-    target = Path(root) if root is not None else _default_cache_dir() / f"synthetic-{num_episodes}-{seed}"
+    if root is not None:
+        target = Path(root)
+    else:
+        name = f"synthetic-{num_episodes}-{seed}"
+        if (style, min_steps, max_steps) != ("windows", 3, 6):
+            name = f"synthetic-{style}-{num_episodes}-{seed}-steps{min_steps}-{max_steps}"
+        target = _default_cache_dir() / name
     if (target / COMPLETE_MARKER).is_file():
         return target
     if target.exists():
@@ -334,8 +369,10 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, num_episodes
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        generate_synthetic(tmp, num_episodes=num_episodes, seed=seed)
-        marker = {"num_episodes": num_episodes, "seed": seed, "version": FORMAT_VERSION}
+        generate_synthetic(tmp, num_episodes=num_episodes, seed=seed, style=style, min_steps=min_steps,
+                           max_steps=max_steps)
+        marker = {"num_episodes": num_episodes, "seed": seed, "version": FORMAT_VERSION, "style": style,
+                  "min_steps": min_steps, "max_steps": max_steps}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
         if target.exists() and not (target / COMPLETE_MARKER).is_file():
             shutil.rmtree(target)  # an earlier, interrupted generation (checked above: only our files)
@@ -433,6 +470,7 @@ class SyntheticBenchmark(Benchmark):
     """
 
     prompt_kind = "computer"
+    generator_style: ClassVar[str] = "windows"  # what a job without a path generates
 
     def _annotation_file(self) -> tuple[Any, str]:
         """``(filesystem, path of synthetic.json)``."""
@@ -509,3 +547,16 @@ class SyntheticBenchmark(Benchmark):
         for kind in sorted(groups):
             out[f"accuracy_{kind}"] = sum(groups[kind]) / len(groups[kind])
         return out
+
+
+@register_benchmark("launcher")
+class LauncherBenchmark(SyntheticBenchmark):
+    """Launcher episodes (``pipeline.benchmarks.launcher``): click the named icon, or where it was.
+
+    Same on-disk format, loader and scorer as ``synthetic``; its only action is a click, so it uses the
+    UI-TARS grounding prompt (whose action space is click), with the history screenshots and texts of
+    the multi-step protocol. The micro agent is trained on exactly this protocol.
+    """
+
+    prompt_kind = "grounding"
+    generator_style: ClassVar[str] = "launcher"

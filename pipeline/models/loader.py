@@ -17,6 +17,7 @@ import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.image_utils import SizeDict
 
+from pipeline.models.micro import micro_model_dir, read_manifest
 from pipeline.models.processor import Qwen2_5_VLImageOnlyProcessor
 from pipeline.models.tiny import DEFAULT_SEED, ensure_tiny_model, read_marker
 
@@ -27,12 +28,14 @@ QWEN25VL_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 UITARS_MIN_PIXELS = 100 * 28 * 28
 UITARS_MAX_PIXELS = 16384 * 28 * 28
 
+MICRO_PATH = "micro"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class ModelSpec:
-    """What to load. ``path`` is a checkpoint folder, ``"tiny"`` or ``"tiny:<seed>"``."""
+    """What to load. ``path`` is a checkpoint folder, ``"tiny"`` / ``"tiny:<seed>"`` (random weights) or
+    ``"micro"`` (the micro agent trained here, shipped in ``pipeline/models/micro_agent``)."""
 
     path: str
     dtype: str = "auto"
@@ -173,10 +176,19 @@ def set_image_pixel_limits(image_processor: Any, min_pixels: int, max_pixels: in
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load model + processor from a local folder (or the tiny model), in eval mode on the device."""
     seed = parse_tiny_path(spec.path)
-    folder = ensure_tiny_model(seed=seed) if seed is not None else Path(spec.path).expanduser()
+    if seed is not None:
+        folder = ensure_tiny_model(seed=seed)
+    elif spec.path == MICRO_PATH:
+        folder = micro_model_dir()
+    else:
+        folder = Path(spec.path).expanduser()
     check_qwen25vl_checkpoint(folder)
     marker = read_marker(folder)
+    manifest = read_manifest(folder)
     tiny = marker is not None
+    # Our own builds carry their image limits in the saved processor (the micro agent's coordinates
+    # depend on them); a real checkpoint gets UI-TARS's.
+    own_build = tiny or manifest is not None
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -189,7 +201,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
     processor = load_processor(folder)
     saved_min, saved_max = image_pixel_limits(processor.image_processor)
-    default_min, default_max = (saved_min, saved_max) if tiny else (UITARS_MIN_PIXELS, UITARS_MAX_PIXELS)
+    default_min, default_max = (saved_min, saved_max) if own_build else (UITARS_MIN_PIXELS, UITARS_MAX_PIXELS)
     min_pixels = spec.min_pixels if spec.min_pixels is not None else default_min
     max_pixels = spec.max_pixels if spec.max_pixels is not None else default_max
     set_image_pixel_limits(processor.image_processor, min_pixels, max_pixels)
@@ -198,7 +210,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     text = config.text_config
     num_heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
-    name = f"tiny-qwen2.5-vl-seed{marker.get('seed', DEFAULT_SEED)}" if tiny else folder.resolve().name
+    if tiny:
+        name = f"tiny-qwen2.5-vl-seed{marker.get('seed', DEFAULT_SEED)}"
+    elif manifest is not None:
+        name = f"micro-agent-r{manifest.get('recipe_version', 0)}"
+    else:
+        name = folder.resolve().name
     return LoadedModel(
         model=model,
         processor=processor,

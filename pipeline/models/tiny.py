@@ -169,19 +169,26 @@ def _corpus(repeats: int = 4) -> list[str]:
     return [line for line in lines if line] * repeats
 
 
-def _build_tokenizer() -> PreTrainedTokenizerFast:
-    """Train a small byte-level BPE in-process; training on a fixed corpus is deterministic."""
+def build_tokenizer(corpus: list[str] | None = None, *, split_digits: bool = False,
+                    vocab_size: int = BPE_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Train a small byte-level BPE in-process; training on a fixed corpus is deterministic.
+
+    ``split_digits`` makes every digit its own token (numbers then read and write digit by digit, which a
+    small model learns far more easily than the BPE's inconsistent digit merges).
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=1,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _corpus(), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -192,23 +199,52 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def _build_config(token_ids: dict[str, int], vocab_size: int) -> Qwen2_5_VLConfig:
+def build_config(token_ids: dict[str, int], vocab_size: int, *, text_sizes: dict | None = None,
+                 vision_sizes: dict | None = None, rope_theta: float = 1e6,
+                 mrope_section: list[int] | None = None) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config at the given sizes (default: the tiny ones) wired to ``token_ids``."""
     text = dict(
-        TEXT_SIZES,
+        text_sizes or TEXT_SIZES,
         vocab_size=vocab_size,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": MROPE_SECTION},
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                         "mrope_section": list(mrope_section or MROPE_SECTION)},
         bos_token_id=token_ids["<|endoftext|>"],
         eos_token_id=token_ids["<|im_end|>"],
         pad_token_id=token_ids["<|endoftext|>"],
     )
     return Qwen2_5_VLConfig(
         text_config=text,
-        vision_config=dict(VISION_SIZES),
+        vision_config=dict(vision_sizes or VISION_SIZES),
         image_token_id=token_ids["<|image_pad|>"],
         video_token_id=token_ids["<|video_pad|>"],
         vision_start_token_id=token_ids["<|vision_start|>"],
         vision_end_token_id=token_ids["<|vision_end|>"],
     )
+
+
+def init_model(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerFast,
+               seed: int) -> Qwen2_5_VLForConditionalGeneration:
+    """Random weights for ``config`` from ``seed`` (own RNG scope) with the chat's stop and pad tokens."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    gen = model.generation_config
+    gen.eos_token_id = [end, pad]
+    gen.pad_token_id = pad
+    gen.bos_token_id = pad
+    return model
+
+
+def make_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int,
+                   max_pixels: int) -> Qwen2_5_VLImageOnlyProcessor:
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2_5_VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                        chat_template=CHAT_TEMPLATE)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
 def build_tiny_model(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
@@ -218,23 +254,10 @@ def build_tiny_model(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
-    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = _build_config(token_ids, vocab_size=len(tokenizer))
-    # Own RNG scope: the build must not depend on, or disturb, the caller's global seed.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    gen = model.generation_config
-    gen.eos_token_id = [token_ids["<|im_end|>"], token_ids["<|endoftext|>"]]
-    gen.pad_token_id = token_ids["<|endoftext|>"]
-    gen.bos_token_id = token_ids["<|endoftext|>"]
-
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
-    processor = Qwen2_5_VLImageOnlyProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
-    )
-    processor.save_pretrained(out)
+    tokenizer = build_tokenizer()
+    config = build_config(special_token_ids(tokenizer), vocab_size=len(tokenizer))
+    model = init_model(config, tokenizer, seed)
+    make_processor(tokenizer, TINY_MIN_PIXELS, TINY_MAX_PIXELS).save_pretrained(out)
     model.save_pretrained(out)
     marker = {
         "recipe_version": TINY_RECIPE_VERSION,
@@ -310,7 +333,12 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TINY_MAX_PIXELS",
     "TINY_MIN_PIXELS",
+    "build_config",
     "build_tiny_model",
+    "build_tokenizer",
+    "init_model",
+    "make_processor",
+    "special_token_ids",
     "ensure_tiny_model",
     "is_tiny_model_dir",
     "read_marker",

@@ -1,0 +1,114 @@
+"""The micro agent: a small Qwen2.5-VL trained here on launcher episodes, shipped in the repository.
+
+Same architecture, chat template, processor class and loader as the tiny model, so everything that runs
+on the tiny model runs on it; unlike the tiny model it has learnt to act, so accuracy responds to what a
+compressor evicts. ``model.path: micro`` loads the shipped weights (``pipeline/models/micro_agent/``);
+``starkv-eval train-micro`` rebuilds them from scratch (``pipeline/training/micro.py``).
+
+Choices, and why:
+
+* ``rope_theta`` 1e4 instead of 1e6: with head_dim 32 the 1e6 frequencies of the height/width M-RoPE
+  sections are nearly flat across a screen (a measured plateau in the probe); positions here are also
+  painted into the pixels (see ``pipeline.benchmarks.launcher``), rotary only has to order the text.
+* Digits are single tokens, so coordinates are written digit by digit.
+* Image limits: a 168×168 launcher screen is 6×6 = 36 language-model tokens and is never resized, so
+  the click coordinates the agent writes are the screen's own pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from pipeline.agent.prompts import render_prompt
+from pipeline.benchmarks.launcher import CELL, COLOURS, GRID
+from pipeline.models.tiny import build_config, build_tokenizer, init_model, make_processor, special_token_ids
+
+MICRO_RECIPE_VERSION = 1
+MICRO_DIR = Path(__file__).resolve().parent / "micro_agent"
+MANIFEST_FILE = "micro_manifest.json"
+MICRO_MIN_PIXELS = 56 * 56
+MICRO_MAX_PIXELS = 64 * 28 * 28  # a 224 x 224 screen; launcher screens (168 x 168) are never resized
+MICRO_VOCAB_SIZE = 1024
+MICRO_ROPE_THETA = 1e4
+
+MICRO_TEXT_SIZES = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+)
+MICRO_VISION_SIZES = dict(
+    depth=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=2,
+    out_hidden_size=MICRO_TEXT_SIZES["hidden_size"],
+    fullatt_block_indexes=[1],
+    window_size=112,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+
+
+def _corpus() -> list[str]:
+    """The text the agent reads and writes: the computer prompt, launcher instructions, histories, actions."""
+    lines = render_prompt("grounding", "Click the red icon").splitlines()
+    for colour in COLOURS:
+        lines += [f"Click the {colour} icon", f"Click where the {colour} icon was", f"Clicked the {colour} icon"]
+    centres = [CELL * k + CELL // 2 for k in range(GRID)]
+    lines += [f"Action: click(start_box='({x},{y})')" for x in centres for y in centres]
+    lines += [f"Step {k}:" for k in range(1, 11)]
+    lines += ["You are a helpful assistant.", "0123456789 .,:;!?'\"()[]{}<>=+-*/\\_#@&%$|~`^ \n\t"]
+    return [line for line in lines if line] * 4
+
+
+def build_micro_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer(_corpus(), split_digits=True, vocab_size=MICRO_VOCAB_SIZE)
+
+
+def build_micro_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
+    return build_config(special_token_ids(tokenizer), vocab_size=len(tokenizer), text_sizes=MICRO_TEXT_SIZES,
+                        vision_sizes=MICRO_VISION_SIZES, rope_theta=MICRO_ROPE_THETA)
+
+
+def init_micro(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
+    """Untrained micro model (weights from ``seed``) and its processor."""
+    tokenizer = build_micro_tokenizer()
+    model = init_model(build_micro_config(tokenizer), tokenizer, seed)
+    return model, make_processor(tokenizer, MICRO_MIN_PIXELS, MICRO_MAX_PIXELS)
+
+
+def read_manifest(model_dir: str | Path) -> dict | None:
+    """The micro-agent manifest of a folder, or None if it is not a micro-agent folder."""
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def micro_model_dir() -> Path:
+    """The shipped micro agent; a clear error if its weights are missing (e.g. an incomplete checkout)."""
+    if read_manifest(MICRO_DIR) is None or not (MICRO_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(f"micro agent weights not found in {MICRO_DIR}; rebuild them with "
+                                "`starkv-eval train-micro`")
+    return MICRO_DIR
+
+
+__all__ = ["MANIFEST_FILE", "MICRO_DIR", "MICRO_MAX_PIXELS", "MICRO_MIN_PIXELS", "MICRO_RECIPE_VERSION",
+           "build_micro_config", "build_micro_tokenizer", "init_micro", "micro_model_dir", "read_manifest",
+           "weights_sha256"]

@@ -1,0 +1,113 @@
+"""Training examples for the micro agent: launcher episodes rendered through the evaluation's own prompt code.
+
+Every example is one step of a generated episode, built by ``pipeline.agent.step_prompt`` exactly as
+``EpisodeRunner`` builds it at evaluation time (chat template, UI-TARS computer prompt, past screenshots
+and "Step k:" history turns, teacher-forced history), followed by the answer the agent must write.
+
+Training episodes come from the random stream ``micro-train:<seed>:<i>``; evaluation datasets come from
+``starkv-synthetic:launcher:<int seed>:<i>`` (``generate_synthetic``). The two never produce the same
+episode stream, so evaluation never sees a training episode.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline.agent.history import HistoryConfig
+from pipeline.agent.step_prompt import StepHistory, step_messages
+from pipeline.benchmarks.base import Episode, Step
+from pipeline.benchmarks.launcher import launcher_episode, launcher_goal
+from pipeline.benchmarks.synthetic import LauncherBenchmark
+from pipeline.config import AgentConfig
+
+TRAIN_STREAM = "micro-train"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One step as model inputs: prompt + answer ids, labels only on the answer (and its end token)."""
+
+    input_ids: torch.Tensor  # (L,)
+    labels: torch.Tensor  # (L,)
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    mm_token_type_ids: torch.Tensor | None
+    kind: str
+    answer: str
+
+
+def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig,
+                    processor: Any) -> Iterator[tuple[str, list[Any], str, str]]:
+    """``(chat text, images, answer, step kind)`` per step of one launcher episode drawn from ``rng``."""
+    benchmark = LauncherBenchmark
+    agent = agent.resolved(benchmark)
+    history_cfg = HistoryConfig(image_slots=agent.image_slots, text_history=agent.text_history,
+                                source=agent.history_source, system_prompt=benchmark.system_prompt)
+    goal = launcher_goal(rng)
+    generated = list(launcher_episode(rng, rng.randint(min_steps, max_steps)))
+    steps = [Step(step_index=k, image_path="", instruction=g.instruction, history_text=g.history_text)
+             for k, g in enumerate(generated)]
+    episode = Episode(episode_id="train", benchmark="launcher", goal=goal, steps=steps)
+    history = StepHistory.for_agent(agent)
+    for gen, step in zip(generated, steps):
+        messages, images = step_messages(benchmark, agent, history_cfg, episode, step, gen.image, history)
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        yield text, images, gen.answer, gen.kind
+        history.add(step, gen.image, "", "ground_truth")
+
+
+def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str) -> Example:
+    """Tokenise a prompt and its answer; the answer ends with ``<|im_end|>``, where generation stops."""
+    inputs = processor(text=[text], images=images, return_tensors="pt")
+    tokenizer = processor.tokenizer
+    answer_ids = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    end = torch.tensor([tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    prompt_ids = inputs["input_ids"][0]
+    input_ids = torch.cat([prompt_ids, answer_ids, end])
+    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids, end])
+    mm = inputs.get("mm_token_type_ids")
+    if mm is not None:
+        mm = torch.cat([mm[0], torch.zeros(len(answer_ids) + 1, dtype=mm.dtype)])
+    return Example(input_ids, labels, inputs["pixel_values"], inputs["image_grid_thw"], mm, kind, answer)
+
+
+def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: int = 3,
+                      max_steps: int = 6, start: int = 0) -> Iterator[Example]:
+    """An endless stream of training examples, episode ``start`` onwards of the ``seed`` stream."""
+    index = start
+    while True:
+        rng = random.Random(f"{TRAIN_STREAM}:{seed}:{index}")
+        for text, images, answer, kind in episode_prompts(rng, min_steps, max_steps, agent, processor):
+            yield encode(processor, text, images, answer, kind)
+        index += 1
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; padding is masked out of attention and of the loss."""
+    length = max(len(e.input_ids) for e in examples)
+    n = len(examples)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    mm = torch.zeros((n, length), dtype=torch.long)
+    for i, e in enumerate(examples):
+        size = len(e.input_ids)
+        input_ids[i, :size], labels[i, :size], attention[i, :size] = e.input_ids, e.labels, 1
+        if e.mm_token_type_ids is not None:
+            mm[i, :size] = e.mm_token_type_ids
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
+             "pixel_values": torch.cat([e.pixel_values for e in examples]),
+             "image_grid_thw": torch.cat([e.image_grid_thw for e in examples])}
+    if any(e.mm_token_type_ids is not None for e in examples):
+        batch["mm_token_type_ids"] = mm
+    return batch
+
+
+__all__ = ["Example", "IGNORE_INDEX", "TRAIN_STREAM", "collate", "encode", "episode_prompts",
+           "training_examples"]
