@@ -449,6 +449,24 @@ def parse_action(
     return action
 
 
+COORDINATE_ARGUMENTS = frozenset({"start_box", "end_box", "point", "start_point", "end_point"})
+
+
+def first_argument(text: str) -> str | None:
+    """Name of the first keyword argument written in the action call of ``text`` (None when there is none
+    or the text holds no call). Never raises.
+
+    The reference drivers read a grounding answer's point as the *first* action input, whatever its name,
+    so ``scroll(direction='down', point=...)`` gives them no point; this lets a scorer apply that rule."""
+    try:
+        body, _ = _split_thinking(text)
+        call = _locate_call(_SPECIAL_TOKEN.sub("", body))
+    except Exception:  # noqa: BLE001 - any failure means "no call"
+        return None
+    m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", call.raw_args)
+    return m.group(1) if m else None
+
+
 def _invalid(raw: str, reason: str, thought: str | None) -> ParsedAction:
     action = ParsedAction.invalid(raw, reason)
     action.thought = thought

@@ -23,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from pipeline.agent.actions import ParsedAction
+from pipeline.agent.parser import COORDINATE_ARGUMENTS, first_argument
 from pipeline.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
@@ -63,6 +64,9 @@ class ScreenSpotV2(Benchmark):
     default_prompt_family = "point"
     default_image_slots = 1
     system_prompt = None
+    # reference: the driver skips samples whose screenshot is missing and reads the point from the first
+    # action input (``score_point_in_box``, ``drop_skipped``)
+    protocols = ("official", "reference")
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)
@@ -124,7 +128,7 @@ class ScreenSpotV2(Benchmark):
                     if problem:
                         problems.append(problem)
         meta = {"split": split, "data_type": data_type, "data_source": raw.get("data_source"),
-                "img_filename": raw.get("img_filename"),
+                "img_filename": raw.get("img_filename"), "image_missing": image_missing(problems),
                 "image_size": list(image_size) if image_size else None,
                 "sample_id": f"{split}_{index:04d}"}
         return Step(step_index=0, image_path=image_path, instruction=instruction,
@@ -133,7 +137,8 @@ class ScreenSpotV2(Benchmark):
 
     def score(self, step: Step, action: ParsedAction, image_size: tuple[int, int]) -> StepScore:
         # Normalise by the image the runner opened (SeeClick / GUI-KV use PIL ``image.size``).
-        return score_point_in_box(step, action, valid_size(image_size) or valid_size(step.meta.get("image_size")))
+        return score_point_in_box(step, action, valid_size(image_size) or valid_size(step.meta.get("image_size")),
+                                  first_argument_rule=self.protocol == "reference")
 
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """Per split x type accuracy and the two overall numbers.
@@ -145,6 +150,7 @@ class ScreenSpotV2(Benchmark):
         with ``error`` count as wrong (they are 0 on the official data). ``text_acc`` / ``icon_acc``
         are the split means that enter ``overall_macro``; ``*_micro`` pool samples.
         """
+        rows = drop_skipped(rows) if self.protocol == "reference" else rows
         cells = CellTally()
         for r in rows:
             meta = row_meta(r)
@@ -260,6 +266,19 @@ def resolve_image(images: tuple[Any, str], filename: Any, sizes: ImageSizes,
     return url_of(fs, full), size
 
 
+MISSING_IMAGE = "(field 'img_filename') not found"
+
+
+def image_missing(problems: list[str]) -> bool:
+    """Whether the loader's problems say the screenshot file does not exist."""
+    return any(MISSING_IMAGE in p for p in problems)
+
+
+def drop_skipped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Protocol ``reference``: rows whose screenshot is missing are skipped, not counted wrong."""
+    return [r for r in rows if not row_meta(r).get("image_missing")]
+
+
 def is_number_list(value: Any, n: int) -> bool:
     return (isinstance(value, (list, tuple)) and len(value) == n
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
@@ -285,16 +304,23 @@ def valid_size(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, int] | None) -> StepScore:
+def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, int] | None,
+                       first_argument_rule: bool = False) -> StepScore:
     """The ScreenSpot rule on ``step.target['bbox']`` (xyxy px). Any action with a point is judged by
     its point, as the reference drivers take the first action's ``start_box`` whatever its type; no
-    point (unparseable output, ``finished()``) is ``wrong_format``."""
+    point (unparseable output, ``finished()``) is ``wrong_format``. ``first_argument_rule`` (protocol
+    reference): the drivers read the point from the *first* action input, so a call whose first keyword is
+    not a coordinate (``scroll(direction='up', point=...)``) has no point."""
     if step.error:
         return StepScore(False, 0.0, reason=step.error, fields={"hit": 0, "wrong_format": 0})
     if action.error is not None or action.action_type == "invalid":
         return StepScore(False, 0.0, reason=action.error or "invalid action", fields={"hit": 0, "wrong_format": 1})
     if action.point is None:
         return StepScore(False, 0.0, reason=f"{action.action_type} without a point",
+                         fields={"hit": 0, "wrong_format": 1})
+    first = first_argument(action.raw) if first_argument_rule and action.raw else None
+    if first is not None and first not in COORDINATE_ARGUMENTS:
+        return StepScore(False, 0.0, reason=f"the reference driver reads the first argument ({first!r}) as the point",
                          fields={"hit": 0, "wrong_format": 1})
     if image_size is None:
         return StepScore(False, 0.0, reason="image size unknown", fields={"hit": 0, "wrong_format": 0})
