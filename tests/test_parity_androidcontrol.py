@@ -3,8 +3,6 @@ side by side with the official (default) protocol, on a fixture in the driver's 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pipeline.agent.actions import ParsedAction
