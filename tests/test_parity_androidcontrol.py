@@ -103,6 +103,14 @@ def test_status_reads_failure_words(steps):
     assert both(step, ParsedAction("finished", text="successful")) == (True, True)
 
 
+def test_scroll_needs_only_the_same_axis():
+    gt = {"action_type": "scroll", "direction": "down"}
+    step = Step(0, "x.png", target={"action": gt}, meta={"gt_action": gt, "image_size": [1080, 2400]})
+    assert both(step, ParsedAction("scroll", direction="up")) == (False, True)  # same (vertical) axis
+    assert both(step, ParsedAction("scroll", direction="down")) == (True, True)
+    assert both(step, ParsedAction("scroll", direction="left")) == (False, False)
+
+
 def test_back_affordance_on_the_tree():
     nodes = [{"box": [0, 0, 1080, 2400], "text": "", "desc": "root"},
              {"box": [0, 60, 150, 200], "text": "", "desc": "Navigate up"}]

@@ -52,3 +52,13 @@ def test_parity_job_loads_a_fixture_in_the_drivers_layout(name, tmp_path):
     episodes = list(bench.load())
     steps = [s for e in episodes for s in e.steps]
     assert steps and all(s.error is None for s in steps), [s.error for s in steps if s.error][:3]
+
+
+def test_every_test_named_in_the_parity_doc_exists():
+    import re
+
+    doc = (ROOT / "docs" / "benchmarks" / "parity.md").read_text()
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", doc))
+    defined = {m for f in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_[a-z0-9_]+)",
+                                                                                   f.read_text(), re.M)}
+    assert len(named) > 30 and named <= defined, sorted(named - defined)
