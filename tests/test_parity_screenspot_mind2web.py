@@ -37,18 +37,28 @@ def _rows(bench, episodes, hit: bool = True) -> list[dict]:
 
 
 def test_ssv2_missing_screenshot_is_skipped_not_counted_wrong(tmp_path: Path):
-    write_screenspot_v2(tmp_path, per_cell=1)  # per split: sample 00 text, 01 icon
-    (tmp_path / "screenspotv2_image" / "mobile_01.png").unlink()
+    write_screenspot_v2(tmp_path, per_cell=2)  # per split: samples 00, 01 text; 02, 03 icon
+    (tmp_path / "screenspotv2_image" / "mobile_03.png").unlink()
     official, reference = ScreenSpotV2(str(tmp_path)), ScreenSpotV2(str(tmp_path), protocol="reference")
     episodes = list(official.load())
     missing = [e for e in episodes if e.steps[0].meta["image_missing"]]
-    assert [e.episode_id for e in missing] == ["mobile_0001"] and missing[0].steps[0].error
+    assert [e.episode_id for e in missing] == ["mobile_0003"] and missing[0].steps[0].error
     off = official.aggregate(_rows(official, episodes))
     ref = reference.aggregate(_rows(reference, episodes))
-    # official: mobile icon 0/1 -> icon mean (0 + 1 + 1) / 3, text mean 1 -> overall (1 + 2/3) / 2 = 5/6
-    assert off["overall_macro"] == pytest.approx(5 / 6) and off["num_steps"] == 6.0
-    # reference: the sample is skipped -> icon mean over desktop and web = 1 -> overall 1
-    assert ref["overall_macro"] == 1.0 and ref["num_steps"] == 5.0 and "mobile_icon_acc" not in ref
+    # official: mobile icon 1/2 -> icon mean (1/2 + 1 + 1) / 3 = 5/6, text mean 1 -> overall 11/12
+    assert off["overall_macro"] == pytest.approx(11 / 12) and off["num_steps"] == 12.0
+    # reference: the sample is skipped -> mobile icon 1/1 -> overall 1
+    assert ref["overall_macro"] == 1.0 and ref["num_steps"] == 11.0
+
+
+def test_ssv2_reference_counts_an_emptied_cell_as_zero(tmp_path: Path):
+    write_screenspot_v2(tmp_path, per_cell=1)  # per split: sample 00 text, 01 icon
+    (tmp_path / "screenspotv2_image" / "mobile_01.png").unlink()
+    reference = ScreenSpotV2(str(tmp_path), protocol="reference")
+    ref = reference.aggregate(_rows(reference, list(reference.load())))
+    # the driver's icon accuracy of a split with no icon sample left is 0 (not left out):
+    # icon mean (0 + 1 + 1) / 3, text mean 1 -> overall (1 + 2/3) / 2 = 5/6 over 5 samples
+    assert ref["overall_macro"] == pytest.approx(5 / 6) and ref["num_steps"] == 5.0
 
 
 def test_sspro_missing_screenshot_is_skipped(tmp_path: Path):
@@ -62,6 +72,15 @@ def test_sspro_missing_screenshot_is_skipped(tmp_path: Path):
     # official: missing samples count wrong; reference: skipped (every remaining sample is a hit)
     assert official.aggregate(_rows(official, episodes))["accuracy"] == pytest.approx((6 - gone) / 6)
     assert reference.aggregate(_rows(reference, episodes))["accuracy"] == 1.0
+
+
+def test_sspro_parse_failure_is_wrong_not_wrong_format(tmp_path: Path):
+    write_screenspot_pro(tmp_path, per_type=1)
+    step = ScreenSpotPro(str(tmp_path)).load()[0].steps[0]
+    bad = ParsedAction.invalid("garbage", "no Action:")
+    assert ScreenSpotPro(str(tmp_path)).score(step, bad, (1, 1)).fields["wrong_format"] == 1
+    ref = ScreenSpotPro(str(tmp_path), protocol="reference").score(step, bad, (1, 1))
+    assert not ref.correct and ref.fields["wrong_format"] == 0
 
 
 def test_ssv2_point_must_be_the_first_argument(tmp_path: Path):

@@ -90,8 +90,11 @@ class ScreenSpotPro(Benchmark):
 
     def score(self, step: Step, action: ParsedAction, image_size: tuple[int, int]) -> StepScore:
         # The reference normalises by the annotation's img_size; the runner's size only as a fallback.
-        return score_point_in_box(step, action, valid_size(step.meta.get("image_size")) or valid_size(image_size),
-                                  first_argument_rule=self.protocol == "reference")
+        result = score_point_in_box(step, action, valid_size(step.meta.get("image_size")) or valid_size(image_size),
+                                    first_argument_rule=self.protocol == "reference")
+        if self.protocol == "reference" and not action.ok:  # the Pro driver counts a parse failure as "wrong"
+            result.fields["wrong_format"] = 0
+        return result
 
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """``accuracy`` = micro accuracy over all samples (leaderboard "Avg"; also ``micro_accuracy``),
