@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
-from pipeline.benchmarks.androidcontrol_reference import score_reference
+from pipeline.benchmarks.androidcontrol_reference import driver_size, score_reference
 from pipeline.benchmarks.androidcontrol_steps import (
     DEFAULT_STEPS_FILE,
     build_step_episodes,
@@ -483,12 +483,14 @@ class AndroidControlBenchmark(Benchmark):
         gt_type = gt.get("action_type") if isinstance(gt, dict) else None
         fields: dict[str, Any] = {"gt_type": gt_type, "pred_type": None, "type_match": False,
                                   "is_grounding": self._is_grounding(gt_type), "distance": None}
+        size = (step.meta.get("image_size") if isinstance(step.meta, dict) else None) or list(image_size)
+        if self.protocol == "reference":  # the size the driver scores in (downscaled above 1200x2600)
+            fields["driver_size"] = list(driver_size(int(size[0]), int(size[1])))
         if step.error or not isinstance(gt, dict):
             return StepScore(False, 0.0, reason=step.error or "step has no ground-truth action", fields=fields)
         if action.error is not None or action.action_type == "invalid":
             return StepScore(False, 0.0, reason=action.error or "invalid action", fields=fields)
         fields["pred_type"] = self._pred_type(action)
-        size = step.meta.get("image_size") or list(image_size)
         if self.protocol == "reference":
             ok, reason = score_reference({**step.meta, "image_size": size}, gt, action, fields)
         elif self.metric == "common":
