@@ -93,6 +93,8 @@ def test_ssv2_point_must_be_the_first_argument(tmp_path: Path):
         "Action: scroll(point='<point>51 40</point>', direction='up')": (True, True),
         # the driver reads the first action input ('up') as the point -> no point -> wrong
         "Action: scroll(direction='up', point='<point>51 40</point>')": (True, False),
+        # the official parser keeps keyword arguments only: positional coordinates give the driver nothing
+        "Action: click(51, 40)": (True, False),
     }
     for text, expected in texts.items():
         action = parse_action(text, image_size=size)

@@ -323,10 +323,12 @@ def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, 
     if action.point is None:
         return StepScore(False, 0.0, reason=f"{action.action_type} without a point",
                          fields={"hit": 0, "wrong_format": 1})
-    first = first_argument(action.raw) if first_argument_rule and action.raw else None
-    if first is not None and first not in COORDINATE_ARGUMENTS:
-        return StepScore(False, 0.0, reason=f"the reference driver reads the first argument ({first!r}) as the point",
-                         fields={"hit": 0, "wrong_format": 1})
+    if first_argument_rule and action.raw:  # (an action built in code, without model text, is exempt)
+        first = first_argument(action.raw)
+        if first not in COORDINATE_ARGUMENTS:
+            what = f"the first argument ({first!r})" if first else "no keyword argument (positional values are dropped)"
+            return StepScore(False, 0.0, reason=f"the reference driver reads {what} as the point",
+                             fields={"hit": 0, "wrong_format": 1})
     if image_size is None:
         return StepScore(False, 0.0, reason="image size unknown", fields={"hit": 0, "wrong_format": 0})
     box = normalize_box(step.target["bbox"], image_size)
