@@ -28,6 +28,9 @@ scroll -> scroll(+5 up/right, −5 down/left), press_back -> press([escape]), fi
 (success | failure); wait, press_home, open_app, call_user have no counterpart and score 0. The reference
 driver rewrites hotkey 'ctrl' to 'control', which can never match a GT 'ctrl'; that quirk is off by
 default and available as option ``ctrl_quirk=True`` for parity with published numbers.
+
+Option ``protocol: reference`` replaces conversion, scoring and aggregation by the driver's own rules
+(``agentnet_reference``; docs/benchmarks/parity.md lists each difference).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ JSON list of ``{"img_filename", "bbox": [x, y, w, h] px, "instruction", "data_ty
 as, extracted once into the cache). Scoring is the SeeClick / GUI-KV rule: the predicted point,
 normalised to [0, 1], is correct iff it lies inside the box normalised by the real image size, edges
 included. The helpers at the bottom are shared with ScreenSpot-Pro (same scoring, same error handling).
+Option ``protocol: reference`` applies the STaR-KV / GUI-KV driver's rules: samples with a missing
+screenshot are skipped, the point is the first action input (docs/benchmarks/parity.md).
 """
 
 from __future__ import annotations
