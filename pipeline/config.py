@@ -229,9 +229,15 @@ def validate(cfg: JobConfig) -> None:
             msg = err.args[0] if err.args else str(err)
             raise ConfigError(f"compressors[{i}].name/params: {msg}") from None
     try:
-        get_benchmark(cfg.benchmark.name)
+        bench_cls = get_benchmark(cfg.benchmark.name)
     except KeyError as err:
         raise ConfigError(f"benchmark.name: {err.args[0]}") from None
+    if not isinstance(cfg.benchmark.options, dict):
+        raise ConfigError(f"benchmark.options: must be a mapping, got {type(cfg.benchmark.options).__name__}")
+    protocol = cfg.benchmark.options.get("protocol")
+    if protocol is not None and protocol not in bench_cls.protocols:
+        raise ConfigError(f"benchmark.options.protocol: {protocol!r} is not a scoring protocol of benchmark "
+                          f"{cfg.benchmark.name!r}; allowed: {', '.join(bench_cls.protocols)}")
     if cfg.benchmark.path is not None and "://" not in cfg.benchmark.path and not Path(cfg.benchmark.path).exists():
         raise ConfigError(f"benchmark.path: {cfg.benchmark.path} does not exist")
     if cfg.benchmark.path is None and getattr(get_benchmark(cfg.benchmark.name), "generator_style", None) is None:

@@ -275,9 +275,50 @@ def test_last_action_marker_wins_and_only_first_action_is_returned():
     assert c.action_type == "type" and c.text == "abc"
 
 
-def test_no_marker_takes_first_balanced_known_call():
-    a = parse("I will now do left_double(start_box='(483,273)') and then wait()")
+def test_no_marker_only_a_bare_call_is_an_action():
+    a = parse("left_double(start_box='(483,273)')")
     assert a.action_type == "left_double" and approx_point(a.point, (0.25, 0.25))
+    b = parse("```\nwait()\n```")
+    assert b.action_type == "wait"
+    # prose that mentions a call is not an action (upstream requires the marker)
+    for prose in ("I will now do left_double(start_box='(483,273)') and then wait()",
+                  "I should wait() until the page loads."):
+        c = parse(prose)
+        assert c.action_type == "invalid" and "no 'Action:' marker" in c.error
+
+
+def test_marker_inside_a_quoted_argument_is_not_the_marker():
+    a = parse("Thought: type the label\nAction: type(content='Action: submit the form')")
+    assert a.ok and a.action_type == "type" and a.text == "Action: submit the form"
+    assert a.thought == "type the label"
+    b = parse("Thought: the button reads 'Action: '\nAction: click(start_box='(966,546)')")
+    assert b.action_type == "click" and approx_point(b.point, (0.5, 0.5))
+    c = parse("Action: finished(content=\"said 'Action: wait()' twice\")")
+    assert c.action_type == "finished" and c.text == "said 'Action: wait()' twice"
+
+
+def test_type_with_text_keyword_and_a_point():
+    # upstream's ast parse accepts any keyword; ``text=`` carries the content, start_box the point
+    a = parse("Action: type(text='hello', start_box='(966,546)')")
+    assert a.ok and a.action_type == "type" and a.text == "hello" and approx_point(a.point, (0.5, 0.5))
+    b = parse("Action: type(content='plain')")
+    assert b.ok and b.point is None
+
+
+def test_click_with_only_end_box_uses_it():
+    a = parse("Action: click(end_box='(483,273)')")
+    assert a.ok and a.action_type == "click" and approx_point(a.point, (0.25, 0.25))
+    d = parse("Action: drag(end_box='(483,273)')")
+    assert d.action_type == "invalid" and "drag without coordinates" in d.error
+
+
+def test_malformed_and_truncated_calls_say_so():
+    a = parse("Action: scroll up()")
+    assert a.action_type == "invalid" and "malformed call" in a.error and "'scroll'" in a.error
+    b = parse("Action: scroll(direction='up")
+    assert b.action_type == "invalid" and b.error.startswith("truncated call scroll(")
+    c = parse("click at (966, 546)")
+    assert c.action_type == "invalid" and "malformed call" in c.error
 
 
 def test_regex_fallback_reads_unquoted_arguments():

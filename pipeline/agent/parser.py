@@ -2,7 +2,9 @@
 plus the ``select`` action of GUI-KV's Mind2Web template.
 
 Follows the official UI-TARS parser (benchmarks.md 1.2, starkv.md 5): drop ``<think>`` blocks, take the
-thought, take the text after the last ``Action:`` (or the first known call when there is no marker), keep
+thought, take the text after the last ``Action:`` that is not quoted inside an earlier action's arguments
+(without a marker, only an output that *starts* with a known call is an action; prose that mentions one
+is not), keep
 only the first action, parse the call with ``ast`` after re-escaping the quotes of ``type`` content, and map
 model pixels (absolute, in the smart-resized image) to normalised coordinates. Where the official parser
 raises, this one falls back to regular expressions, and if that fails too it returns an invalid action:
@@ -64,6 +66,7 @@ class _Call:
     positional: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     raw_args: str = ""
+    truncated: bool = False  # no closing ``)`` (a generation cut off mid-call)
 
 
 class _Invalid(Exception):
@@ -197,31 +200,75 @@ def _parse_call(name: str, after_paren: str) -> _Call:
         if call is not None:
             return call
     close = _match_paren(after_paren, 0)
-    if close < 0:  # unbalanced quotes or a truncated generation
+    truncated = close < 0
+    if truncated:  # unbalanced quotes or a truncated generation
         close = segment.rfind(")") if ")" in segment else len(segment)
         args = segment[:close]
     else:
         args = after_paren[:close]
     parsed = _literal_call(f"f({args})")
     if parsed is not None:
-        return _Call(name=name, positional=parsed[0], kwargs=parsed[1], raw_args=args)
-    return _Call(name=name, kwargs=_regex_args(args), raw_args=args)
+        return _Call(name=name, positional=parsed[0], kwargs=parsed[1], raw_args=args, truncated=truncated)
+    return _Call(name=name, kwargs=_regex_args(args), raw_args=args, truncated=truncated)
+
+
+def _call_end(text: str, start: int) -> int:
+    """End (exclusive) of the call that begins at ``text[start]`` (quote-aware); ``len(text)`` when it never
+    closes, so a marker inside an unterminated argument is still inside the call."""
+    m = _CALL_START.match(text, start)
+    if m is None:
+        return start
+    close = _match_paren(text, m.end())
+    return len(text) if close < 0 else close + 1
+
+
+def _action_marker(text: str) -> re.Match[str] | None:
+    """The last ``Action:`` marker that is not inside the arguments of a call written after an earlier
+    marker: ``type(content='Action: x')`` keeps the marker in front of ``type``."""
+    chosen = None
+    covered = -1
+    for m in _ACTION_MARKER.finditer(text):
+        if m.start() < covered:
+            continue  # inside the quoted arguments of the previous marker's call
+        chosen = m
+        rest = len(text[m.end():]) - len(text[m.end():].lstrip(" \t\r\n`'\""))
+        covered = _call_end(text, m.end() + rest)
+    return chosen
+
+
+def _malformed_call(rest: str) -> str | None:
+    """A reason when ``rest`` opens with a known action name that is not directly followed by ``(``
+    (``scroll up()``, ``click at (1, 2)``)."""
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\b\s*(\S.{0,40})?", rest, re.S)
+    if m is None or m.group(1) not in PARSED_ACTIONS:
+        return None
+    after = (m.group(2) or "").splitlines()[0] if m.group(2) else ""
+    return (f"malformed call: action name {m.group(1)!r} is not followed by '(' "
+            f"(got {(m.group(1) + ' ' + after).strip()[:60]!r}); expected {m.group(1)}(...)")
 
 
 def _locate_call(text: str) -> _Call:
-    markers = list(_ACTION_MARKER.finditer(text))
-    if markers:
-        rest = text[markers[-1].end():].lstrip(" \t\r\n`'\"")
+    marker = _action_marker(text)
+    if marker is not None:
+        rest = text[marker.end():].lstrip(" \t\r\n`'\"")
         if not rest.strip():
             raise _Invalid("nothing after 'Action:'")
-        m = _CALL_START.match(rest) or _KNOWN_CALL.search(rest) or _CALL_START.search(rest)
+        m = _CALL_START.match(rest)
+        if m is None:
+            problem = _malformed_call(rest)
+            if problem:
+                raise _Invalid(problem)
+            m = _KNOWN_CALL.search(rest) or _CALL_START.search(rest)
         if m is None:
             raise _Invalid(f"no action call after 'Action:': {rest[:80]!r}")
     else:
-        rest = text
-        m = _KNOWN_CALL.search(rest)
+        # Without a marker only a bare call counts (the GROUNDING answer written without "Action:");
+        # a known name inside prose ("I should wait() until ...") is not an action.
+        rest = text.lstrip(" \t\r\n`'\"")
+        m = _KNOWN_CALL.match(rest)
         if m is None:
-            raise _Invalid("no 'Action:' marker and no known action call")
+            problem = _malformed_call(rest)
+            raise _Invalid(problem or "no 'Action:' marker and the output does not start with a known action call")
     name = m.group(1).rsplit(".", 1)[-1]
     return _parse_call(name, rest[m.end():])
 
@@ -310,6 +357,8 @@ def _interpret(call: _Call, resized: tuple[int, int]) -> ParsedAction:
                 raise _Invalid(f"scroll direction must be one of {'/'.join(SCROLL_DIRECTIONS)}, got {direction!r}")
             action.direction = direction
         else:
+            if start is None and end is not None and name != "drag":
+                start, end = end, None  # click(end_box=...): the official parser keeps any box it is given
             if start is None:
                 raise _Invalid(f"{name} without coordinates")
             action.point = _point(start, resized, "start_box")
@@ -323,10 +372,13 @@ def _interpret(call: _Call, resized: tuple[int, int]) -> ParsedAction:
             raise _Invalid("hotkey without key")
         action.key = key.strip()
     elif name == "type":
-        content = _first_string(call, "content")
+        content = _first_string(call, "content", "text")  # type(text=..., start_box=...) is accepted upstream
         if content is None:
             raise _Invalid("type without content")
         action.text = content
+        start, _ = _coordinates(_Call(name=name, kwargs=call.kwargs))
+        if start is not None:  # the point to type at (AndroidControl's ``type``: tap x, y, then input)
+            action.point = _point(start, resized, "start_box")
     elif name == "finished":
         content = _first_string(call, "content")
         action.text = content if content else None
@@ -380,7 +432,14 @@ def parse_action(
         body, reasoning = _split_thinking(text)
         body = _SPECIAL_TOKEN.sub("", body)
         thought = _extract_thought(body, reasoning)
-        action = _interpret(_locate_call(body), resized)
+        call = _locate_call(body)
+        try:
+            action = _interpret(call, resized)
+        except _Invalid as exc:
+            if call.truncated:  # say so first: the other reason is a consequence of the cut
+                raise _Invalid(f"truncated call {call.name}({call.raw_args[:60]}: no closing quote or ')' "
+                               f"({exc})") from None
+            raise
     except _Invalid as exc:
         return _invalid(raw, str(exc), thought)
     except Exception as exc:  # the contract is "never raise": keep the reason instead
@@ -388,6 +447,24 @@ def parse_action(
     action.thought = thought
     action.raw = raw
     return action
+
+
+COORDINATE_ARGUMENTS = frozenset({"start_box", "end_box", "point", "start_point", "end_point"})
+
+
+def first_argument(text: str) -> str | None:
+    """Name of the first keyword argument written in the action call of ``text`` (None when there is none
+    or the text holds no call). Never raises.
+
+    The reference drivers read a grounding answer's point as the *first* action input, whatever its name,
+    so ``scroll(direction='down', point=...)`` gives them no point; this lets a scorer apply that rule."""
+    try:
+        body, _ = _split_thinking(text)
+        call = _locate_call(_SPECIAL_TOKEN.sub("", body))
+    except Exception:  # noqa: BLE001 - any failure means "no call"
+        return None
+    m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", call.raw_args)
+    return m.group(1) if m else None
 
 
 def _invalid(raw: str, reason: str, thought: str | None) -> ParsedAction:

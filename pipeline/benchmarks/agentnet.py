@@ -28,6 +28,9 @@ scroll -> scroll(+5 up/right, −5 down/left), press_back -> press([escape]), fi
 (success | failure); wait, press_home, open_app, call_user have no counterpart and score 0. The reference
 driver rewrites hotkey 'ctrl' to 'control', which can never match a GT 'ctrl'; that quirk is off by
 default and available as option ``ctrl_quirk=True`` for parity with published numbers.
+
+Option ``protocol: reference`` replaces conversion, scoring and aggregation by the driver's own rules
+(``agentnet_reference``; docs/benchmarks/parity.md lists each difference).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
+from pipeline.benchmarks.agentnet_reference import aggregate_reference, driver_predictions, driver_score
 from pipeline.benchmarks.androidcontrol import row_value
 from pipeline.benchmarks.base import (
     Benchmark,
@@ -154,7 +158,8 @@ def merge_pred_write_enter(actions: list[PredAction]) -> list[PredAction]:
     return out
 
 
-def _gt_list(raw: Any, label: str) -> tuple[list[dict[str, Any]], str | None]:
+def _gt_list(raw: Any, label: str, merge: bool = True) -> tuple[list[dict[str, Any]], str | None]:
+    """The normalised GT actions of ``raw`` (write + enter merged unless ``merge`` is False)."""
     if not isinstance(raw, list) or not raw:
         return [], f"field '{label}' is missing or empty"
     out = []
@@ -163,7 +168,7 @@ def _gt_list(raw: Any, label: str) -> tuple[list[dict[str, Any]], str | None]:
         if problem:
             return [], f"{label}[{i}] {problem}"
         out.append(action)
-    return merge_gt_write_enter(out), None
+    return (merge_gt_write_enter(out) if merge else out), None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,7 +281,10 @@ def _history_text(step: dict[str, Any]) -> str:
 @register_benchmark("agentnetbench")
 class AgentNetBenchmark(Benchmark):
     """AgentNetBench trajectories. ``path``: local folder or fsspec URL. Options: ``images_dir`` (local or
-    URL, default ``<path>/images``), ``ctrl_quirk``."""
+    URL, default ``<path>/images``), ``ctrl_quirk``, ``protocol`` (``official`` | ``reference``: the
+    STaR-KV / GUI-KV driver's conversion, scoring and aggregation, ``agentnet_reference``)."""
+
+    protocols = ("official", "reference")
 
     prompt_kind = "agentnet"
     # GUI-KV driver: --image_slots 5, the model's own earlier outputs as history ("# Step k:\nStep k:\n..."),
@@ -348,6 +356,7 @@ class AgentNetBenchmark(Benchmark):
         problems = []
         image = raw.get("image")
         image_path = ""
+        image_missing = False
         if not isinstance(image, str) or not image:
             problems.append("field 'image' is missing")
         else:
@@ -355,11 +364,14 @@ class AgentNetBenchmark(Benchmark):
             full = f"{folder}/{image}"
             image_path = url_of(ifs, full)
             if not ifs.exists(full):
+                image_missing = True  # the reference driver skips such a step (protocol reference)
                 problems.append(f"image file {image_path} (field 'image') does not exist")
         gt, problem = _gt_list(raw.get("ground_truth_actions"), "ground_truth_actions")
         if problem:
             problems.append(problem)
+        unmerged, _ = _gt_list(raw.get("ground_truth_actions"), "ground_truth_actions", merge=False)
         alternatives: list[list[dict[str, Any]]] = []
+        alt_firsts: list[dict[str, Any]] = []
         dropped = []
         for j, option in enumerate(raw.get("alternative_options") or []):
             alt, problem = _gt_list(option, f"alternative_options[{j}]")
@@ -367,11 +379,14 @@ class AgentNetBenchmark(Benchmark):
                 dropped.append(problem)
             else:
                 alternatives.append(alt)
+                alt_firsts.append(_gt_list(option, "", merge=False)[0][0])
         meta = {
             "gt_actions": gt, "alternatives": alternatives, "gt_type": gt[0]["type"] if gt else None,
             "milestone": bool(raw.get("milestone", False)), "step_num": raw.get("step_num"),
             "low_level_instruction": _history_text(raw), "goal": goal, "num_steps": num_steps,
-            "image_size": None, "dropped_alternatives": dropped,
+            "image_size": None, "dropped_alternatives": dropped, "image_missing": image_missing,
+            # the reference driver scores the first *unmerged* GT action and each alternative's first one
+            "gt_first": unmerged[0] if unmerged else None, "alt_firsts": alt_firsts,
         }
         return Step(step_index=index, image_path=image_path, instruction=goal,
                     target={"ground_truth_actions": gt, "alternative_options": alternatives},
@@ -382,17 +397,20 @@ class AgentNetBenchmark(Benchmark):
         meta = step.meta if isinstance(step.meta, dict) else {}
         gt = meta.get("gt_actions") or []
         fields: dict[str, Any] = {"gt_type": gt[0]["type"] if gt else None, "pred_type": None,
-                                  "alternative_used": False, "milestone": bool(meta.get("milestone"))}
+                                  "alternative_used": False, "milestone": bool(meta.get("milestone")),
+                                  "has_prediction": False, "image_missing": bool(meta.get("image_missing"))}
         if step.error or not gt:
             return StepScore(False, 0.0, reason=step.error or "step has no ground-truth action", fields=fields)
         if action.error is not None or action.action_type == "invalid":
             return StepScore(False, 0.0, reason=action.error or "invalid action", fields=fields)
+        if self.protocol == "reference":
+            return self._score_reference(meta, action, fields)
         preds = uitars_to_agentnet(action, ctrl_quirk=self.ctrl_quirk)
         if not preds:
             return StepScore(False, 0.0, reason=f"{action.action_type} has no AgentNetBench counterpart",
                              fields=fields)
         first = preds[0]
-        fields["pred_type"] = first[0]
+        fields["pred_type"], fields["has_prediction"] = first[0], True
         score = score_pair(first, gt[0])
         reason = "" if score > 0 else f"{first[0]} vs GT {gt[0]['type']}: 0"
         if score == 0.0:
@@ -402,10 +420,23 @@ class AgentNetBenchmark(Benchmark):
                     score, fields["alternative_used"], reason = alt_score, True, f"alternative {alt[0]['type']}"
         return StepScore(score >= CORRECT_THRESHOLD, score, reason=reason, fields=fields)
 
+    def _score_reference(self, meta: dict[str, Any], action: ParsedAction, fields: dict[str, Any]) -> StepScore:
+        preds = driver_predictions(action)
+        gt_first = meta.get("gt_first")
+        if not preds or not isinstance(gt_first, dict):
+            return StepScore(False, 0.0, reason=f"{action.action_type}: no prediction for the reference driver",
+                             fields=fields)
+        first = preds[0]
+        fields["pred_type"], fields["has_prediction"] = first[0], True
+        score, fields["alternative_used"] = driver_score(first, gt_first, meta.get("alt_firsts") or [])
+        reason = "" if score > 0 else f"{first[0]} vs GT {gt_first['type']}: 0"
+        return StepScore(score >= CORRECT_THRESHOLD, score, reason=reason, fields=fields)
+
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """``overall_score`` (mean step score, micro; error rows count 0), ``average_trajectory_score``,
         ``milestone_score``, ``score_<gt type>`` / ``count_<gt type>``, ``alternative_matches``,
-        ``accuracy`` (share with correct), ``num_steps``, ``num_errors``."""
+        ``accuracy`` (share with correct), ``num_steps``, ``num_errors``. Protocol ``reference``: the
+        driver's aggregation (``agentnet_reference.aggregate_reference``)."""
         n = len(rows)
         out: dict[str, float] = {"overall_score": 0.0, "average_trajectory_score": 0.0, "accuracy": 0.0,
                                  "num_steps": float(n),
@@ -416,6 +447,9 @@ class AgentNetBenchmark(Benchmark):
         def value(r: dict[str, Any]) -> float:
             s = r.get("score")
             return 0.0 if r.get("error") or not isinstance(s, (int, float)) else float(s)
+
+        if self.protocol == "reference":
+            return aggregate_reference(rows, value, lambda r, name: row_value(r, name))
 
         scores = [value(r) for r in rows]
         out["overall_score"] = sum(scores) / n

@@ -13,16 +13,23 @@ runner wants image files. Accessibility trees are serialized ``AndroidAccessibil
 need ``android_env``'s proto definitions; they are **not parsed** (``Step.meta["a11y"]`` is ``None``),
 so the GUI-KV scorer runs its no-tree fallbacks.
 
-Scoring (option ``metric``):
+A second input format is the STaR-KV / GUI-KV drivers' per-step JSON (``500_steps.json`` next to
+``android_control_test.json`` and the images; ``androidcontrol_steps``): ``path`` names that file or its
+folder. Besides the official action types, the dataset README's ``type`` (tap ``x, y``, input ``text``,
+press enter) is read; the drivers' ``type_text`` becomes ``type`` (with a point) or ``input_text``.
+
+Scoring (option ``metric``; option ``protocol: reference`` replaces both by the driver's exact rules,
+``androidcontrol_reference``):
 
 * ``"common"`` (default) — the OS-Atlas / UI-TARS-paper protocol: the predicted type must equal the GT
   type; click/long_press correct iff the L2 distance between the points in normalised [0, 1] space is
-  ≤ 0.14; input_text/open_app correct iff the strings are equal or their token-set F1 > 0.5, computed on
+  ≤ 0.14; input_text/type/open_app correct iff the strings are equal or their token-set F1 > 0.5, computed on
   the **whole** lowercased argument (the OS-Atlas script looks only at the first whitespace token — a
   quirk we do not replicate); scroll needs the same direction; other types need only the same type.
 * ``"guikv"`` — the STaR-KV / GUI-KV reference driver (``androidcontrol_eval.py``) without a11y trees:
   click ≡ long_press, correct iff ``|dx| ≤ thr and |dy| ≤ thr`` pixels with
-  ``thr = max(72, 0.10·min(W, H))``; input_text by a normalised string match; open_app by name match or
+  ``thr = max(72, 0.10·min(W, H))``; input_text / type by a normalised string match (type: a predicted
+  point, when given, must also pass the click rule); open_app by name match or
   a click outside the status bar / right edge when the app is named in the goal or step instruction;
   navigate_back by press_back or a click in the back-button regions; scroll by axis (up≡down,
   left≡right); status by equal goal status. Rules that need the tree (GT element box, element text)
@@ -49,6 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
+from pipeline.benchmarks.androidcontrol_reference import driver_size, score_reference
+from pipeline.benchmarks.androidcontrol_steps import (
+    DEFAULT_STEPS_FILE,
+    build_step_episodes,
+    read_steps_file,
+)
 from pipeline.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
@@ -75,8 +88,11 @@ UITARS_TO_AC = {
     "open_app": "open_app", "press_back": "navigate_back", "press_home": "navigate_home",
     "wait": "wait", "finished": "status",
 }
-AC_TYPES = ("click", "long_press", "scroll", "open_app", "input_text", "navigate_home", "navigate_back",
+# ``type`` (tap x, y, input the text, press enter) is documented in the dataset README beside
+# ``input_text`` (text only); the reference drivers' JSON calls both ``type_text``.
+AC_TYPES = ("click", "long_press", "scroll", "open_app", "input_text", "type", "navigate_home", "navigate_back",
             "wait", "status")
+TEXT_TYPES = frozenset({"input_text", "type"})
 POINT_TYPES = frozenset({"click", "long_press"})
 SCROLL_DIRECTIONS = ("up", "down", "left", "right")
 _FLIP = {"up": "down", "down": "up", "left": "right", "right": "left"}
@@ -135,13 +151,13 @@ def validate_action(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
     if kind not in AC_TYPES:
         return None, f"field 'action_type' is {kind!r}; expected one of {', '.join(AC_TYPES)}"
     action = dict(raw)
-    if kind in POINT_TYPES:
+    if kind in POINT_TYPES or kind == "type":
         x, y = _number(raw.get("x")), _number(raw.get("y"))
         if x is None or y is None:
             return None, f"{kind} needs numeric fields 'x' and 'y' (got x={raw.get('x')!r}, y={raw.get('y')!r})"
-    elif kind == "input_text":
+    if kind in TEXT_TYPES:
         if not isinstance(raw.get("text"), str):
-            return None, "input_text needs a string field 'text'"
+            return None, f"{kind} needs a string field 'text'"
     elif kind == "open_app":
         if not isinstance(raw.get("app_name"), str) or not raw["app_name"].strip():
             return None, "open_app needs a non-empty string field 'app_name'"
@@ -168,6 +184,19 @@ def _load_splits(fs: Any, folder: str, split: str | None) -> set[str] | None:
         keys = sorted(data) if isinstance(data, dict) else []
         raise BenchmarkDataError(f"androidcontrol: {file} has no list for split {split!r} (splits: {keys})")
     return {str(v) for v in data[split]}
+
+
+def _image_size_at(fs: Any, path: str) -> tuple[int, int] | str:
+    """Size from the image header of ``path`` on ``fs``, or why it cannot be read (a problem string)."""
+    try:
+        from PIL import Image
+
+        with fs.open(path, "rb") as fh, Image.open(fh) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        return "does not exist"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad sample, not a crash
+        return f"is unreadable ({type(exc).__name__}: {exc})"
 
 
 def _write_cached(path: Path, data: bytes) -> None:
@@ -235,7 +264,7 @@ def build_episode(features: dict[str, Any], *, where: str, level: str, cache_roo
             if problem:
                 problems.append(f"actions[{i}] {problem}")
         gt_point = None
-        if action is not None and action["action_type"] in POINT_TYPES and size:
+        if action is not None and "x" in action and "y" in action and size:
             gt_point = [float(action["x"]) / size[0], float(action["y"]) / size[1]]
         meta = {
             "level": level, "goal": goal, "step_instruction": instruction, "gt_action": action,
@@ -326,11 +355,15 @@ def row_value(row: dict[str, Any], key: str) -> Any:
 
 @register_benchmark("androidcontrol")
 class AndroidControlBenchmark(Benchmark):
-    """AndroidControl from its official TFRecord shards.
+    """AndroidControl from its official TFRecord shards, or from the reference drivers' per-step JSON
+    (``path`` is that JSON file, or a folder holding ``dataset_file``; see ``androidcontrol_steps``).
 
     Options: ``level`` ("high" | "low", default "high"), ``split`` (a key of splits.json, default "test";
-    "all" / None keeps every episode), ``metric`` ("common" | "guikv"), ``cache_dir``, ``verify_crc``
-    (default True), ``invert_scroll`` (default False).
+    "all" / None keeps every episode; TFRecords only), ``metric`` ("common" | "guikv"), ``protocol``
+    ("official" | "reference": the STaR-KV / GUI-KV driver's rules, ``androidcontrol_reference``; implies
+    metric guikv), ``dataset_file`` (default ``500_steps.json``), ``images_dir`` (screenshots of the JSON
+    layout; default the JSON file's folder), ``cache_dir``, ``verify_crc`` (default True),
+    ``invert_scroll`` (default False).
     """
 
     prompt_kind = "androidcontrol"
@@ -341,6 +374,7 @@ class AndroidControlBenchmark(Benchmark):
     default_history_source = "ground_truth"
     default_image_slots = 5
     system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
+    protocols = ("official", "reference")
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)
@@ -348,9 +382,14 @@ class AndroidControlBenchmark(Benchmark):
         if self.level not in ("high", "low"):
             raise ValueError(f"androidcontrol: option level must be 'high' or 'low', not {self.level!r}")
         self.split = options.get("split", "test")
-        self.metric = options.get("metric", "common")
+        default_metric = "guikv" if self.protocol == "reference" else "common"
+        self.metric = options.get("metric", default_metric)
         if self.metric not in ("common", "guikv"):
             raise ValueError(f"androidcontrol: option metric must be 'common' or 'guikv', not {self.metric!r}")
+        if self.protocol == "reference" and self.metric != "guikv":
+            raise ValueError("androidcontrol: option metric must be 'guikv' (or unset) with protocol 'reference', "
+                             f"not {self.metric!r}")
+        self.dataset_file = str(options.get("dataset_file") or DEFAULT_STEPS_FILE)
         cache = options.get("cache_dir")
         self.cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
         self.verify_crc = bool(options.get("verify_crc", True))
@@ -372,7 +411,30 @@ class AndroidControlBenchmark(Benchmark):
                                      f"named android_control-*-of-*, *.tfrecord* or *.gz, plus splits.json)")
         return fs, path, shards
 
+    def _steps_file(self) -> tuple[Any, str] | None:
+        """``(filesystem, file)`` when ``path`` is the drivers' per-step JSON (or a folder holding it)."""
+        fs, path = open_fs(str(self.path))
+        if fs.isfile(path) and path.endswith(".json"):
+            return fs, path
+        if fs.isdir(path) and fs.isfile(f"{path}/{self.dataset_file}"):
+            return fs, f"{path}/{self.dataset_file}"
+        return None
+
+    def _load_steps_json(self, fs: Any, file: str) -> list[Episode]:
+        explicit = self.options.get("images_dir")
+        images = open_fs(str(explicit)) if explicit else (fs, posixpath.dirname(file))
+        try:
+            records = read_steps_file(fs, file)
+        except ValueError as exc:
+            raise BenchmarkDataError(str(exc)) from None
+        return build_step_episodes(records, file=url_of(fs, file), images=images, level=self.level,
+                                   validate_action=validate_action, image_size=_image_size_at,
+                                   benchmark=self.name)
+
     def load(self) -> Iterable[Episode]:
+        steps_file = self._steps_file()
+        if steps_file is not None:
+            return self._load_steps_json(*steps_file)
         fs, folder, shards = self._shards()
         wanted = _load_splits(fs, folder, self.split)
         return list(self._iter_episodes([url_of(fs, s) for s in shards], wanted))
@@ -421,20 +483,24 @@ class AndroidControlBenchmark(Benchmark):
         gt_type = gt.get("action_type") if isinstance(gt, dict) else None
         fields: dict[str, Any] = {"gt_type": gt_type, "pred_type": None, "type_match": False,
                                   "is_grounding": self._is_grounding(gt_type), "distance": None}
+        size = (step.meta.get("image_size") if isinstance(step.meta, dict) else None) or list(image_size)
+        if self.protocol == "reference":  # the size the driver scores in (downscaled above 1200x2600)
+            fields["driver_size"] = list(driver_size(int(size[0]), int(size[1])))
         if step.error or not isinstance(gt, dict):
             return StepScore(False, 0.0, reason=step.error or "step has no ground-truth action", fields=fields)
         if action.error is not None or action.action_type == "invalid":
             return StepScore(False, 0.0, reason=action.error or "invalid action", fields=fields)
         fields["pred_type"] = self._pred_type(action)
-        size = step.meta.get("image_size") or list(image_size)
-        if self.metric == "common":
+        if self.protocol == "reference":
+            ok, reason = score_reference({**step.meta, "image_size": size}, gt, action, fields)
+        elif self.metric == "common":
             ok, reason = self._score_common(gt, action, fields, size)
         else:
             ok, reason = self._score_guikv(step, gt, action, fields, size)
         return StepScore(ok, 1.0 if ok else 0.0, reason=reason, fields=fields)
 
     def _is_grounding(self, gt_type: str | None) -> bool:
-        kinds = POINT_TYPES if self.metric == "common" else POINT_TYPES | {"input_text"}
+        kinds = POINT_TYPES if self.metric == "common" else POINT_TYPES | TEXT_TYPES
         return gt_type in kinds
 
     def _direction(self, action: ParsedAction) -> str | None:
@@ -446,7 +512,8 @@ class AndroidControlBenchmark(Benchmark):
     def _score_common(self, gt: dict[str, Any], action: ParsedAction, fields: dict[str, Any],
                       size: list[int]) -> tuple[bool, str]:
         gt_type, pred_type = gt["action_type"], fields["pred_type"]
-        fields["type_match"] = gt_type == pred_type
+        # GT ``type`` is TYPE in this protocol (OS-Atlas writes no point for typing): judged on its text
+        fields["type_match"] = gt_type == pred_type or (gt_type == "type" and pred_type == "input_text")
         if not fields["type_match"]:
             return False, f"type {pred_type} != {gt_type}"
         if gt_type in POINT_TYPES:
@@ -457,7 +524,7 @@ class AndroidControlBenchmark(Benchmark):
             fields["distance"] = d
             ok = d <= CLICK_RADIUS + 1e-9
             return ok, "" if ok else f"distance {d:.4f} > {CLICK_RADIUS}"
-        if gt_type == "input_text":
+        if gt_type in TEXT_TYPES:
             ok = text_match_common(action.text or "", gt["text"])
             return ok, "" if ok else f"text {action.text!r} vs {gt['text']!r}: F1 <= {F1_THRESHOLD}"
         if gt_type == "open_app":
@@ -483,10 +550,15 @@ class AndroidControlBenchmark(Benchmark):
             fields["distance"] = max(dx, dy)
             ok = dx <= thr and dy <= thr
             return ok, "" if ok else f"L-inf distance {max(dx, dy):.1f}px > {thr:.1f}px"
-        if gt_type == "input_text":
+        if gt_type in TEXT_TYPES:
+            fields["type_match"] = pred_type == "input_text"
             if pred_type != "input_text":
-                return False, f"type {pred_type} != input_text"
+                return False, f"type {pred_type} != {gt_type}"
             ok = typing_match(action.text or "", gt["text"])
+            if ok and gt_type == "type" and action.point is not None:  # a typed-at point must be the GT's
+                thr = max(72.0, 0.10 * min(w, h))
+                ok = abs(action.point[0] * w - float(gt["x"])) <= thr and abs(action.point[1] * h - float(gt["y"])) <= thr
+                return ok, "" if ok else f"typed at a point farther than {thr:.1f}px (L-inf) from the GT"
             return ok, "" if ok else f"text {action.text!r} does not match {gt['text']!r}"
         if gt_type == "open_app":
             if pred_type == "open_app":

@@ -11,6 +11,9 @@ from typing import Any, ClassVar
 from pipeline.agent.actions import ParsedAction
 
 BENCHMARKS: dict[str, type[Benchmark]] = {}
+# Scoring protocols: ``official`` = the dataset authors' evaluation (default); ``reference`` = the rules of
+# the STaR-KV / GUI-KV evaluation drivers behind the published tables (docs/benchmarks/parity.md).
+PROTOCOLS = ("official", "reference")
 
 
 def register_benchmark(name: str):
@@ -28,6 +31,15 @@ def get_benchmark(name: str) -> type[Benchmark]:
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(BENCHMARKS))}")
     return BENCHMARKS[name]
+
+
+def check_protocol(cls: type[Benchmark], value: Any) -> str:
+    """The ``protocol`` option of ``cls`` (default ``official``); ValueError naming the option otherwise."""
+    if value is None:
+        return "official"
+    if not isinstance(value, str) or value not in cls.protocols:
+        raise ValueError(f"{cls.name}: option protocol must be one of {', '.join(cls.protocols)}, not {value!r}")
+    return value
 
 
 class BenchmarkDataError(ValueError):
@@ -126,6 +138,8 @@ class Benchmark(ABC):
     ``default_image_slots`` (screenshots per prompt, current included). ``history_header`` is how a past
     step's text is written in its assistant turn (``step``: ``"Step k:\n<text>"``; ``gui_kv``: GUI-KV's
     AgentNetBench double header ``"# Step k:\nStep k:\n<text>"``); ``system_prompt`` the system turn.
+    ``protocols`` lists the scoring protocols option ``protocol`` may name (``PROTOCOLS``); ``self.protocol``
+    is the chosen one.
     """
 
     name: ClassVar[str] = "base"
@@ -135,10 +149,12 @@ class Benchmark(ABC):
     default_image_slots: ClassVar[int] = 5
     history_header: ClassVar[str] = "step"
     system_prompt: ClassVar[str | None] = "You are a helpful assistant."
+    protocols: ClassVar[tuple[str, ...]] = ("official",)  # the values option ``protocol`` accepts
 
     def __init__(self, path: str, **options: Any) -> None:
         self.path = path
         self.options = options
+        self.protocol = check_protocol(type(self), options.get("protocol"))
 
     @abstractmethod
     def load(self) -> Iterable[Episode]:

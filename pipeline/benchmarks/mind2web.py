@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import string
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ class Mind2Web(Benchmark):
     default_history_source = "ground_truth"
     default_image_slots = 1
     system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
+    # reference: GUI-KV's scoring rules (punctuation-free Op.F1; left_double / right_single / long_press
+    # raise in the driver and score 0). Its blocks protocol (start at block 0, up to 5 scrolls) needs a
+    # multi-call step in the runner and is not implemented (docs/benchmarks/parity.md).
+    protocols = ("official", "reference")
 
     def load(self) -> Iterable[Episode]:
         split = str(self.options.get("split", "test_task"))
@@ -124,8 +129,12 @@ class Mind2Web(Benchmark):
         if action.error is not None or action.action_type == "invalid":
             return StepScore(False, 0.0, reason=action.error or "invalid action", fields=zero)
         gt_op, gt_value = step.target["op"], step.target.get("value", "")
+        if self.protocol == "reference" and action.action_type in DRIVER_UNSUPPORTED:
+            return StepScore(False, 0.0, reason=f"{action.action_type} raises in the reference driver: 0",
+                             fields={**zero, "pred_op": action.action_type.upper()})
         pred_op, pred_value = map_action(action)
-        f1 = token_f1(op_string(pred_op, pred_value), op_string(gt_op, gt_value))
+        f1_of = driver_token_f1 if self.protocol == "reference" else token_f1
+        f1 = f1_of(op_string(pred_op, pred_value), op_string(gt_op, gt_value))
         size = valid_size(image_size) or valid_size(step.meta.get("image_size"))
         hit = False
         if action.point is not None and size is not None:
@@ -208,6 +217,23 @@ def token_f1(pred: str, label: str) -> float:
 # ---------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------
+
+
+DRIVER_UNSUPPORTED = frozenset({"left_double", "right_single", "long_press"})
+
+
+def driver_token_f1(pred: str, label: str) -> float:
+    """GUI-KV's Op.F1: lower-cased token sets without punctuation tokens (a token that is a run of
+    ``string.punctuation``, e.g. ``-`` or ``()``); both empty: 1, one empty: 0."""
+    p = {t for t in pred.lower().strip().split() if t not in string.punctuation}
+    g = {t for t in label.lower().strip().split() if t not in string.punctuation}
+    if not p and not g:
+        return 1.0
+    tp = len(p & g)
+    if not p or not g or tp == 0:
+        return 0.0
+    precision, recall = tp / len(p), tp / len(g)
+    return 2 * precision * recall / (precision + recall)
 
 
 def _parquet_files(fs: Any, root: str, split: str) -> list[str]:

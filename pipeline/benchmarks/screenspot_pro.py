@@ -27,6 +27,8 @@ from pipeline.benchmarks.screenspot_v2 import (
     ImageSizes,
     base_counts,
     box_range_problem,
+    drop_skipped,
+    image_missing,
     is_number_list,
     read_json_list,
     resolve_image,
@@ -54,6 +56,9 @@ class ScreenSpotPro(Benchmark):
     default_prompt_family = "point"
     default_image_slots = 1
     system_prompt = None
+    # reference: as the v2 driver — a missing screenshot is skipped (the Pro driver crashes on one) and the
+    # point is the first action input
+    protocols = ("official", "reference")
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)
@@ -85,12 +90,17 @@ class ScreenSpotPro(Benchmark):
 
     def score(self, step: Step, action: ParsedAction, image_size: tuple[int, int]) -> StepScore:
         # The reference normalises by the annotation's img_size; the runner's size only as a fallback.
-        return score_point_in_box(step, action, valid_size(step.meta.get("image_size")) or valid_size(image_size))
+        result = score_point_in_box(step, action, valid_size(step.meta.get("image_size")) or valid_size(image_size),
+                                    first_argument_rule=self.protocol == "reference")
+        if self.protocol == "reference" and not action.ok:  # the Pro driver counts a parse failure as "wrong"
+            result.fields["wrong_format"] = 0
+        return result
 
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """``accuracy`` = micro accuracy over all samples (leaderboard "Avg"; also ``micro_accuracy``),
         ``text_acc`` / ``icon_acc`` (micro), per group ``<group>_acc`` / ``<group>_<type>_acc`` /
         ``<group>_<type>_n``, per application ``app_<application>_acc``. Error rows count as wrong."""
+        rows = drop_skipped(rows) if self.protocol == "reference" else rows
         cells = CellTally()
         apps = CellTally()
         for r in rows:
@@ -142,7 +152,8 @@ def _step(images: tuple[Any, str], file: str, index: int, raw: Any, sizes: Image
     meta = {"group": raw.get("group") if isinstance(raw.get("group"), str) else "unknown",
             "ui_type": ui_type, "data_type": ui_type, "application": raw.get("application"),
             "platform": raw.get("platform"), "img_filename": raw.get("img_filename"),
-            "image_size": list(image_size) if image_size else None, "annotation_file": file}
+            "image_size": list(image_size) if image_size else None, "annotation_file": file,
+            "image_missing": image_missing(problems)}
     return Step(step_index=0, image_path=image_path, instruction=instruction,
                 target={"bbox": [float(v) for v in bbox] if is_number_list(bbox, 4) else None},
                 meta=meta, error=f"{where}: {'; '.join(problems)}" if problems else None)

@@ -6,6 +6,8 @@ JSON list of ``{"img_filename", "bbox": [x, y, w, h] px, "instruction", "data_ty
 as, extracted once into the cache). Scoring is the SeeClick / GUI-KV rule: the predicted point,
 normalised to [0, 1], is correct iff it lies inside the box normalised by the real image size, edges
 included. The helpers at the bottom are shared with ScreenSpot-Pro (same scoring, same error handling).
+Option ``protocol: reference`` applies the STaR-KV / GUI-KV driver's rules: samples with a missing
+screenshot are skipped, the point is the first action input (docs/benchmarks/parity.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from pipeline.agent.actions import ParsedAction
+from pipeline.agent.parser import COORDINATE_ARGUMENTS, first_argument
 from pipeline.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
@@ -63,6 +66,9 @@ class ScreenSpotV2(Benchmark):
     default_prompt_family = "point"
     default_image_slots = 1
     system_prompt = None
+    # reference: the driver skips samples whose screenshot is missing and reads the point from the first
+    # action input (``score_point_in_box``, ``drop_skipped``)
+    protocols = ("official", "reference")
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)
@@ -124,7 +130,7 @@ class ScreenSpotV2(Benchmark):
                     if problem:
                         problems.append(problem)
         meta = {"split": split, "data_type": data_type, "data_source": raw.get("data_source"),
-                "img_filename": raw.get("img_filename"),
+                "img_filename": raw.get("img_filename"), "image_missing": image_missing(problems),
                 "image_size": list(image_size) if image_size else None,
                 "sample_id": f"{split}_{index:04d}"}
         return Step(step_index=0, image_path=image_path, instruction=instruction,
@@ -133,7 +139,8 @@ class ScreenSpotV2(Benchmark):
 
     def score(self, step: Step, action: ParsedAction, image_size: tuple[int, int]) -> StepScore:
         # Normalise by the image the runner opened (SeeClick / GUI-KV use PIL ``image.size``).
-        return score_point_in_box(step, action, valid_size(image_size) or valid_size(step.meta.get("image_size")))
+        return score_point_in_box(step, action, valid_size(image_size) or valid_size(step.meta.get("image_size")),
+                                  first_argument_rule=self.protocol == "reference")
 
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """Per split x type accuracy and the two overall numbers.
@@ -145,6 +152,9 @@ class ScreenSpotV2(Benchmark):
         with ``error`` count as wrong (they are 0 on the official data). ``text_acc`` / ``icon_acc``
         are the split means that enter ``overall_macro``; ``*_micro`` pool samples.
         """
+        reference = self.protocol == "reference"
+        run_splits = {str(row_meta(r).get("split", "unknown")) for r in rows}  # before skipped rows go
+        rows = drop_skipped(rows) if reference else rows
         cells = CellTally()
         for r in rows:
             meta = row_meta(r)
@@ -158,7 +168,10 @@ class ScreenSpotV2(Benchmark):
             out[f"{split}_acc"] = cells.acc_where(lambda k, s=split: k[0] == s)
         type_means: dict[str, float] = {}
         for dtype in DATA_TYPES:
-            accs = [cells.acc((s, dtype)) for s in splits if cells.n((s, dtype))]
+            if reference:  # the driver averages every split it ran; a split with no sample of a type gives 0
+                accs = [cells.acc((s, dtype)) for s in sorted(run_splits, key=_split_order)]
+            else:
+                accs = [cells.acc((s, dtype)) for s in splits if cells.n((s, dtype))]
             if accs:
                 type_means[dtype] = sum(accs) / len(accs)
                 out[f"{dtype}_acc"] = type_means[dtype]
@@ -260,6 +273,19 @@ def resolve_image(images: tuple[Any, str], filename: Any, sizes: ImageSizes,
     return url_of(fs, full), size
 
 
+MISSING_IMAGE = "(field 'img_filename') not found"
+
+
+def image_missing(problems: list[str]) -> bool:
+    """Whether the loader's problems say the screenshot file does not exist."""
+    return any(MISSING_IMAGE in p for p in problems)
+
+
+def drop_skipped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Protocol ``reference``: rows whose screenshot is missing are skipped, not counted wrong."""
+    return [r for r in rows if not row_meta(r).get("image_missing")]
+
+
 def is_number_list(value: Any, n: int) -> bool:
     return (isinstance(value, (list, tuple)) and len(value) == n
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
@@ -285,10 +311,13 @@ def valid_size(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, int] | None) -> StepScore:
+def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, int] | None,
+                       first_argument_rule: bool = False) -> StepScore:
     """The ScreenSpot rule on ``step.target['bbox']`` (xyxy px). Any action with a point is judged by
     its point, as the reference drivers take the first action's ``start_box`` whatever its type; no
-    point (unparseable output, ``finished()``) is ``wrong_format``."""
+    point (unparseable output, ``finished()``) is ``wrong_format``. ``first_argument_rule`` (protocol
+    reference): the drivers read the point from the *first* action input, so a call whose first keyword is
+    not a coordinate (``scroll(direction='up', point=...)``) has no point."""
     if step.error:
         return StepScore(False, 0.0, reason=step.error, fields={"hit": 0, "wrong_format": 0})
     if action.error is not None or action.action_type == "invalid":
@@ -296,6 +325,12 @@ def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, 
     if action.point is None:
         return StepScore(False, 0.0, reason=f"{action.action_type} without a point",
                          fields={"hit": 0, "wrong_format": 1})
+    if first_argument_rule and action.raw:  # (an action built in code, without model text, is exempt)
+        first = first_argument(action.raw)
+        if first not in COORDINATE_ARGUMENTS:
+            what = f"the first argument ({first!r})" if first else "no keyword argument (positional values are dropped)"
+            return StepScore(False, 0.0, reason=f"the reference driver reads {what} as the point",
+                             fields={"hit": 0, "wrong_format": 1})
     if image_size is None:
         return StepScore(False, 0.0, reason="image size unknown", fields={"hit": 0, "wrong_format": 0})
     box = normalize_box(step.target["bbox"], image_size)

@@ -1,0 +1,64 @@
+"""One parity job per benchmark (jobs/parity_<benchmark>.yaml, ``protocol: reference``), each loading a
+small fixture in the layout its reference driver reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.benchmarks.base import get_benchmark
+from pipeline.benchmarks.fixtures import write_mind2web, write_screenspot_pro, write_screenspot_v2
+from pipeline.benchmarks.fixtures_episodes import write_agentnet
+from pipeline.benchmarks.fixtures_reference import write_androidcontrol_steps
+from pipeline.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# benchmark -> writer of a fixture in the layout the reference driver reads (AndroidControl: the drivers'
+# own per-step JSON; the others read the official layout; Mind2Web's blocks layout is not supported)
+WRITERS = {
+    "screenspot_v2": lambda root: write_screenspot_v2(root, per_cell=1),
+    "screenspot_pro": lambda root: write_screenspot_pro(root, per_type=1),
+    "androidcontrol": write_androidcontrol_steps,
+    "agentnetbench": write_agentnet,
+    "mind2web": lambda root: write_mind2web(root),
+}
+
+
+def test_every_benchmark_with_a_reference_protocol_has_a_parity_job():
+    import pipeline.benchmarks  # noqa: F401  (registers the built-ins)
+    from pipeline.benchmarks.base import BENCHMARKS
+
+    with_reference = {name for name, cls in BENCHMARKS.items() if "reference" in cls.protocols}
+    assert with_reference == set(WRITERS)
+    for name in with_reference:
+        data = yaml.safe_load((ROOT / "jobs" / f"parity_{name}.yaml").read_text())
+        assert data["benchmark"]["name"] == name and data["benchmark"]["options"]["protocol"] == "reference"
+        assert data["output"] == f"/results/parity_{name}"
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_parity_job_loads_a_fixture_in_the_drivers_layout(name, tmp_path):
+    data = yaml.safe_load((ROOT / "jobs" / f"parity_{name}.yaml").read_text())
+    WRITERS[name](tmp_path / "data")
+    data["model"]["path"] = str(tmp_path)
+    data["benchmark"]["path"] = str(tmp_path / "data")
+    options = {**data["benchmark"]["options"], "cache_dir": str(tmp_path / "cache")}
+    data["benchmark"]["options"] = options
+    cfg = parse_config(data)
+    bench = get_benchmark(name)(cfg.benchmark.path, **cfg.benchmark.options)
+    assert bench.protocol == "reference"
+    episodes = list(bench.load())
+    steps = [s for e in episodes for s in e.steps]
+    assert steps and all(s.error is None for s in steps), [s.error for s in steps if s.error][:3]
+
+
+def test_every_test_named_in_the_parity_doc_exists():
+    import re
+
+    doc = (ROOT / "docs" / "benchmarks" / "parity.md").read_text()
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", doc))
+    defined = {m for f in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_[a-z0-9_]+)",
+                                                                                   f.read_text(), re.M)}
+    assert len(named) > 30 and named <= defined, sorted(named - defined)
