@@ -21,7 +21,7 @@ import torch
 from pipeline.agent.history import HistoryConfig
 from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Episode, Step
-from pipeline.benchmarks.launcher import launcher_episode, launcher_goal
+from pipeline.benchmarks.launcher import ICONS_PER_SCREEN, launcher_episode, launcher_goal
 from pipeline.benchmarks.synthetic import LauncherBenchmark
 from pipeline.config import AgentConfig
 
@@ -43,14 +43,14 @@ class Example:
 
 
 def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig,
-                    processor: Any) -> Iterator[tuple[str, list[Any], str, str]]:
+                    processor: Any, icons_per_screen: int = ICONS_PER_SCREEN) -> Iterator[tuple[str, list[Any], str, str]]:
     """``(chat text, images, answer, step kind)`` per step of one launcher episode drawn from ``rng``."""
     benchmark = LauncherBenchmark
     agent = agent.resolved(benchmark)
     history_cfg = HistoryConfig(image_slots=agent.image_slots, text_history=agent.text_history,
                                 source=agent.history_source, system_prompt=benchmark.system_prompt)
     goal = launcher_goal(rng)
-    generated = list(launcher_episode(rng, rng.randint(min_steps, max_steps)))
+    generated = list(launcher_episode(rng, rng.randint(min_steps, max_steps), icons_per_screen=icons_per_screen))
     steps = [Step(step_index=k, image_path="", instruction=g.instruction, history_text=g.history_text)
              for k, g in enumerate(generated)]
     episode = Episode(episode_id="train", benchmark="launcher", goal=goal, steps=steps)
@@ -78,12 +78,18 @@ def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str)
 
 
 def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: int = 3,
-                      max_steps: int = 6, start: int = 0) -> Iterator[Example]:
-    """An endless stream of training examples, episode ``start`` onwards of the ``seed`` stream."""
+                      max_steps: int = 6, start: int = 0,
+                      icon_counts: tuple[int, ...] = (ICONS_PER_SCREEN,)) -> Iterator[Example]:
+    """An endless stream of training examples, episode ``start`` onwards of the ``seed`` stream.
+
+    ``icon_counts``: icons per screen, drawn per episode. Screens with one or two icons are easier
+    (reading a place before telling colours apart) and speed up learning; evaluation always has three.
+    """
     index = start
     while True:
         rng = random.Random(f"{TRAIN_STREAM}:{seed}:{index}")
-        for text, images, answer, kind in episode_prompts(rng, min_steps, max_steps, agent, processor):
+        icons = icon_counts[0] if len(icon_counts) == 1 else rng.choice(icon_counts)
+        for text, images, answer, kind in episode_prompts(rng, min_steps, max_steps, agent, processor, icons):
             yield encode(processor, text, images, answer, kind)
         index += 1
 
