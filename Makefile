@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint mutation venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q tests
+
+# One-line wrong rules applied to a copy of the packages; each must fail its fast tests (not in `make test`).
+mutation: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) tests/mutation_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -51,7 +51,7 @@ SCENARIOS = {
     "5x2691": Scenario("5 screenshots of 2,691 tokens (1920x1080) + text", (2691,) * 5),
     "1x16384": Scenario("1 screenshot of 16,384 tokens (max_pixels cap) + text", (16384,)),
 }
-QUICK_SCENARIOS = {"quick": Scenario("quick: 2 screenshots of 256 tokens", (256, 256), 20, 30)}
+QUICK_SCENARIOS = {"quick": Scenario("2 screenshots of 256 tokens", (256, 256), 20, 30)}
 
 
 @dataclass

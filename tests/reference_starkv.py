@@ -12,6 +12,29 @@ import operator
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class RefPlan:
+    """The cut of one layer as the spec states it (§1.1), independent of ``starkv.budget``."""
+
+    window: int  # W'
+    past: int  # P
+    keep_past: int  # k
+
+    @property
+    def kept(self) -> int:
+        return self.keep_past + self.window
+
+
+def reference_plan(length: int, budget: float, window_size: int = 8) -> RefPlan:
+    """``C = int(L·b/100)``; ``W' = max(1, min(W, C - 2))``, ``P = L - W'``, ``k = max(1, min(C - W', P))``;
+    ``C >= L`` keeps everything (b = 100 evicts nothing)."""
+    cap = int(length * budget / 100)
+    if cap >= length:
+        return RefPlan(window=0, past=length, keep_past=length)
+    window = max(1, min(window_size, cap - 2))
+    return RefPlan(window=window, past=length - window, keep_past=max(1, min(cap - window, length - window)))
+
+
 @dataclass
 class RefLayerState:
     t: int = 0  # MI counter
@@ -63,7 +86,8 @@ class ReferenceStarKV:
         H, n_kv = len(Q), len(K)
         G = H // n_kv
         L, d = len(K[0]), len(K[0][0])
-        Wp, P, k = ctx.plan.window, ctx.plan.past, ctx.plan.keep_past
+        plan = reference_plan(L, ctx.budget, self.window_size)  # never the plan the fast path was given
+        Wp, P, k = plan.window, plan.past, plan.keep_past
         Wq = len(Q[0])
 
         # §1.2 window attention (K repeated to H heads: head h uses KV head h // G)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -13,8 +15,9 @@ from baselines.streamingllm import StreamingLLM
 from baselines.vlcache import VLCache
 from starkv.budget import capacity, plan_selection
 from starkv.context import LayerContext
-from starkv.hook import allocate_layer_capacities
+from starkv.hook import Attachment, _LayerHook, allocate_layer_capacities
 from starkv.layout import PromptLayout
+from starkv.methods.starkv import StarKV
 
 H, H_KV, D = 8, 2, 16
 SPANS = {1: ((10, 60),), 2: ((10, 50), (60, 100)), 3: ((5, 35), (40, 70), (80, 110))}
@@ -25,6 +28,7 @@ def make_ctx(comp, length=128, budget=20.0, spans=((10, 60),), layer_idx=0, num_
     gen = torch.Generator().manual_seed(seed)
     layout = PromptLayout(image_spans=tuple(spans), prompt_length=length)
     rows = min(length, comp.query_window(layout, length))
+    # the compressor's input, built as the hook builds it; expected values below never come from it
     cap = comp.layer_capacity(length, capacity(length, budget), layer_idx, num_layers)
     return LayerContext(
         layer_idx=layer_idx, num_layers=num_layers,
@@ -40,22 +44,40 @@ ALL = [GUIKV, PyramidKV, StreamingLLM, VLCache, RandomKeep]
 
 
 @pytest.mark.parametrize("cls", ALL)
-@pytest.mark.parametrize("budget", [1, 20, 100])
+@pytest.mark.parametrize("budget", [1, 20])
 @pytest.mark.parametrize("n_images", [1, 2, 3])
 def test_shapes_sorted_window_kept(cls, budget, n_images):
     comp = cls()
     ctx = make_ctx(comp, budget=budget, spans=SPANS[n_images], layer_idx=1)
-    if budget == 100:
-        assert not ctx.plan.compresses
-        return
-    assert ctx.plan.compresses
     idx = comp.select(ctx)
-    assert idx.shape == (H_KV, ctx.plan.kept)
     assert torch.all(idx[:, 1:] > idx[:, :-1])  # ascending, no duplicates
-    assert idx.min() >= 0 and idx.max() < ctx.length
-    window = torch.arange(ctx.plan.past, ctx.length)
+    assert idx.min() >= 0 and idx.max() < 128
+    # the budget rule C = int(128·b/100): 1 % -> 1, below the floor of 2 (window 1 + one past token);
+    # 20 % -> 25 = the last 8 positions + 17 chosen ones. PyramidKV's per-layer sizes are checked below.
+    kept, window = {1: (2, 1), 20: (25, 8)}[budget]
+    if cls is not PyramidKV:
+        assert idx.shape == (H_KV, kept)
+    last = torch.arange(128 - window, 128)
     for row in idx:
-        assert torch.isin(window, row).all()
+        assert torch.isin(last, row).all()
+
+
+@pytest.mark.parametrize("cls", [*ALL, StarKV])
+@pytest.mark.parametrize("n_images", [1, 2, 3])
+def test_budget_100_keeps_every_token_through_the_hook(cls, n_images):
+    """b = 100 goes through the hook's prefill step for every layer and leaves each cache untouched."""
+    comp = cls()
+    att = Attachment(model=None, compressor=comp, budget=100.0, layout=None)
+    caches = []
+    for layer in range(4):
+        ctx = make_ctx(comp, budget=100, spans=SPANS[n_images], layer_idx=layer, num_layers=4, seed=layer)
+        att.layout = ctx.layout
+        cache = types.SimpleNamespace(keys=ctx.keys.clone(), values=ctx.values.clone())
+        _LayerHook(att, layer, 4)._compress(None, ctx.hidden_states, cache, ctx.length, ctx.queries)
+        caches.append((cache, ctx))
+    assert [s.kept_length for s in att.stats] == [128] * 4
+    for cache, ctx in caches:
+        assert torch.equal(cache.keys, ctx.keys) and torch.equal(cache.values, ctx.values)
 
 
 def test_registered_names():
@@ -71,7 +93,7 @@ def redundant_setup(length=160, budget=20.0, head_dim=64):
     comp = GUIKV()
     prev, cur = (10, 40), (50, 130)
     n_prev = prev[1] - prev[0]
-    n_zero = int((1 - capacity(length, budget) / length) * n_prev)
+    n_zero = int((1 - int(length * budget / 100) / length) * n_prev)  # n_z = (1 - C/L)·n, C = int(L·b/100)
     gen = torch.Generator().manual_seed(1)
     keys = torch.randn(1, H_KV, length, head_dim, generator=gen)
     redundant = torch.arange(prev[0], prev[0] + n_zero)
@@ -136,8 +158,7 @@ def test_pyramid_total_equals_uniform_and_decreases(length, budget, layers):
     cap = capacity(length, budget)
     kept = [plan_selection(length, comp.layer_capacity(length, cap, i, layers), comp.window_size).kept
             for i in range(layers)]
-    uniform = plan_selection(length, cap, comp.window_size).kept
-    assert sum(kept) == layers * uniform
+    assert sum(kept) == layers * int(length * budget / 100)  # the total of the uniform budget rule
     assert all(a >= b for a, b in zip(kept, kept[1:]))
     assert kept[0] > kept[-1]
 
@@ -153,8 +174,7 @@ def test_pyramid_endpoints_hand_computed():
 
 def test_pyramid_falls_back_to_uniform_for_short_prompts():
     comp = PyramidKV()
-    cap = capacity(100, 80)  # C' = 72, L < 2C'
-    assert [comp.layer_capacity(100, cap, i, 4) for i in range(4)] == [cap] * 4
+    assert [comp.layer_capacity(100, 80, i, 4) for i in range(4)] == [80] * 4  # C 80, C' = 72, L < 2C'
 
 
 # --- StreamingLLM ---------------------------------------------------------------------------------------
@@ -189,7 +209,7 @@ def test_vlcache_denser_layer_gets_more_and_total_is_uniform():
         scores = comp.score(ctx)
         assert scores.shape == (H_KV, ctx.plan.past)
         weights.append(comp.layer_weight(ctx, scores))
-        uniform.append(ctx.plan.kept)
+        uniform.append(12)  # int(64 · 20 / 100)
     assert weights[0] == pytest.approx(1.0)
     assert weights[0] > weights[2] > weights[3]
     caps = allocate_layer_capacities(weights, uniform, length)

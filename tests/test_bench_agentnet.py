@@ -10,7 +10,6 @@ import pytest
 
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.agentnet import (
-    COORD_THRESHOLD,
     AgentNetBenchmark,
     click_score,
     uitars_to_agentnet,
@@ -118,15 +117,24 @@ def test_error_rows_count_zero(dataset: Path):
     assert bench.aggregate([])["overall_score"] == 0.0
 
 
+# The official eval.py constants, written out (never imported from the implementation under test):
+TAU = 0.01 * math.sqrt(2)  # click: full score within τ = 0.01·√2 of the GT point (relative coordinates)
+
+
 def test_click_score_rules():
     gt = {"type": "click", "point": [0.5, 0.5], "boxes": []}
-    assert click_score((0.5 + COORD_THRESHOLD, 0.5), gt) == 1.0
-    assert click_score((0.5 + COORD_THRESHOLD + 0.01, 0.5), gt) == pytest.approx(math.exp(-1.2))
+    assert TAU == pytest.approx(0.0141421356)
+    assert click_score((0.5 + TAU, 0.5), gt) == 1.0
+    assert click_score((0.5, 0.5 + 0.014), gt) == 1.0  # just inside τ
+    # beyond τ: exp(−120·(d − τ)); d = τ + 0.01 -> exp(−1.2)
+    assert click_score((0.5 + TAU + 0.01, 0.5), gt) == pytest.approx(math.exp(-1.2))
     assert math.exp(-1.2) == pytest.approx(0.301194, abs=1e-6)
+    assert click_score((0.5 + 0.0144, 0.5), gt) == pytest.approx(math.exp(-120 * (0.0144 - TAU)))
+    assert click_score((0.5, 0.55), gt) == pytest.approx(math.exp(-120 * (0.05 - TAU)))  # ≈ 0.0135
     boxed = {"type": "click", "point": [0.5, 0.5], "boxes": [[0.1, 0.1, 0.2, 0.3]]}
     assert click_score((0.3, 0.4), boxed) == 1.0  # on the far corner: edges included
     far = click_score((0.31, 0.4), boxed)
-    assert far == pytest.approx(math.exp(-120 * (math.hypot(0.19, 0.1) - COORD_THRESHOLD)))
+    assert far == pytest.approx(math.exp(-120 * (math.hypot(0.19, 0.1) - TAU)))
 
 
 def test_write_score_rules():
@@ -136,6 +144,17 @@ def test_write_score_rules():
     assert write_score("abc\n", "abc") == pytest.approx(0.9)
     assert write_score("abcd\n", "abce") == pytest.approx(0.75 * 0.9 / 0.8)
     assert write_score("", "abc") == 0.0
+    assert write_score("abcdefgh", "abcdefghij") == 1.0  # s = 0.8 exactly: counts as 1
+    assert write_score("abcdefgx", "abcdefghij") == pytest.approx(0.7 / 0.8)
+
+
+def test_step_correct_from_half_score():
+    bench = AgentNetBenchmark("u")
+    step = Step(0, "/x.png", meta={"gt_actions": [{"type": "write", "text": "abcdefghij"}]})
+    half = bench.score(step, ParsedAction("type", text="abcdxxxxxx"), (1, 1))  # s = 1 - 6/10 = 0.4 -> 0.5
+    assert half.score == pytest.approx(0.5) and half.correct
+    low = bench.score(step, ParsedAction("type", text="abcxxxxxxx"), (1, 1))  # s = 0.3 -> 0.375
+    assert low.score == pytest.approx(0.375) and not low.correct
 
 
 def test_conversion_and_key_rules():

@@ -210,6 +210,15 @@ def test_ssv2_bad_data_becomes_error_steps(tmp_path: Path) -> None:
     assert not bench.score(bad, click(0.5, 0.5), (360, 640)).correct  # never raises
 
 
+def test_box_may_overhang_its_image_by_one_percent_of_the_side() -> None:
+    """Annotators clip at the screen edge with a pixel or two of slack: 1 % of a side passes, more is refused."""
+    from pipeline.benchmarks.screenspot_v2 import box_range_problem
+
+    assert box_range_problem([-10, -5, 1010, 505], (1000, 500), "bbox") is None  # 10 px = 1 % of 1000, 5 of 500
+    for box in ([-11, 0, 100, 100], [0, -6, 100, 100], [0, 0, 1011, 100], [0, 0, 100, 506]):
+        assert "outside the 1000x500 image" in box_range_problem(box, (1000, 500), "bbox"), box
+
+
 def test_ssv2_missing_or_wrong_folder(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkDataError, match=r"expected screenspot_\{mobile,desktop,web\}_v2.json in"):
         list(ScreenSpotV2(str(tmp_path / "nope")).load())

@@ -204,6 +204,24 @@ def test_cli_with_expected_values(tmp_path, capsys, monkeypatch):
     assert "unknown check 'speed'" in capsys.readouterr().err
 
 
+def test_cli_fails_when_a_baseline_unit_is_missing(tmp_path, capsys):
+    """Exit 1 when the current run lacks a unit of the baseline, even with every shared metric equal."""
+    both = write_yaml(tmp_path / "both.yaml", {"units": [
+        {"compressor": "snapkv", "budget": 30, "accuracy": 0.5}, {"compressor": "full", "budget": 30, "accuracy": 0.6}]})
+    one = write_yaml(tmp_path / "one.yaml", {"units": [{"compressor": "snapkv", "budget": 30, "accuracy": 0.5}]})
+    assert main(["regress", "--baseline", str(both), "--current", str(one)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert next(x for x in lines if x.startswith("full@30")).split() == ["full@30", "unit", "-", "-", "-", "-",
+                                                                        "MISSING"]
+    assert any(x.startswith("1 regression(s)") and x.endswith(": full@30 unit") for x in lines)
+    assert main(["regress", "--baseline", str(both), "--current", str(one), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["regressions"] == 1
+    # the other way round the extra unit is only NEW: not a failure
+    assert main(["regress", "--baseline", str(one), "--current", str(both)]) == 0
+    assert next(x for x in capsys.readouterr().out.splitlines() if x.startswith("full@30")).split()[-1] == "NEW"
+
+
 def write_fake_run(output: Path, run_id: str, units: dict[tuple[str, float], tuple[bool, int]]) -> Path:
     """A run folder as `starkv-eval run` leaves it: config.json + Parquet rows (2 steps per unit)."""
     config = {"name": "fake", "model": {"path": "tiny"}, "benchmark": {"name": "synthetic",

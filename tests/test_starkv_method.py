@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from reference_starkv import ReferenceStarKV
+from reference_starkv import ReferenceStarKV, reference_plan
 
 import starkv
 from starkv.budget import capacity, plan_selection
@@ -46,7 +46,7 @@ def make_ctx(seed: int, layer_idx: int, num_images: int, image_tokens: int = 42,
     queries = 1.5 * torch.randn(1, H, 8, HEAD_DIM, generator=gen, dtype=dtype)
     scale = torch.rand(1, length, 1, generator=gen, dtype=dtype) + 0.5
     hidden = scale * torch.randn(1, length, HIDDEN, generator=gen, dtype=dtype)
-    plan = plan_selection(length, capacity(length, budget), 8)
+    plan = plan_selection(length, capacity(length, budget), 8)  # the fast path's input, as the hook builds it
     return LayerContext(layer_idx=layer_idx, num_layers=num_layers, queries=queries, keys=keys,
                         values=keys.clone(), hidden_states=hidden, layout=layout, budget=budget, plan=plan)
 
@@ -57,15 +57,21 @@ def episode(seed: int, max_images: int, steps: int, layers: int = 1, image_token
              for li in range(layers)] for t in range(steps)]
 
 
-def assert_same_selection(fast: torch.Tensor, ref_scores: list[float], ref_idx: list[int], plan) -> None:
-    """Scores equal up to fp32 rounding; kept indices identical except for true near-ties at the cut."""
+def assert_same_selection(fast: torch.Tensor, ref_scores: list[float], ref_idx: list[int], ctx: LayerContext) -> None:
+    """Scores equal up to fp32 rounding; kept indices identical except for true near-ties at the cut.
+
+    The sizes come from the spec's rule (``reference_plan``), not from the plan the fast path was given.
+    """
+    expected = reference_plan(ctx.length, ctx.budget)
+    assert len(ref_scores) == expected.past and len(ref_idx) == expected.kept == int(ctx.length * ctx.budget / 100)
+    assert ref_idx[-expected.window:] == list(range(ctx.length - 8, ctx.length))  # the last 8 positions
     ref = torch.tensor(ref_scores, dtype=torch.float64)
     torch.testing.assert_close(fast[0].double(), ref, rtol=2e-4, atol=1e-9)
-    idx = topk_with_window(fast, plan, N_KV)
-    assert idx.shape == (N_KV, plan.kept) and bool((idx == idx[0]).all())
+    idx = topk_with_window(fast, ctx.plan, N_KV)
+    assert idx.shape == (N_KV, expected.kept) and bool((idx == idx[0]).all())
     got = idx[0].tolist()
     if got != ref_idx:
-        kth = ref.sort(descending=True).values[plan.keep_past - 1]
+        kth = ref.sort(descending=True).values[expected.keep_past - 1]
         for j in set(got) ^ set(ref_idx):
             assert abs(float(ref[j] - kth)) <= 1e-5 * float(kth), f"index {j} differs beyond a near-tie"
 
@@ -97,7 +103,7 @@ def test_matches_reference_over_an_episode(config, max_images):
     for step in episode(seed=max_images, max_images=max_images, steps=8, image_tokens=tokens):
         for ctx in step:
             ref_scores, ref_idx = ref.run(ctx)
-            assert_same_selection(fast.score(ctx), ref_scores, ref_idx, ctx.plan)
+            assert_same_selection(fast.score(ctx), ref_scores, ref_idx, ctx)
     st, rs = fast.state(0), ref.states[0]
     assert st.temporal_steps == rs.u == 8
     if fast.mi_prior:
@@ -112,7 +118,7 @@ def test_two_layers_keep_separate_state_and_match_reference():
     for step in episode(seed=7, max_images=3, steps=8, layers=2):
         for ctx in step:
             ref_scores, ref_idx = ref.run(ctx)
-            assert_same_selection(fast.score(ctx), ref_scores, ref_idx, ctx.plan)
+            assert_same_selection(fast.score(ctx), ref_scores, ref_idx, ctx)
     assert not torch.equal(fast.state(0).mi_ema, fast.state(1).mi_ema)
     assert fast.select(episode(seed=8, max_images=3, steps=1)[0][0]).shape[0] == N_KV
 
@@ -190,7 +196,7 @@ def test_entropy_adaptive_budget_redistributes_the_same_total():
         weights.append(comp.layer_weight(ctx, scores))
     # T from the normalised entropy: flat attention -> ≈ 1.25; one attended key (spread by the 5-pooling)
     assert weights[1] > 1.2 and weights[1] - weights[0] > 0.2
-    uniform = [ctx.plan.kept for ctx in layers]
+    uniform = [int(ctx.length * 20 / 100) for ctx in layers]  # the budget rule at b = 20 %
     caps = allocate_layer_capacities(weights, uniform, layers[0].length)
     assert sum(caps) == sum(uniform) and caps != uniform and caps[1] > caps[0]
 

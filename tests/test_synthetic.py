@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import fsspec
@@ -100,12 +99,6 @@ def test_step_count_bounds_and_validation(tmp_path):
     assert {tuple(s["image_size"]) for e in data["episodes"] for s in e["steps"]} == {(640, 480)}
     with pytest.raises(ValueError):
         generate_synthetic(tmp_path / "y", num_episodes=1, min_steps=4, max_steps=3)
-
-
-def test_generation_is_fast(tmp_path):
-    t = time.perf_counter()
-    generate_synthetic(tmp_path / "fast", num_episodes=8, seed=3)
-    assert time.perf_counter() - t < 2.0
 
 
 # --- loader ----------------------------------------------------------------------------------------
