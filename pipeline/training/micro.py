@@ -42,7 +42,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip: float = 1.0
     seed: int = 0  # weights init and training stream
-    min_steps: int = 3
+    # Curriculum: (fraction of the steps, min episode steps, max episode steps, icons per screen choices).
+    # Short episodes with one or two icons first (read a place, then tell two colours apart, with few
+    # distractors and short prompts), then the evaluation's episode lengths with mostly three icons.
+    phases: tuple[tuple[float, int, int, tuple[int, ...]], ...] = (
+        (0.3, 1, 2, (1, 2, 3)),
+        (0.7, 1, 6, (2, 3, 3)),
+    )
+    min_steps: int = 3  # held-out evaluation episodes (the evaluation job's lengths, three icons)
     max_steps: int = 6
     image_slots: int = 5
     eval_every: int = 500
@@ -61,6 +68,22 @@ class TrainResult:
     wall_s: float
     losses: list[float] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _phase_streams(cfg: TrainConfig, processor: Any, agent: AgentConfig) -> list[Any]:
+    """One example stream per curriculum phase; phase k draws episodes from its own slice of the seed's
+    stream (``start = k * 10**7``), so phases never repeat an episode."""
+    return [training_examples(cfg.seed, processor, agent, lo, hi, start=k * 10**7, icon_counts=icons)
+            for k, (_, lo, hi, icons) in enumerate(cfg.phases)]
+
+
+def _phase_at(step: int, cfg: TrainConfig) -> int:
+    edge = 0.0
+    for k, (fraction, *_rest) in enumerate(cfg.phases):
+        edge += fraction * cfg.steps
+        if step < edge:
+            return k
+    return len(cfg.phases) - 1
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -156,7 +179,7 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
     pad_id = processor.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    stream = training_examples(cfg.seed, processor, agent, cfg.min_steps, cfg.max_steps)
+    streams = _phase_streams(cfg, processor, agent)
     losses: list[float] = []
     evals: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -167,6 +190,7 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
         for step in range(cfg.steps):
             for group in optim.param_groups:
                 group["lr"] = _lr_at(step, cfg)
+            stream = streams[_phase_at(step, cfg)]
             loss = answer_loss(model, collate([next(stream) for _ in range(cfg.batch_size)], pad_id))
             optim.zero_grad(set_to_none=True)
             loss.backward()
