@@ -10,6 +10,12 @@ class StoreError(Exception):
         super().__init__(" ".join(str(message).split()))  # always one line
 
 
+def brief(err: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a backend error, cut to a readable length (some backends dump whole search paths)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{' ...' if len(text) > limit else ''}"
+
+
 class LeaseHeld(StoreError):
     """Another live run holds the run folder's lease."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.errors import StoreError
+from pipeline.store.errors import StoreError, brief
 
 TEMP_MARK = ".tmp-"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -42,7 +42,7 @@ def open_store(location: str | os.PathLike) -> Store:
         raise StoreError(f"{url}: support for {url.split('://')[0]}:// is not installed ({err}); install the "
                          "package it names (s3fs for s3://, gcsfs for gs://)") from None
     except Exception as err:  # noqa: BLE001 - unknown protocol, malformed URL
-        raise StoreError(f"{url}: not a usable storage URL ({type(err).__name__}: {err})") from None
+        raise StoreError(f"{url}: not a usable storage URL ({brief(err)})") from None
     if isinstance(fs, LocalFileSystem):
         return Store(url, fs, str(Path(root).resolve()))
     if fs.protocol in ("memory",) or "memory" in (fs.protocol if isinstance(fs.protocol, tuple) else ()):
@@ -94,7 +94,7 @@ class Store:
             hint = ("check the path and its permissions" if self.local else
                     "check that the store is reachable and the credentials allow it (for s3:// e.g. "
                     "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
-            raise StoreError(f"{self.where(rel)}: cannot {what} ({type(err).__name__}: {err}); {hint}") from None
+            raise StoreError(f"{self.where(rel)}: cannot {what} ({brief(err)}); {hint}") from None
 
     # ------------------------------------------------------------------ checks
     def check(self) -> None:
