@@ -151,6 +151,13 @@ def test_dead_or_silent_holder_is_taken_over_and_said_so(tmp_path):
     assert "took over the lease of run r1" in lines[0]
     lease.release()
 
+    # same host name, other container (pid namespace): its pids are not ours to look up
+    info = LeaseInfo.mine("r1", 60)
+    info.pid, info.pidns = int(dead.stdout), "pid:[1]"
+    (tmp_path / LEASE_FILE).write_bytes(info.to_bytes())
+    with pytest.raises(LeaseHeld, match=f"pid {info.pid} on {socket.gethostname()}"):
+        RunLease(store, LEASE_FILE, "r1").acquire()
+
     # another host we cannot look into: only the heartbeat tells (its own timeout, 5 s here)
     info = LeaseInfo("r1", "node-elsewhere", 123, time.time() - 100, time.time() - 2, 5, "tok")
     (tmp_path / LEASE_FILE).write_bytes(info.to_bytes())

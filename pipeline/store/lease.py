@@ -29,6 +29,14 @@ KIND = "starkv-eval run lease"
 DEFAULT_TIMEOUT_S = 120.0
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (two containers can share a host name but not their pids)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S UTC")
 
@@ -44,12 +52,13 @@ class LeaseInfo:
     heartbeat: float
     timeout_s: float
     token: str
+    pidns: str = ""
     kind: str = KIND
 
     @classmethod
     def mine(cls, run_id: str, timeout_s: float) -> LeaseInfo:
         now = time.time()
-        return cls(run_id, socket.gethostname(), os.getpid(), now, now, timeout_s, uuid.uuid4().hex)
+        return cls(run_id, socket.gethostname(), os.getpid(), now, now, timeout_s, uuid.uuid4().hex, _pid_namespace())
 
     def to_bytes(self) -> bytes:
         data = asdict(self)
@@ -65,7 +74,7 @@ class LeaseInfo:
                 raise ValueError(f"no \"kind\": \"{KIND}\"")
             return cls(run_id=str(raw["run_id"]), host=str(raw["host"]), pid=int(raw["pid"]),
                        started=float(raw["started"]), heartbeat=float(raw["heartbeat"]),
-                       timeout_s=float(raw["timeout_s"]), token=str(raw["token"]))
+                       timeout_s=float(raw["timeout_s"]), token=str(raw["token"]), pidns=str(raw.get("pidns", "")))
         except Exception as err:  # noqa: BLE001 - any malformed content
             raise LeaseCorrupt(f"{where} is not a starkv-eval run lease ({type(err).__name__}: {err}); it was left "
                                "as it is: if no run is writing this folder, delete the file and run again") from None
@@ -76,7 +85,7 @@ class LeaseInfo:
 
     def gone(self) -> str | None:
         """Why the holder is known to be dead (None: it may still be running)."""
-        if self.host == socket.gethostname():
+        if self.host == socket.gethostname() and self.pidns == _pid_namespace():
             import psutil
 
             try:
