@@ -143,9 +143,11 @@ def drop_unreadable_files(store: Store, rows_rel: str) -> list[str]:
     """Remove Parquet files without a complete footer (left by writers of older versions killed mid-file).
 
     Files of this writer never appear half-written (temp + rename, or one PUT); its leftover temp files
-    are removed too.
+    are removed too. On object storage an object exists whole or not at all, so nothing is read there.
     """
     removed = store.remove_temp_files(rows_rel)
+    if not store.local:
+        return removed
     files = store.list_files(rows_rel, ".parquet")
     for rel, data in store.read_many(files).items():
         try:
