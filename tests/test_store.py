@@ -194,3 +194,17 @@ def test_bad_store_urls_fail_in_one_line():
         open_store("nosuch://x/y")
     with pytest.raises(StoreError, match=r"memory://x: memory:// lives in one process"):
         open_store("memory://x")
+
+
+def test_store_error_raised_in_a_worker_is_found_behind_the_wrapping():
+    from pipeline.run import _store_error
+
+    inner = StoreError("s3://b/x/rows/a.parquet: cannot write (PermissionError: denied); check ...")
+    try:
+        try:
+            raise inner
+        except StoreError as err:
+            raise RuntimeError("task failed") from err
+    except RuntimeError as wrapped:
+        assert _store_error(wrapped) is inner
+    assert _store_error(RuntimeError("no store problem")) is None
