@@ -15,7 +15,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.run_id:
         cfg.run_id = args.run_id
-    result = run_job(cfg, output=args.output, tracking_uri=args.tracking_uri)
+    result = run_job(cfg, output=args.output, tracking_uri=args.tracking_uri, wait=args.wait,
+                     lease_timeout_s=args.lease_timeout)
     return 0 if result.summaries else 1
 
 
@@ -35,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output folder (default: the config's 'output')")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in the output folder)")
     run.add_argument("--run-id", help="override the run id (default: <job name>-<config hash>)")
+    run.add_argument("--wait", action="store_true",
+                     help="if another run is writing the same run id, wait for it instead of failing")
+    run.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS",
+                     help="a run's lease without heartbeat for this long is taken over (default: 120)")
     run.set_defaults(func=_cmd_run)
 
     sync = sub.add_parser("sync", help="fill MLflow from the Parquet results of an output folder")
@@ -49,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
+    from pipeline.store import LeaseHeld, StoreError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as err:
         print(f"starkv-eval: config error: {err}", file=sys.stderr)
+        return 2
+    except LeaseHeld as err:
+        print(f"starkv-eval: {err}", file=sys.stderr)
+        return 3
+    except StoreError as err:
+        print(f"starkv-eval: result store: {err}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"starkv-eval: {err}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The Ray pipeline: episodes × (compressor, budget) units sharded over a pool of model actors.
 
-Ray Data reads the work items, ``map_batches`` runs them on actors that load the model once each, and
-``write_parquet`` streams the step rows to disk as units finish. The driver never holds all rows while
-running; it reads the (small) result columns back at the end for the summary and MLflow.
+Ray Data reads the work items, ``map_batches`` runs them on actors that load the model once each, and a
+datasink streams the step rows to the result store (a local folder or object storage, ``pipeline.store``)
+as episodes finish, one file per (unit, episode). The run holds the run folder's lease while it writes. The
+driver never holds all rows while running; it reads the (small) result columns back at the end for the
+summary and MLflow.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,10 @@ from typing import Any
 from pipeline.benchmarks.base import Benchmark, Episode, get_benchmark
 from pipeline.config import JobConfig, parse_config
 from pipeline.faults import fault_env
-from pipeline.results import drop_unreadable, finished_units, read_rows, rows_dir
+from pipeline.results import drop_unreadable, read_rows
+from pipeline.store import StoreError, open_store
+from pipeline.store.lease import DEFAULT_TIMEOUT_S, LEASE_FILE, RunLease
+from pipeline.store.rowfiles import heal_files
 from pipeline.summary import UnitSummary, format_table, summarize
 from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
 
@@ -28,8 +34,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunResult:
     run_id: str
-    output_dir: Path
-    rows_dir: Path
+    output_dir: Path | str  # a Path for a local output, the URL for object storage
+    rows_dir: Path | str
     tracking_uri: str
     summaries: list[UnitSummary] = field(default_factory=list)
     table: str = ""
@@ -137,13 +143,24 @@ def _gpus_per_actor(cfg: JobConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo) -> list[Path]:
+def _store_error(err: BaseException) -> StoreError | None:
+    """The ``StoreError`` behind an exception a Ray task raised (Ray wraps it), if any."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, StoreError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo, folder: Path) -> list[Path]:
     """Accuracy/memory-vs-budget PNGs beside the rows (and into MLflow); a plotting failure only warns."""
     try:
         from pipeline.plots import write_report_plots
 
         subtitle = f"run {result.run_id} · {cfg.benchmark.name} · model {cfg.model.path}"
-        files = write_report_plots(result.summaries, result.rows_dir.parent / "report", subtitle=subtitle,
+        files = write_report_plots(result.summaries, folder / "report", subtitle=subtitle,
                                    mem_device=mem_device)
     except Exception as err:  # noqa: BLE001 - plots are a view of the results, never a reason to fail
         echo(f"[starkv-eval] WARNING: plots not drawn ({type(err).__name__}: {err})")
@@ -154,23 +171,49 @@ def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo) -> lis
 
 
 def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None = None,
-            echo=print) -> RunResult:
-    """Run (or resume) a job: skip finished units, stream new rows to Parquet, summarise, log to MLflow."""
-    out_dir = Path(output or cfg.output).resolve()
+            echo=print, wait: bool = False, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> RunResult:
+    """Run (or resume) a job: skip finished units, stream new rows to the store, summarise, log to MLflow.
+
+    The run folder's lease is held from before the first write to the end; ``wait`` waits for a live
+    holder instead of failing. Store problems raise ``StoreError`` (one line naming the location).
+    """
+    out = open_store(output or cfg.output)
+    out.check()  # an unreachable or unauthorised store fails here, before any work
     run_id = cfg.resolved_run_id()
-    rdir = rows_dir(out_dir, run_id)
-    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, out_dir)
-    result = RunResult(run_id=run_id, output_dir=out_dir, rows_dir=rdir, tracking_uri=uri)
+    run_store = out.sub(run_id)
+    rdir = run_store.location("rows")
+    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, out.mlflow_home())
+    result = RunResult(run_id=run_id, output_dir=out.location(), rows_dir=rdir, tracking_uri=uri)
 
     benchmark = make_benchmark(cfg)
     episodes = load_episodes(cfg, benchmark)  # bad data fails here, before anything is written or started
-    rdir.mkdir(parents=True, exist_ok=True)
+    lease = RunLease(run_store, LEASE_FILE, run_id, timeout_s=lease_timeout_s, wait=wait, echo=echo).acquire()
+    try:
+        with tempfile.TemporaryDirectory(prefix="starkv-run-") as staging:
+            # local files for plots and MLflow artifacts: the run folder itself, or a copy uploaded after
+            folder = Path(run_store.root) if run_store.local else Path(staging)
+            _run_leased(cfg, result, run_store, benchmark, episodes, folder, echo)
+    finally:
+        lease.release()
+    if lease.lost:
+        echo(f"[starkv-eval] WARNING: another run took this run's lease during the run ({lease.lost}); the rows "
+             "are still each step once (writes are idempotent)")
+    return result
+
+
+def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchmark, episodes: list[Episode],
+                folder: Path, echo) -> None:
+    run_id, rdir, uri, out_dir = result.run_id, result.rows_dir, result.tracking_uri, result.output_dir
     commit = git_commit()
     job = {**cfg.to_dict(), "run_id": run_id, "_git_commit": commit}
-    (rdir.parent / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    run_store.write_atomic("config.json", json.dumps(cfg.to_dict(), indent=2, default=str).encode())
 
     removed = drop_unreadable(rdir)
-    done = finished_units(rdir)
+    before = heal_files(run_store, "rows")  # we hold the lease: rewrite identical duplicates once, for good
+    if before.duplicates:
+        echo(f"[starkv-eval] {before.heal_note(str(rdir))}; rewrote the rows as one file per episode")
+    done = set(zip(before.table.column("unit_key").to_pylist(), before.table.column("episode_id").to_pylist())) \
+        if before.table.num_rows else set()
     items = []
     for comp, budget in cfg.units():
         key = f"{comp.display}@{float(budget):g}"
@@ -203,19 +246,33 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
             # test-only fault injection (pipeline/faults.py) reaches actors of an already running cluster
             **({"runtime_env": {"env_vars": fault_env()}} if fault_env() else {}),
         )
-        ds.write_parquet(str(rdir))
+        from pipeline.store.sink import EpisodeRowSink
+
+        try:
+            ds.write_datasink(EpisodeRowSink(run_store, "rows"))
+        except Exception as err:
+            cause = _store_error(err)
+            if cause is None:
+                raise
+            raise StoreError(str(cause)) from None
         echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")
 
     table = read_rows(rdir)
     result.summaries = summarize(table, benchmark)
     devices = sorted(set(table.column("mem_device").to_pylist())) if table.num_rows else []
     result.table = format_table(result.summaries, ", ".join(d for d in devices if d))
-    summary_path = rdir.parent / "summary.json"
-    summary_path.write_text(json.dumps({"run_id": run_id, "units": [
-        {"compressor": s.compressor, "budget": s.budget, **s.metrics} for s in result.summaries]}, indent=2))
-    (rdir.parent / "summary_table.txt").write_text(result.table + "\n")
+    summary_path = folder / "summary.json"
+    summary = json.dumps({"run_id": run_id, "units": [
+        {"compressor": s.compressor, "budget": s.budget, **s.metrics} for s in result.summaries]}, indent=2)
+    run_store.write_atomic("summary.json", summary.encode())
+    run_store.write_atomic("summary_table.txt", (result.table + "\n").encode())
+    if not run_store.local:
+        summary_path.write_text(summary)
 
-    plots = _draw_plots(result, cfg, ", ".join(d for d in devices if d), echo)
+    plots = _draw_plots(result, cfg, ", ".join(d for d in devices if d), echo, folder)
+    if not run_store.local:
+        for png in plots:
+            run_store.write_atomic(f"report/{png.name}", png.read_bytes())
     tags = job_tags(cfg, commit)
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
@@ -228,4 +285,3 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
              f"{result.mlflow_parent_id}); browse with: mlflow ui --backend-store-uri {uri}")
     else:
         echo(f"[starkv-eval] WARNING: MLflow not updated ({tracker.error}); run `starkv-eval sync {out_dir}` later")
-    return result

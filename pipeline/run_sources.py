@@ -1,5 +1,6 @@
-"""Where the results of an evaluation come from: a run folder, its Parquet rows, an output folder, a YAML
-of expected values, or an MLflow run — each reduced to per (compressor, budget) ``UnitSummary`` objects.
+"""Where the results of an evaluation come from: a run folder, its Parquet rows, an output folder (local
+or a storage URL such as ``s3://bucket/prefix``), a YAML of expected values, or an MLflow run — each reduced
+to per (compressor, budget) ``UnitSummary`` objects.
 
 Used by ``starkv-eval regress`` (both sides of a comparison) and ``starkv-eval report``.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.regression import ALIASES, RegressionInputError
+from pipeline.store import Store, StoreError, is_url, open_store
 from pipeline.summary import UnitSummary
 
 MIB = 1024 * 1024
@@ -29,7 +31,7 @@ class ResolvedRun:
     kind: str  # "expected" | "run" | "mlflow"
     units: list[UnitSummary]
     run_id: str | None = None
-    run_dir: Path | None = None
+    run_dir: Path | str | None = None  # a local Path, or the run folder's URL on object storage
     config: dict[str, Any] | None = None  # the job config mapping (config.json, Parquet metadata)
     tracking_uri: str | None = None  # where this run's MLflow runs live (or were read from)
     mlflow_parent_id: str | None = None
@@ -57,6 +59,11 @@ def resolve_run(spec: str, tracking_uri: str | None = None, default_uri: str | N
     ``tracking_uri`` is the explicit ``--tracking-uri``; ``default_uri`` is used for a run id when neither
     it nor ``MLFLOW_TRACKING_URI`` is set (regress passes the other side's store).
     """
+    if is_url(spec):
+        try:
+            return _resolve_url(spec, tracking_uri)
+        except StoreError as err:
+            raise RegressionInputError(str(err)) from None
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
@@ -81,6 +88,36 @@ def resolve_run(spec: str, tracking_uri: str | None = None, default_uri: str | N
                        or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
+def _resolve_url(spec: str, tracking_uri: str | None) -> ResolvedRun:
+    """The same forms as a local path (Parquet file, rows folder, run folder, output folder), on a store."""
+    store = open_store(spec)
+    store.check()
+    if spec.endswith(".parquet"):
+        return _load_rows(spec, spec.rsplit("/", 1)[0], tracking_uri)
+    if store.exists("config.json"):
+        return _load_rows(spec, store.where("rows"), tracking_uri)
+    runs = store.list_dirs_with("config.json")
+    if not runs:
+        if store.list_files("", ".parquet"):
+            return _load_rows(spec, store.where(), tracking_uri)
+        raise RegressionInputError(f"{spec}: no run folder (<run_id>/config.json) and no Parquet rows in it")
+    newest, note = runs[0], ""
+    if len(runs) > 1:
+        newest = max(runs, key=lambda rel: _modified(store, f"{rel}/config.json"))
+        note = f"{spec} holds {len(runs)} runs ({', '.join(runs)}); using the newest: {newest}"
+    run = _load_rows(spec, store.where(f"{newest}/rows"), tracking_uri)
+    if note:
+        run.notes.append(note)
+    return run
+
+
+def _modified(store: Store, rel: str) -> float:
+    try:
+        return store.fs.modified(store.path(rel)).timestamp()
+    except Exception:  # noqa: BLE001 - a backend without modification times: keep the name order
+        return 0.0
+
+
 def _pick_run_dir(output: Path) -> tuple[Path, str]:
     """The only run folder under an output folder, or the newest of several (with a note saying so)."""
     runs = sorted(p.parent for p in output.glob("*/config.json"))
@@ -98,13 +135,14 @@ def _last_modified(run_dir: Path) -> float:
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
 
-def _parquet_config(rows: Path) -> dict[str, Any] | None:
+def _parquet_config(run: Store, rows_rel: str) -> dict[str, Any] | None:
     """The job config the actors stored in the Parquet schema metadata (when ``config.json`` is gone)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for f in sorted(rows.rglob("*.parquet")):
+    for rel in run.list_files(rows_rel, ".parquet"):
         try:
-            meta = pq.read_schema(f).metadata or {}
+            meta = pq.read_schema(pa.BufferReader(run.read_bytes(rel) or b"")).metadata or {}
         except Exception:  # noqa: BLE001 - a truncated file has no schema; try the next one
             continue
         if b"config" in meta:
@@ -112,17 +150,23 @@ def _parquet_config(rows: Path) -> dict[str, Any] | None:
     return None
 
 
-def _load_rows(source: str, rows: Path, tracking_uri: str | None) -> ResolvedRun:
+def _load_rows(source: str, rows: Path | str, tracking_uri: str | None) -> ResolvedRun:
+    """A run from its rows folder (a local path or a URL); the run folder is the rows folder's parent."""
     from pipeline.results import read_rows
     from pipeline.tracking import resolve_tracking_uri
 
-    run_dir = rows.parent
-    config_file = run_dir / "config.json"
+    rows = rows if is_url(rows) else os.path.abspath(rows)
+    parent, _, rows_rel = str(rows).rstrip("/").rpartition("/")
     try:
-        config = json.loads(config_file.read_text()) if config_file.is_file() else _parquet_config(rows)
+        run = open_store(parent or "/")
+        raw = run.read_bytes("config.json")
+        config = json.loads(raw) if raw is not None else _parquet_config(run, rows_rel)
         table = read_rows(rows)
-    except Exception as err:  # noqa: BLE001 - unreadable config or Parquet (e.g. duplicate steps): bad input
-        raise RegressionInputError(f"{run_dir}: cannot read the run ({type(err).__name__}: {err})") from None
+    except StoreError as err:
+        raise RegressionInputError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - unreadable config or Parquet: bad input
+        raise RegressionInputError(f"{run.where()}: cannot read the run ({type(err).__name__}: {err})") from None
+    run_dir = run.location()
     if table.num_rows == 0:
         raise RegressionInputError(f"{rows}: no result rows")
     run_ids = sorted(set(table.column("run_id").to_pylist())) if "run_id" in table.column_names else []
@@ -135,14 +179,15 @@ def _load_rows(source: str, rows: Path, tracking_uri: str | None) -> ResolvedRun
             raise RegressionInputError("no config.json and no config in the Parquet metadata")
         units = _summarize(table, config)
     except Exception as err:  # noqa: BLE001 - any failure to rebuild the benchmark: fall back to summary.json
-        summary = run_dir / "summary.json"
-        if not summary.is_file():
+        summary = run.read_bytes("summary.json")
+        if summary is None:
             raise RegressionInputError(f"{rows}: cannot summarise the rows ({type(err).__name__}: {err}) "
                                        "and there is no summary.json") from None
-        units = load_expected(summary).units
-        notes.append(f"{run_id}: rows not re-summarised ({type(err).__name__}: {err}); used {summary}")
+        units = _expected(summary.decode(), run.where("summary.json")).units
+        notes.append(f"{run_id}: rows not re-summarised ({type(err).__name__}: {err}); used "
+                     f"{run.where('summary.json')}")
     tracking = (config or {}).get("tracking") or {}
-    uri = resolve_tracking_uri(tracking_uri, tracking.get("uri"), run_dir.parent)
+    uri = resolve_tracking_uri(tracking_uri, tracking.get("uri"), run_dir.parent if run.local else run.mlflow_home())
     return ResolvedRun(source=source, kind="run", units=units, run_id=run_id, run_dir=run_dir, config=config,
                        tracking_uri=uri, mem_device=", ".join(devices), notes=notes)
 
@@ -158,9 +203,12 @@ def _summarize(table, config: dict[str, Any]) -> list[UnitSummary]:
 
 def load_expected(path: str | os.PathLike) -> ResolvedRun:
     """A file of expected values ``{units: [{compressor, budget, <metric>: value, ...}]}`` (YAML or JSON)."""
-    path = Path(path)
+    return _expected(Path(path).read_text(), path)
+
+
+def _expected(text: str, path: str | os.PathLike) -> ResolvedRun:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise RegressionInputError(f"{path}: not valid YAML: {err}") from None
     if isinstance(data, dict) and "compressors" in data and "units" not in data:

@@ -7,36 +7,48 @@ from pathlib import Path
 
 from pipeline.config import parse_config
 from pipeline.results import read_rows, run_metadata
+from pipeline.store import Store, StoreError, open_store
 from pipeline.summary import format_table, summarize
 from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
 
 
-def run_dirs(output: str | Path) -> list[Path]:
-    """Run folders (``<output>/<run_id>/`` holding config.json and rows/) under an output folder."""
-    root = Path(output)
-    if (root / "config.json").is_file():
+def run_dirs(output: str | Path) -> list[Store]:
+    """Run folders (``<output>/<run_id>/`` holding config.json and rows/) under an output folder or URL."""
+    root = open_store(output if isinstance(output, str) else str(output))
+    root.check()
+    if root.exists("config.json"):
         return [root]
-    return sorted(p.parent for p in root.glob("*/config.json"))
+    return [root.sub(rel) for rel in root.list_dirs_with("config.json")]
+
+
+def _config(run: Store) -> dict:
+    try:
+        return json.loads(run.read_bytes("config.json") or b"")
+    except ValueError as err:
+        raise StoreError(f"{run.where('config.json')}: not a job config ({err}); restore it from the Parquet "
+                         "metadata or rerun the job") from None
 
 
 def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print) -> int:
     """Log every run found under ``output`` to MLflow (idempotent); returns how many runs were synced."""
     from pipeline.run import make_benchmark
 
-    dirs = run_dirs(output)
-    if not dirs:
+    runs = run_dirs(output)
+    if not runs:
         raise FileNotFoundError(f"no run folders (with config.json) under {output}")
     synced = 0
-    for run_dir in dirs:
-        cfg = parse_config(json.loads((run_dir / "config.json").read_text()))
-        run_id = run_dir.name
-        table = read_rows(run_dir / "rows")
+    for run in runs:
+        cfg = parse_config(_config(run))
+        run_id = run.root.rstrip("/").rsplit("/", 1)[-1]
+        rows = run.location("rows")
+        table = read_rows(rows)
         benchmark = make_benchmark(cfg)
         summaries = summarize(table, benchmark)
         text = format_table(summaries)
-        uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, run_dir.parent)
+        home = Path(run.root).parent if run.local else run.mlflow_home()
+        uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, home)
         tracker = Tracker(uri, cfg.tracking.experiment)
-        commit = run_metadata(run_dir / "rows").get("git_commit") or git_commit()  # the code that ran
+        commit = run_metadata(rows).get("git_commit") or git_commit()  # the code that ran
         tags = job_tags(cfg, commit)
         parent = tracker.log_job(run_id=run_id, job={**cfg.to_dict(), "run_id": run_id}, summaries=summaries,
                                  tags=tags, table_text=text)

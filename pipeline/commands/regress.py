@@ -23,6 +23,7 @@ from pipeline.regression import (
     size_mismatches,
 )
 from pipeline.run_sources import ResolvedRun, resolve_run
+from pipeline.store import is_url
 
 INPUTS = ("run id (starkv run id or MLflow parent run id), Parquet rows folder or file, run folder, output folder "
           "(its only run, or the newest of several), or a YAML/JSON file of expected values "
@@ -44,9 +45,13 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _is_path(spec: str) -> bool:
+    return is_url(spec) or Path(spec).expanduser().exists()
+
+
 def resolve_sides(baseline: str, current: str, tracking_uri: str | None) -> tuple[ResolvedRun, ResolvedRun]:
     """Resolve the path side first so a run id on the other side is looked up in that run's MLflow store."""
-    if Path(current).expanduser().exists() or not Path(baseline).expanduser().exists():
+    if _is_path(current) or not _is_path(baseline):
         cur = resolve_run(current, tracking_uri)
         base = resolve_run(baseline, tracking_uri, default_uri=cur.tracking_uri)
     else:

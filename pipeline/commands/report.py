@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[starkv-eval] note: {note}")
     if args.out:
         out = Path(args.out)
-    elif target.run_dir is not None:
+    elif isinstance(target.run_dir, Path):
         out = target.run_dir / "report"
     else:
         out = Path.cwd() / "reports" / str(target.run_id)
