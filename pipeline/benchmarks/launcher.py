@@ -80,6 +80,7 @@ class LauncherStep:
     icons: tuple[LauncherIcon, ...]
     target: LauncherIcon
     kind: str  # "icon" (on the current screen) or "recalled_icon" (only on an earlier screen)
+    steps_back: int = 0  # which screen shows the target: 0 the current one, k the one k steps earlier
 
     @property
     def instruction(self) -> str:
@@ -132,11 +133,12 @@ def launcher_episode(rng: random.Random, num_steps: int, *, memory_window: int =
         recallable = [icon for screen in screens[-memory_window:] for icon in screen if icon not in targets]
         if recallable and rng.random() < recall_probability:
             target, kind = rng.choice(recallable), "recalled_icon"
+            steps_back = next(k for k in range(1, len(screens) + 1) if target in screens[-k])
         else:
-            target, kind = rng.choice(icons), "icon"
+            target, kind, steps_back = rng.choice(icons), "icon", 0
         screens.append(icons)
         targets.append(target)
-        yield LauncherStep(render_launcher(icons), icons, target, kind)
+        yield LauncherStep(render_launcher(icons), icons, target, kind, steps_back)
 
 
 def launcher_goal(rng: random.Random) -> str:

@@ -21,7 +21,7 @@ import torch
 from pipeline.agent.history import HistoryConfig
 from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Episode, Step
-from pipeline.benchmarks.launcher import ICONS_PER_SCREEN, launcher_episode, launcher_goal
+from pipeline.benchmarks.launcher import GRID, ICONS_PER_SCREEN, LauncherStep, launcher_episode, launcher_goal
 from pipeline.benchmarks.synthetic import LauncherBenchmark
 from pipeline.config import AgentConfig
 
@@ -40,11 +40,19 @@ class Example:
     mm_token_type_ids: torch.Tensor | None
     kind: str
     answer: str
+    target_token: int = -1  # position of the target icon's image token in input_ids (-1: unknown)
 
 
 def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig,
                     processor: Any, icons_per_screen: int = ICONS_PER_SCREEN) -> Iterator[tuple[str, list[Any], str, str]]:
     """``(chat text, images, answer, step kind)`` per step of one launcher episode drawn from ``rng``."""
+    for text, images, step in episode_steps(rng, min_steps, max_steps, agent, processor, icons_per_screen):
+        yield text, images, step.answer, step.kind
+
+
+def episode_steps(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig, processor: Any,
+                  icons_per_screen: int = ICONS_PER_SCREEN) -> Iterator[tuple[str, list[Any], LauncherStep]]:
+    """``(chat text, images, generated step)`` per step of one launcher episode drawn from ``rng``."""
     benchmark = LauncherBenchmark
     agent = agent.resolved(benchmark)
     history_cfg = HistoryConfig(image_slots=agent.image_slots, text_history=agent.text_history,
@@ -58,12 +66,17 @@ def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: A
     for gen, step in zip(generated, steps):
         messages, images = step_messages(benchmark, agent, history_cfg, episode, step, gen.image, history)
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        yield text, images, gen.answer, gen.kind
+        yield text, images, gen
         history.add(step, gen.image, "", "ground_truth")
 
 
-def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str) -> Example:
-    """Tokenise a prompt and its answer; the answer ends with ``<|im_end|>``, where generation stops."""
+def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str,
+           target: tuple[int, int] | None = None) -> Example:
+    """Tokenise a prompt and its answer; the answer ends with ``<|im_end|>``, where generation stops.
+
+    ``target``: (image index in the prompt, cell index row-major) of the icon the answer clicks; its image
+    token's position is recorded for attention supervision (merged image tokens are laid out row-major).
+    """
     inputs = processor(text=[text], images=images, return_tensors="pt")
     tokenizer = processor.tokenizer
     answer_ids = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
@@ -74,7 +87,12 @@ def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str)
     mm = inputs.get("mm_token_type_ids")
     if mm is not None:
         mm = torch.cat([mm[0], torch.zeros(len(answer_ids) + 1, dtype=mm.dtype)])
-    return Example(input_ids, labels, inputs["pixel_values"], inputs["image_grid_thw"], mm, kind, answer)
+    target_token = -1
+    if target is not None:
+        starts = (prompt_ids == tokenizer.convert_tokens_to_ids("<|vision_start|>")).nonzero().flatten()
+        target_token = int(starts[target[0]]) + 1 + target[1]
+    return Example(input_ids, labels, inputs["pixel_values"], inputs["image_grid_thw"], mm, kind, answer,
+                   target_token)
 
 
 def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: int = 3,
@@ -89,8 +107,9 @@ def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: 
     while True:
         rng = random.Random(f"{TRAIN_STREAM}:{seed}:{index}")
         icons = icon_counts[0] if len(icon_counts) == 1 else rng.choice(icon_counts)
-        for text, images, answer, kind in episode_prompts(rng, min_steps, max_steps, agent, processor, icons):
-            yield encode(processor, text, images, answer, kind)
+        for text, images, step in episode_steps(rng, min_steps, max_steps, agent, processor, icons):
+            cell = step.target.row * GRID + step.target.col
+            yield encode(processor, text, images, step.answer, step.kind, (len(images) - 1 - step.steps_back, cell))
         index += 1
 
 
@@ -108,6 +127,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         if e.mm_token_type_ids is not None:
             mm[i, :size] = e.mm_token_type_ids
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
+             "target_token": torch.tensor([e.target_token for e in examples]),
              "pixel_values": torch.cat([e.pixel_values for e in examples]),
              "image_grid_thw": torch.cat([e.image_grid_thw for e in examples])}
     if any(e.mm_token_type_ids is not None for e in examples):
