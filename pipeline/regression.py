@@ -281,7 +281,7 @@ def log_regression(report: RegressionReport, uri: str, experiment: str,
     try:
         from mlflow.entities import Metric, Param, RunTag
 
-        from pipeline.run_sources import mlflow_client
+        from pipeline.mlflow_client import mlflow_client
 
         client = mlflow_client(uri)
         exp = client.get_experiment_by_name(experiment)

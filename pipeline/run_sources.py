@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.mlflow_client import mlflow_client
 from pipeline.regression import ALIASES, RegressionInputError
 from pipeline.store import Store, StoreError, is_url, open_store
 from pipeline.summary import UnitSummary
@@ -242,14 +243,6 @@ def _expected(text: str, path: str | os.PathLike) -> ResolvedRun:
 
 
 # ----------------------------------------------------------------------------------------- MLflow
-
-def mlflow_client(uri: str):
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
 
 def sqlite_missing(uri: str) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()

@@ -14,9 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from pipeline.mlflow_client import mlflow_client
 from pipeline.plots import write_report_plots
 from pipeline.regression import RegressionInputError
-from pipeline.run_sources import ResolvedRun, find_parent_run, mlflow_client, resolve_run, sqlite_missing
+from pipeline.run_sources import ResolvedRun, find_parent_run, resolve_run, sqlite_missing
 
 
 def add_parser(subparsers) -> None:
