@@ -32,3 +32,18 @@ def write_run_folder(output: Path, run_id: str, config: dict[str, Any], rows: li
     (run_dir / "config.json").write_text(json.dumps(config))
     pq.write_table(rows_to_table(rows, {"config": json.dumps(config)}), run_dir / "rows" / "part-0.parquet")
     return run_dir
+
+
+def small_synthetic_job(name: str) -> dict[str, Any]:
+    """A 15-step job (synthetic seed 0: ep0000 6 steps, ep0001 3, ep0002 6) with one SnapKV unit at 50 %,
+    one screenshot per prompt and one Ray actor: the subprocess end-to-end tests' workload."""
+    return {
+        "name": name,
+        "model": {"path": "tiny", "device": "cpu", "max_new_tokens": 8},
+        "benchmark": {"name": "synthetic", "options": {"num_episodes": 3, "seed": 0}},
+        "agent": {"image_slots": 1},
+        "compressors": [{"name": "snapkv", "params": {"window_size": 8, "kernel_size": 5}}],
+        "budgets": [50],
+        "ray": {"num_actors": 1, "num_cpus_per_actor": 1},
+        "tracking": {"experiment": name},
+    }

@@ -30,18 +30,10 @@ from pipeline.results import finished_units, read_rows, run_metadata
 from pipeline.run import run_job
 from pipeline.tracking import Tracker
 from tests.helpers_procs import session_procs, wait_session_gone
+from tests.helpers_runs import small_synthetic_job
 
 BIN = Path(sys.executable).parent
-JOB = {
-    "name": "faults",
-    "model": {"path": "tiny", "device": "cpu", "max_new_tokens": 8},
-    "benchmark": {"name": "synthetic", "options": {"num_episodes": 3, "seed": 0}},
-    "agent": {"image_slots": 1},
-    "compressors": [{"name": "snapkv", "params": {"window_size": 8, "kernel_size": 5}}],
-    "budgets": [50],
-    "ray": {"num_actors": 1, "num_cpus_per_actor": 1},
-    "tracking": {"experiment": "faults"},
-}
+JOB = small_synthetic_job("faults")
 EPISODES, STEPS = 3, 15  # synthetic seed 0: ep0000 6 steps, ep0001 3, ep0002 6
 UNIT = "snapkv@50"
 # columns that a rerun must reproduce exactly (timings, memory and pids may differ)

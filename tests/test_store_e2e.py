@@ -27,19 +27,11 @@ from pipeline.results import read_rows, read_store
 from pipeline.store.lease import LeaseInfo
 from pipeline.store.rowfiles import row_file_name
 from tests.helpers_procs import wait_session_gone
+from tests.helpers_runs import small_synthetic_job
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
-JOB = {
-    "name": "store",
-    "model": {"path": "tiny", "device": "cpu", "max_new_tokens": 8},
-    "benchmark": {"name": "synthetic", "options": {"num_episodes": 3, "seed": 0}},
-    "agent": {"image_slots": 1},
-    "compressors": [{"name": "snapkv", "params": {"window_size": 8, "kernel_size": 5}}],
-    "budgets": [50],
-    "ray": {"num_actors": 1, "num_cpus_per_actor": 1},
-    "tracking": {"experiment": "store"},
-}
+JOB = small_synthetic_job("store")
 EPISODES, STEPS, UNIT = ("ep0000", "ep0001", "ep0002"), 15, "snapkv@50"
 RUN_ID = parse_config(JOB).resolved_run_id()
 DETERMINISTIC = ["step_key", "prompt_tokens", "kept_tokens", "kv_bytes", "raw_output", "prediction", "correct",

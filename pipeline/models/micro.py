@@ -18,7 +18,6 @@ Choices, and why:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,14 @@ from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLFo
 
 from pipeline.agent.prompts import render_prompt
 from pipeline.benchmarks.launcher import CELL, COLOURS, GRID
-from pipeline.models.tiny import build_config, build_tokenizer, init_model, make_processor, special_token_ids
+from pipeline.models.tiny import (
+    build_config,
+    build_tokenizer,
+    init_model,
+    make_processor,
+    read_json_file,
+    special_token_ids,
+)
 
 MICRO_RECIPE_VERSION = 1
 MICRO_DIR = Path(__file__).resolve().parent / "micro_agent"
@@ -88,13 +94,7 @@ def init_micro(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
 
 def read_manifest(model_dir: str | Path) -> dict | None:
     """The micro-agent manifest of a folder, or None if it is not a micro-agent folder."""
-    path = Path(model_dir) / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_file(Path(model_dir) / MANIFEST_FILE)
 
 
 def weights_sha256(model_dir: str | Path) -> str:

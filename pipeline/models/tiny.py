@@ -270,15 +270,20 @@ def build_tiny_model(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
     return out
 
 
-def read_marker(model_dir: str | Path) -> dict | None:
-    """The tiny-model marker of a folder, or None if it is not a (complete) tiny-model build."""
-    path = Path(model_dir) / MARKER_FILE
+def read_json_file(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when the file is missing or unreadable (an incomplete build)."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def read_marker(model_dir: str | Path) -> dict | None:
+    """The tiny-model marker of a folder, or None if it is not a (complete) tiny-model build."""
+    return read_json_file(Path(model_dir) / MARKER_FILE)
 
 
 def is_tiny_model_dir(model_dir: str | Path) -> bool:
