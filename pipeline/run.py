@@ -140,10 +140,10 @@ def _gpus_per_actor(cfg: JobConfig) -> float:
 def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo) -> list[Path]:
     """Accuracy/memory-vs-budget PNGs beside the rows (and into MLflow); a plotting failure only warns."""
     try:
-        from pipeline.plots import write_report_plots
+        from pipeline.plots import write_job_figures
 
         subtitle = f"run {result.run_id} · {cfg.benchmark.name} · model {cfg.model.path}"
-        files = write_report_plots(result.summaries, result.rows_dir.parent / "report", subtitle=subtitle,
+        files = write_job_figures(result.summaries, result.rows_dir.parent / "report", subtitle=subtitle,
                                    mem_device=mem_device)
     except Exception as err:  # noqa: BLE001 - plots are a view of the results, never a reason to fail
         echo(f"[starkv-eval] WARNING: plots not drawn ({type(err).__name__}: {err})")
@@ -219,7 +219,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     tags = job_tags(cfg, commit)
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
-                                              table_text=result.table, artifacts=[summary_path, *plots])
+                                              table_text=result.table, artifacts=[summary_path, *plots], rows=table)
     result.mlflow_ok = tracker.ok
     echo(result.table)
     echo(f"[starkv-eval] Parquet rows: {rdir}")

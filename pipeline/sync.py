@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from pipeline.config import parse_config
+from pipeline.plots import write_job_figures
 from pipeline.results import read_rows, run_metadata
 from pipeline.summary import format_table, summarize
-from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
+from pipeline.tracking import Tracker, git_commit, job_tags, local_artifact_location, resolve_tracking_uri
 
 
 def run_dirs(output: str | Path) -> list[Path]:
@@ -17,6 +18,16 @@ def run_dirs(output: str | Path) -> list[Path]:
     if (root / "config.json").is_file():
         return [root]
     return sorted(p.parent for p in root.glob("*/config.json"))
+
+
+def _figures(summaries, run_dir: Path, subtitle: str, mem_device: str, echo) -> list[Path]:
+    if not summaries:
+        return []
+    try:
+        return write_job_figures(summaries, run_dir / "report", subtitle, mem_device)
+    except Exception as err:  # noqa: BLE001 - figures are a view of the rows, never a reason to fail
+        echo(f"[starkv-eval] WARNING: plots not drawn ({type(err).__name__}: {err})")
+        return []
 
 
 def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print) -> int:
@@ -33,13 +44,21 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
         table = read_rows(run_dir / "rows")
         benchmark = make_benchmark(cfg)
         summaries = summarize(table, benchmark)
-        text = format_table(summaries)
+        devices = sorted(set(table.column("mem_device").to_pylist())) if table.num_rows else []
+        mem_device = ", ".join(d for d in devices if d)
+        text = format_table(summaries, mem_device)
+        # the figures are a view of the rows: drawn again, so a store rebuilt elsewhere is complete
+        figures = _figures(summaries, run_dir, f"run {run_id} · {cfg.benchmark.name} · model {cfg.model.path}",
+                           mem_device, echo)
+        extra = [p for p in (run_dir / "summary.json",) if p.is_file()]
         uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, run_dir.parent)
         tracker = Tracker(uri, cfg.tracking.experiment)
         commit = run_metadata(run_dir / "rows").get("git_commit") or git_commit()  # the code that ran
         tags = job_tags(cfg, commit)
         parent = tracker.log_job(run_id=run_id, job={**cfg.to_dict(), "run_id": run_id}, summaries=summaries,
-                                 tags=tags, table_text=text)
+                                 tags=tags, table_text=text, artifacts=[*extra, *figures], rows=table)
+        for old in tracker.relocated:
+            echo(f"[starkv-eval] store moved: artifact URIs {old} -> {local_artifact_location(uri)}")
         if tracker.ok:
             synced += 1
             echo(f"[starkv-eval] synced {run_id}: {len(summaries)} units -> {uri} (parent {parent})")
