@@ -15,7 +15,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.run_id:
         cfg.run_id = args.run_id
-    result = run_job(cfg, output=args.output, tracking_uri=args.tracking_uri)
+    result = run_job(cfg, output=args.output, tracking_uri=args.tracking_uri, verbose=args.verbose)
     return 0 if result.summaries else 1
 
 
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="output folder (default: the config's 'output')")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in the output folder)")
     run.add_argument("--run-id", help="override the run id (default: <job name>-<config hash>)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="also show Ray's own start-up and scheduler logs (default: one progress display)")
     run.set_defaults(func=_cmd_run)
 
     sync = sub.add_parser("sync", help="fill MLflow from the Parquet results of an output folder")

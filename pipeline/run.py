@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from pipeline.benchmarks.base import Benchmark, Episode, get_benchmark
 from pipeline.config import JobConfig, parse_config
 from pipeline.faults import fault_env
+from pipeline.progress import ProgressCounter, ProgressMonitor, quiet_mlflow, quiet_ray
 from pipeline.results import drop_unreadable, finished_units, read_rows, rows_dir
 from pipeline.summary import UnitSummary, format_table, summarize
 from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
@@ -74,7 +76,7 @@ def load_episodes(cfg: JobConfig, benchmark: Benchmark) -> list[Episode]:
 class EpisodeActor:
     """Ray Data callable class: loads model, processor and benchmark once per actor, runs work items."""
 
-    def __init__(self, job: dict[str, Any], benchmark_path: str, torch_threads: int) -> None:
+    def __init__(self, job: dict[str, Any], benchmark_path: str, torch_threads: int, progress=None) -> None:
         import torch
 
         from pipeline.evaluate import EpisodeRunner
@@ -90,6 +92,7 @@ class EpisodeActor:
         self.benchmark = make_benchmark(self.cfg, benchmark_path)
         self.runner = EpisodeRunner(self.loaded, self.benchmark, self.cfg.agent, m.max_new_tokens)
         self.compressors = {}
+        self.progress = progress  # a ProgressCounter actor handle (None: nobody is watching)
         self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),
                          "config": json.dumps(config, default=str)}
 
@@ -109,24 +112,28 @@ class EpisodeActor:
             episode = Episode.from_row({"episode_json": batch["episode_json"][i]})
             unit = Unit(run_id=str(batch["run_id"][i]), compressor=str(batch["compressor"][i]),
                         budget=float(batch["budget"][i]), model=self.loaded.name)
-            rows.extend(self.runner.run(episode, self._compressor(unit.compressor), unit))
+            episode_rows = self.runner.run(episode, self._compressor(unit.compressor), unit)
+            rows.extend(episode_rows)
+            if self.progress is not None:
+                self.progress.add.remote(1, len(episode_rows))
         return rows_to_table(rows, self.metadata)
 
 
-def _init_ray(cfg: JobConfig) -> None:
+def _init_ray(cfg: JobConfig, verbose: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.INFO if verbose else logging.WARNING  # Ray's start-up chatter only with --verbose
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cpus = max(1, int(cfg.ray.num_actors * cfg.ray.num_cpus_per_actor))
     ray.init(num_cpus=max(cpus, os.cpu_count() or 1), object_store_memory=cfg.ray.object_store_memory,
-             include_dashboard=False, log_to_driver=True)
+             include_dashboard=False, log_to_driver=True, logging_level=level)
 
 
 def _gpus_per_actor(cfg: JobConfig) -> float:
@@ -154,8 +161,11 @@ def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo) -> lis
 
 
 def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None = None,
-            echo=print) -> RunResult:
-    """Run (or resume) a job: skip finished units, stream new rows to Parquet, summarise, log to MLflow."""
+            echo=print, verbose: bool = False) -> RunResult:
+    """Run (or resume) a job: skip finished units, stream new rows to Parquet, summarise, log to MLflow.
+
+    The terminal shows one progress display; Ray's scheduler logs only with ``verbose``.
+    """
     out_dir = Path(output or cfg.output).resolve()
     run_id = cfg.resolved_run_id()
     rdir = rows_dir(out_dir, run_id)
@@ -172,12 +182,14 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     removed = drop_unreadable(rdir)
     done = finished_units(rdir)
     items = []
+    steps_to_run = 0
     for comp, budget in cfg.units():
         key = f"{comp.display}@{float(budget):g}"
         for ep in episodes:
             if (key, ep.episode_id) in done:
                 result.skipped_units += 1
                 continue
+            steps_to_run += len(ep.steps)
             items.append({"run_id": run_id, "compressor": comp.display, "budget": float(budget),
                           "episode_id": ep.episode_id, "episode_json": ep.to_row()["episode_json"]})
     result.ran_units = len(items)
@@ -189,21 +201,29 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     if items:
         import ray
 
-        _init_ray(cfg)
+        _init_ray(cfg, verbose)
+        quiet_ray(verbose)
+        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         t0 = time.time()
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             EpisodeActor,
-            fn_constructor_kwargs={"job": job, "benchmark_path": benchmark.path,
+            fn_constructor_kwargs={"job": job, "benchmark_path": benchmark.path, "progress": counter,
                                    "torch_threads": cfg.ray.torch_threads or max(1, int(cfg.ray.num_cpus_per_actor))},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
             num_cpus=cfg.ray.num_cpus_per_actor,
             num_gpus=_gpus_per_actor(cfg),
-            # test-only fault injection (pipeline/faults.py) reaches actors of an already running cluster
-            **({"runtime_env": {"env_vars": fault_env()}} if fault_env() else {}),
+            # test-only fault injection (pipeline/faults.py) reaches actors of an already running cluster;
+            # the model loader's per-actor weight-loading bars only with --verbose
+            runtime_env={"env_vars": {**fault_env(), **({} if verbose else {"HF_HUB_DISABLE_PROGRESS_BARS": "1"})}},
         )
-        ds.write_parquet(str(rdir))
+        try:
+            with ProgressMonitor(lambda: ray.get(counter.snapshot.remote(), timeout=10), len(items), steps_to_run,
+                                 echo=echo, tty=echo is print and sys.stdout.isatty()):
+                ds.write_parquet(str(rdir))
+        finally:
+            ray.kill(counter)
         echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")
 
     table = read_rows(rdir)
@@ -217,6 +237,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
 
     plots = _draw_plots(result, cfg, ", ".join(d for d in devices if d), echo)
     tags = job_tags(cfg, commit)
+    quiet_mlflow(verbose)
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
                                               table_text=result.table, artifacts=[summary_path, *plots], rows=table)
