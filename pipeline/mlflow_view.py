@@ -42,6 +42,16 @@ HEADLINE: tuple[Headline, ...] = (
 )
 
 
+def runs_page(experiment_id: str | None, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's Runs table in the MLflow UI.
+
+    MLflow 3.17's UI picks its GenAI or model-training layout from the ``workflowType`` URL parameter (else
+    the browser's last choice, GenAI at first), not from the experiment kind; this link asks for the
+    model-training layout.
+    """
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def budget_text(budget: float) -> str:
     return f"{budget:g}%"
 
@@ -98,15 +108,16 @@ def _job_line(job: dict[str, Any]) -> str:
 
 
 def parent_note(job: dict[str, Any], summaries: list[UnitSummary], commit: str) -> str:
-    """The parent run's description: the job, what was compared, and the summary table."""
+    """The parent run's description: the job, the summary table first (the UI folds long notes), then detail."""
     comps = ", ".join(describe_compressor(c) for c in job.get("compressors") or [])
     budgets = ", ".join(budget_text(float(b)) for b in job.get("budgets") or [])
     return "\n".join([
         f"### {job.get('name', job.get('run_id', 'job'))}: KV-cache compression sweep",
         _job_line(job),
-        f"Compressors: {comps}. KV budgets: {budgets} of the prompt tokens kept per layer. Code: `{commit}`.",
         "",
         summary_markdown(summaries),
+        "",
+        f"Compressors: {comps}. KV budgets: {budgets} of the prompt tokens kept per layer. Code: `{commit}`.",
         "",
         "Each child run is one (compressor, budget) with its step rows (`rows/*.parquet`) and a per-step "
         "figure; `overview.png` here puts accuracy, peak memory and KV bytes vs budget side by side. "
@@ -114,19 +125,23 @@ def parent_note(job: dict[str, Any], summaries: list[UnitSummary], commit: str) 
     ])
 
 
+def headline_sentence(s: UnitSummary) -> str:
+    """``accuracy 0.250 · peak memory 812.0 MiB · ... · 18 steps, 0 errors``: a unit in one line."""
+    readable = readable_metrics(s.metrics)
+    parts = [f"{h.title} {h.fmt(readable[h.metric])}" for h in HEADLINE if h.metric in readable]
+    parts.append(f"{int(s.metrics.get('steps', 0))} steps, {int(s.metrics.get('errors', 0))} errors")
+    return " · ".join(parts)
+
+
 def child_note(job: dict[str, Any], s: UnitSummary, settings: dict[str, str]) -> str:
     """A child run's description: which compressor at which budget, and its headline numbers."""
     shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method") or "defaults"
-    head = [h.title for h in HEADLINE] + ["steps", "errors"]
-    counts = [f"{int(s.metrics.get('steps', 0))}", f"{int(s.metrics.get('errors', 0))}"]
     return "\n".join([
         f"### {s.compressor} at {budget_text(s.budget)} KV budget",
+        f"**{headline_sentence(s)}**",
+        "",
         _job_line(job),
         f"Method `{settings.get('method', s.compressor)}` with {shown}.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        "| " + " | ".join([*_cells(s), *counts]) + " |",
         "",
         "Artifacts: `rows/` holds this unit's step rows (Parquet), `unit.png` its per-step KV and peak memory.",
     ])

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.benchmarks.base import Benchmark, Episode, get_benchmark
 from pipeline.config import JobConfig, parse_config
 from pipeline.faults import fault_env
+from pipeline.mlflow_view import runs_page
 from pipeline.progress import ProgressCounter, ProgressMonitor, quiet_mlflow, quiet_ray
 from pipeline.results import drop_unreadable, finished_units, read_rows, rows_dir
 from pipeline.summary import UnitSummary, format_table, summarize
@@ -247,6 +248,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     if tracker.ok:
         echo(f"[starkv-eval] MLflow: {uri} (experiment '{cfg.tracking.experiment}', parent run "
              f"{result.mlflow_parent_id}); browse with: mlflow ui --backend-store-uri {uri}")
+        echo(f"[starkv-eval] then open {runs_page(tracker.experiment_id)}")
     else:
         echo(f"[starkv-eval] WARNING: MLflow not updated ({tracker.error}); run `starkv-eval sync {out_dir}` later")
     return result

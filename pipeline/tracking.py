@@ -99,6 +99,10 @@ class Tracker:
         self._client = None
         self._experiment_id = None
 
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
     def _fail(self, err: Exception) -> None:
         self.ok = False
         self.error = f"{type(err).__name__}: {err}"
@@ -158,7 +162,8 @@ class Tracker:
             client.log_text(pid, table_text, "summary_table.txt")
             for path in artifacts:
                 client.log_artifact(pid, str(path))
-            client.set_terminated(pid, "FINISHED")
+            if parent.info.status != "FINISHED":  # a re-sync keeps the run's first end time (its duration)
+                client.set_terminated(pid, "FINISHED")
             return pid
         except Exception as err:  # noqa: BLE001 - tracking must never kill a run
             self._fail(err)
@@ -186,7 +191,8 @@ class Tracker:
         if rows is not None:
             for path in unit_artifacts(rows, s, tmp / s.key.replace("/", "_")):
                 client.log_artifact(cid, str(path), "rows" if path.suffix == ".parquet" else None)
-        client.set_terminated(cid, "FINISHED")
+        if child.info.status != "FINISHED":
+            client.set_terminated(cid, "FINISHED")
 
 
 def unit_artifacts(rows: pa.Table, s: UnitSummary, folder: Path) -> list[Path]:
