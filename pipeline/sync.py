@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.config import parse_config
+from pipeline.mlflow_view import runs_page
 from pipeline.plots import write_job_figures
 from pipeline.results import read_rows, run_metadata
 from pipeline.summary import format_table, summarize
@@ -61,7 +62,8 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
             echo(f"[starkv-eval] store moved: artifact URIs {old} -> {local_artifact_location(uri)}")
         if tracker.ok:
             synced += 1
-            echo(f"[starkv-eval] synced {run_id}: {len(summaries)} units -> {uri} (parent {parent})")
+            echo(f"[starkv-eval] synced {run_id}: {len(summaries)} units -> {uri} (parent {parent}); in "
+                 f"`mlflow ui` open {runs_page(tracker.experiment_id)}")
         else:
             echo(f"[starkv-eval] could not sync {run_id}: {tracker.error}")
     return synced

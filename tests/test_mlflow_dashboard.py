@@ -11,6 +11,7 @@ import io
 import re
 import shutil
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -62,11 +63,14 @@ def test_moved_output_folder_serves_everything_through_the_rest_api(tmp_path, ca
     assert main(["sync", str(moved)]) == 0  # re-points the artifact URIs at the folder's new place
     out = capsys.readouterr().out
     assert f"store moved: artifact URIs {(first / 'mlartifacts').as_uri()}" in out
+    (link,) = re.findall(r"open (http://\S+)", out)  # the Runs table in MLflow's model-training layout
 
     with mlflow_server(f"sqlite:///{moved / 'mlflow.db'}", tmp_path) as base:
         rest = Rest(base)
         exp = rest.get("experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
         assert kv(exp.get("tags"))["mlflow.experimentKind"] == "custom_model_development"
+        assert link == f"http://127.0.0.1:5000/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+        assert urllib.request.urlopen(base, timeout=30).status == 200  # the UI itself is served
         assert exp["artifact_location"] == (moved / "mlartifacts").as_uri()
         runs = rest.runs(exp["experiment_id"])
         parents = [r for r in runs if kv(r["data"].get("tags")).get("starkv.kind") == "job"]
