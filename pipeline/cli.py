@@ -16,7 +16,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.run_id:
         cfg.run_id = args.run_id
     result = run_job(cfg, output=args.output, tracking_uri=args.tracking_uri, wait=args.wait,
-                     lease_timeout_s=args.lease_timeout)
+                     lease_timeout_s=args.lease_timeout, verbose=args.verbose)
     return 0 if result.summaries else 1
 
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="if another run is writing the same run id, wait for it instead of failing")
     run.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS",
                      help="a run's lease without heartbeat for this long is taken over (default: 120)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="also show Ray's own start-up and scheduler logs (default: one progress display)")
     run.set_defaults(func=_cmd_run)
 
     sync = sub.add_parser("sync", help="fill MLflow from the Parquet results of an output folder")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.colours import compressor_colour
 from pipeline.summary import UnitSummary
 
 MIB = 1024 * 1024
@@ -68,7 +69,8 @@ def plot_metric(units: list[UnitSummary], spec: PlotSpec, path: Path, subtitle: 
     markers = "osD^vP*X"
     for i, (name, points) in enumerate(sorted(lines.items())):
         xs, ys = zip(*points)
-        ax.plot(xs, [spec.scale(y) for y in ys], marker=markers[i % len(markers)], label=name, alpha=0.85)
+        ax.plot(xs, [spec.scale(y) for y in ys], marker=markers[i % len(markers)], label=name, alpha=0.85,
+                color=compressor_colour(name))
     if spec.metric == "mean_kv_bytes":  # the uncompressed cache as the reference the budgets cut down
         by_budget: dict[float, list[float]] = {}
         for points in _series(units, "mean_kv_bytes_full").values():
@@ -102,3 +104,46 @@ def write_report_plots(units: list[UnitSummary], out_dir: str | Path, subtitle: 
     out = Path(out_dir)
     written = [plot_metric(units, spec, out / spec.filename, subtitle) for spec in _specs(mem_device)]
     return [p for p in written if p is not None]
+
+
+def plot_overview(units: list[UnitSummary], path: Path, subtitle: str = "", mem_device: str = "") -> Path | None:
+    """One figure, three panels side by side: accuracy, peak memory and kept KV bytes vs budget, per compressor.
+
+    The colours are the compressors' MLflow run colours, so the figure reads like the runs table.
+    """
+    from matplotlib.figure import Figure
+
+    accuracy, kv, peak = _specs(mem_device)
+    specs = [accuracy, peak, kv]  # peak keeps its autoscale (weights dominate it); KV from zero
+    if not any(_series(units, spec.metric) for spec in specs):
+        return None
+    fig = Figure(figsize=(13, 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(specs))
+    budgets = sorted({u.budget for u in units})
+    for ax, spec in zip(axes, specs):
+        for name, points in sorted(_series(units, spec.metric).items()):
+            xs, ys = zip(*points)
+            ax.plot(xs, [spec.scale(y) for y in ys], marker="o", label=name, color=compressor_colour(name))
+        ax.set_xticks(budgets)
+        ax.set_xticklabels([f"{b:g}%" for b in budgets])
+        ax.set_xlabel("KV budget")
+        ax.set_ylabel(spec.ylabel, fontsize="small")
+        ax.set_title(spec.title.split("\n")[0], fontsize="medium")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].set_ylim(bottom=0)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="compressor", loc="outside right upper", fontsize="small")
+    if subtitle:
+        fig.suptitle(subtitle, fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def write_job_figures(units: list[UnitSummary], out_dir: str | Path, subtitle: str = "",
+                      mem_device: str = "") -> list[Path]:
+    """What a job's parent run carries: the three sweep plots and the side-by-side ``overview.png``."""
+    files = write_report_plots(units, out_dir, subtitle, mem_device)
+    overview = plot_overview(units, Path(out_dir) / "overview.png", subtitle, mem_device)
+    return files + ([overview] if overview else [])

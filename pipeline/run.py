@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 from pipeline.benchmarks.base import Benchmark, Episode, get_benchmark
 from pipeline.config import JobConfig, parse_config
 from pipeline.faults import fault_env
+from pipeline.mlflow_view import runs_page
+from pipeline.progress import ProgressCounter, ProgressMonitor, quiet_mlflow, quiet_ray
 from pipeline.results import drop_unreadable, read_rows
 from pipeline.store import StoreError, open_store
 from pipeline.store.lease import DEFAULT_TIMEOUT_S, LEASE_FILE, RunLease
@@ -80,7 +83,7 @@ def load_episodes(cfg: JobConfig, benchmark: Benchmark) -> list[Episode]:
 class EpisodeActor:
     """Ray Data callable class: loads model, processor and benchmark once per actor, runs work items."""
 
-    def __init__(self, job: dict[str, Any], benchmark_path: str, torch_threads: int) -> None:
+    def __init__(self, job: dict[str, Any], benchmark_path: str, torch_threads: int, progress=None) -> None:
         import torch
 
         from pipeline.evaluate import EpisodeRunner
@@ -96,6 +99,7 @@ class EpisodeActor:
         self.benchmark = make_benchmark(self.cfg, benchmark_path)
         self.runner = EpisodeRunner(self.loaded, self.benchmark, self.cfg.agent, m.max_new_tokens)
         self.compressors = {}
+        self.progress = progress  # a ProgressCounter actor handle (None: nobody is watching)
         self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),
                          "config": json.dumps(config, default=str)}
 
@@ -115,24 +119,28 @@ class EpisodeActor:
             episode = Episode.from_row({"episode_json": batch["episode_json"][i]})
             unit = Unit(run_id=str(batch["run_id"][i]), compressor=str(batch["compressor"][i]),
                         budget=float(batch["budget"][i]), model=self.loaded.name)
-            rows.extend(self.runner.run(episode, self._compressor(unit.compressor), unit))
+            episode_rows = self.runner.run(episode, self._compressor(unit.compressor), unit)
+            rows.extend(episode_rows)
+            if self.progress is not None:
+                self.progress.add.remote(1, len(episode_rows))
         return rows_to_table(rows, self.metadata)
 
 
-def _init_ray(cfg: JobConfig) -> None:
+def _init_ray(cfg: JobConfig, verbose: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.INFO if verbose else logging.WARNING  # Ray's start-up chatter only with --verbose
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cpus = max(1, int(cfg.ray.num_actors * cfg.ray.num_cpus_per_actor))
     ray.init(num_cpus=max(cpus, os.cpu_count() or 1), object_store_memory=cfg.ray.object_store_memory,
-             include_dashboard=False, log_to_driver=True)
+             include_dashboard=False, log_to_driver=True, logging_level=level)
 
 
 def _gpus_per_actor(cfg: JobConfig) -> float:
@@ -157,10 +165,10 @@ def _store_error(err: BaseException) -> StoreError | None:
 def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo, folder: Path) -> list[Path]:
     """Accuracy/memory-vs-budget PNGs beside the rows (and into MLflow); a plotting failure only warns."""
     try:
-        from pipeline.plots import write_report_plots
+        from pipeline.plots import write_job_figures
 
         subtitle = f"run {result.run_id} · {cfg.benchmark.name} · model {cfg.model.path}"
-        files = write_report_plots(result.summaries, folder / "report", subtitle=subtitle,
+        files = write_job_figures(result.summaries, folder / "report", subtitle=subtitle,
                                    mem_device=mem_device)
     except Exception as err:  # noqa: BLE001 - plots are a view of the results, never a reason to fail
         echo(f"[starkv-eval] WARNING: plots not drawn ({type(err).__name__}: {err})")
@@ -171,11 +179,13 @@ def _draw_plots(result: RunResult, cfg: JobConfig, mem_device: str, echo, folder
 
 
 def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None = None,
-            echo=print, wait: bool = False, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> RunResult:
+            echo=print, wait: bool = False, lease_timeout_s: float = DEFAULT_TIMEOUT_S,
+            verbose: bool = False) -> RunResult:
     """Run (or resume) a job: skip finished units, stream new rows to the store, summarise, log to MLflow.
 
     The run folder's lease is held from before the first write to the end; ``wait`` waits for a live
-    holder instead of failing. Store problems raise ``StoreError`` (one line naming the location).
+    holder instead of failing. Store problems raise ``StoreError`` (one line naming the location). The
+    terminal shows one progress display; Ray's scheduler logs only with ``verbose``.
     """
     out = open_store(output or cfg.output)
     out.check()  # an unreachable or unauthorised store fails here, before any work
@@ -192,7 +202,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
         with tempfile.TemporaryDirectory(prefix="starkv-run-") as staging:
             # local files for plots and MLflow artifacts: the run folder itself, or a copy uploaded after
             folder = Path(run_store.root) if run_store.local else Path(staging)
-            _run_leased(cfg, result, run_store, benchmark, episodes, folder, echo)
+            _run_leased(cfg, result, run_store, benchmark, episodes, folder, echo, verbose)
     finally:
         lease.release()
     if lease.lost:
@@ -202,7 +212,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
 
 
 def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchmark, episodes: list[Episode],
-                folder: Path, echo) -> None:
+                folder: Path, echo, verbose: bool) -> None:
     run_id, rdir, uri, out_dir = result.run_id, result.rows_dir, result.tracking_uri, result.output_dir
     commit = git_commit()
     job = {**cfg.to_dict(), "run_id": run_id, "_git_commit": commit}
@@ -215,12 +225,14 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
     done = set(zip(before.table.column("unit_key").to_pylist(), before.table.column("episode_id").to_pylist())) \
         if before.table.num_rows else set()
     items = []
+    steps_to_run = 0
     for comp, budget in cfg.units():
         key = f"{comp.display}@{float(budget):g}"
         for ep in episodes:
             if (key, ep.episode_id) in done:
                 result.skipped_units += 1
                 continue
+            steps_to_run += len(ep.steps)
             items.append({"run_id": run_id, "compressor": comp.display, "budget": float(budget),
                           "episode_id": ep.episode_id, "episode_json": ep.to_row()["episode_json"]})
     result.ran_units = len(items)
@@ -232,29 +244,36 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
     if items:
         import ray
 
-        _init_ray(cfg)
+        _init_ray(cfg, verbose)
+        quiet_ray(verbose)
+        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         t0 = time.time()
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             EpisodeActor,
-            fn_constructor_kwargs={"job": job, "benchmark_path": benchmark.path,
+            fn_constructor_kwargs={"job": job, "benchmark_path": benchmark.path, "progress": counter,
                                    "torch_threads": cfg.ray.torch_threads or max(1, int(cfg.ray.num_cpus_per_actor))},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
             num_cpus=cfg.ray.num_cpus_per_actor,
             num_gpus=_gpus_per_actor(cfg),
-            # test-only fault injection (pipeline/faults.py) reaches actors of an already running cluster
-            **({"runtime_env": {"env_vars": fault_env()}} if fault_env() else {}),
+            # test-only fault injection (pipeline/faults.py) reaches actors of an already running cluster;
+            # the model loader's per-actor weight-loading bars only with --verbose
+            runtime_env={"env_vars": {**fault_env(), **({} if verbose else {"HF_HUB_DISABLE_PROGRESS_BARS": "1"})}},
         )
         from pipeline.store.sink import EpisodeRowSink
 
         try:
-            ds.write_datasink(EpisodeRowSink(run_store, "rows"))
+            with ProgressMonitor(lambda: ray.get(counter.snapshot.remote(), timeout=10), len(items), steps_to_run,
+                                 echo=echo, tty=echo is print and sys.stdout.isatty()):
+                ds.write_datasink(EpisodeRowSink(run_store, "rows"))
         except Exception as err:
             cause = _store_error(err)
             if cause is None:
                 raise
             raise StoreError(str(cause)) from None
+        finally:
+            ray.kill(counter)
         echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")
 
     table = read_rows(rdir)
@@ -274,14 +293,16 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
         for png in plots:
             run_store.write_atomic(f"report/{png.name}", png.read_bytes())
     tags = job_tags(cfg, commit)
+    quiet_mlflow(verbose)
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,
-                                              table_text=result.table, artifacts=[summary_path, *plots])
+                                              table_text=result.table, artifacts=[summary_path, *plots], rows=table)
     result.mlflow_ok = tracker.ok
     echo(result.table)
     echo(f"[starkv-eval] Parquet rows: {rdir}")
     if tracker.ok:
         echo(f"[starkv-eval] MLflow: {uri} (experiment '{cfg.tracking.experiment}', parent run "
              f"{result.mlflow_parent_id}); browse with: mlflow ui --backend-store-uri {uri}")
+        echo(f"[starkv-eval] then open {runs_page(tracker.experiment_id)}")
     else:
         echo(f"[starkv-eval] WARNING: MLflow not updated ({tracker.error}); run `starkv-eval sync {out_dir}` later")

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 from pipeline.config import parse_config
+from pipeline.mlflow_view import runs_page
+from pipeline.plots import write_job_figures
 from pipeline.results import read_rows, run_metadata
 from pipeline.store import Store, StoreError, open_store
 from pipeline.summary import format_table, summarize
-from pipeline.tracking import Tracker, git_commit, job_tags, resolve_tracking_uri
+from pipeline.tracking import Tracker, git_commit, job_tags, local_artifact_location, resolve_tracking_uri
 
 
 def run_dirs(output: str | Path) -> list[Store]:
@@ -29,6 +31,16 @@ def _config(run: Store) -> dict:
                          "metadata or rerun the job") from None
 
 
+def _figures(summaries, run_dir: Path, subtitle: str, mem_device: str, echo) -> list[Path]:
+    if not summaries:
+        return []
+    try:
+        return write_job_figures(summaries, run_dir / "report", subtitle, mem_device)
+    except Exception as err:  # noqa: BLE001 - figures are a view of the rows, never a reason to fail
+        echo(f"[starkv-eval] WARNING: plots not drawn ({type(err).__name__}: {err})")
+        return []
+
+
 def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print) -> int:
     """Log every run found under ``output`` to MLflow (idempotent); returns how many runs were synced."""
     from pipeline.run import make_benchmark
@@ -44,17 +56,28 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
         table = read_rows(rows)
         benchmark = make_benchmark(cfg)
         summaries = summarize(table, benchmark)
-        text = format_table(summaries)
+        devices = sorted(set(table.column("mem_device").to_pylist())) if table.num_rows else []
+        mem_device = ", ".join(d for d in devices if d)
+        text = format_table(summaries, mem_device)
+        # the figures are a view of the rows: drawn again, so a store rebuilt elsewhere is complete; a run on
+        # object storage gets them in ./reports/<run id> (as `report` does)
+        run_dir = Path(run.root) if run.local else Path("reports") / run_id
+        figures = _figures(summaries, run_dir, f"run {run_id} · {cfg.benchmark.name} · model {cfg.model.path}",
+                           mem_device, echo)
+        extra = [p for p in (run_dir / "summary.json",) if p.is_file()]
         home = Path(run.root).parent if run.local else run.mlflow_home()
         uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, home)
         tracker = Tracker(uri, cfg.tracking.experiment)
         commit = run_metadata(rows).get("git_commit") or git_commit()  # the code that ran
         tags = job_tags(cfg, commit)
         parent = tracker.log_job(run_id=run_id, job={**cfg.to_dict(), "run_id": run_id}, summaries=summaries,
-                                 tags=tags, table_text=text)
+                                 tags=tags, table_text=text, artifacts=[*extra, *figures], rows=table)
+        for old in tracker.relocated:
+            echo(f"[starkv-eval] store moved: artifact URIs {old} -> {local_artifact_location(uri)}")
         if tracker.ok:
             synced += 1
-            echo(f"[starkv-eval] synced {run_id}: {len(summaries)} units -> {uri} (parent {parent})")
+            echo(f"[starkv-eval] synced {run_id}: {len(summaries)} units -> {uri} (parent {parent}); in "
+                 f"`mlflow ui` open {runs_page(tracker.experiment_id)}")
         else:
             echo(f"[starkv-eval] could not sync {run_id}: {tracker.error}")
     return synced

@@ -9,11 +9,29 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from pipeline.colours import compressor_colour
+from pipeline.mlflow_view import (
+    COLOUR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    budget_text,
+    child_note,
+    job_params,
+    parent_metrics,
+    parent_note,
+    readable_metrics,
+    unit_slug,
+)
+from pipeline.store_move import relocate_local_store
 from pipeline.summary import UnitSummary
 
 log = logging.getLogger(__name__)
@@ -77,8 +95,13 @@ class Tracker:
         self.experiment = experiment
         self.ok = True
         self.error = ""
+        self.relocated: list[str] = []
         self._client = None
         self._experiment_id = None
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
 
     def _fail(self, err: Exception) -> None:
         self.ok = False
@@ -92,10 +115,17 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             from mlflow.tracking import MlflowClient
 
+            self.relocated = relocate_local_store(self.uri)  # a moved output folder: artifacts found again
             client = MlflowClient(tracking_uri=self.uri)
             exp = client.get_experiment_by_name(self.experiment)
-            self._experiment_id = exp.experiment_id if exp else client.create_experiment(
-                self.experiment, artifact_location=local_artifact_location(self.uri))
+            kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            if exp is None:
+                self._experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=local_artifact_location(self.uri), tags=kind)
+            else:
+                self._experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind someone chose by hand stays
+                    client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             self._client = client
         return self._client
 
@@ -105,8 +135,12 @@ class Tracker:
         return runs[0] if runs else None
 
     def log_job(self, *, run_id: str, job: dict[str, Any], summaries: list[UnitSummary],
-                tags: dict[str, str], table_text: str, artifacts: list[Path] = ()) -> str | None:
-        """Create or update the parent and child runs; returns the parent MLflow run id (None on failure)."""
+                tags: dict[str, str], table_text: str, artifacts: list[Path] = (),
+                rows: pa.Table | None = None) -> str | None:
+        """Create or update the parent and child runs; returns the parent MLflow run id (None on failure).
+
+        ``rows`` (the job's step rows) gives every child its own rows and figure as artifacts.
+        """
         if not self.ok:
             return None
         try:
@@ -117,40 +151,79 @@ class Tracker:
                                            tags={**tags, "starkv.run_id": run_id, "starkv.kind": "job"})
             pid = parent.info.run_id
             existing_params = set(parent.data.params) if hasattr(parent, "data") else set()
-            params = {k: v for k, v in _flatten("", job).items() if k not in existing_params}
+            params = {k: v for k, v in job_params(job).items() if k not in existing_params}
             for chunk in _chunks(params, 90):
                 client.log_batch(pid, params=[_param(k, v) for k, v in chunk.items()])
-            for s in summaries:
-                self._log_child(pid, run_id, job, s, tags)
+            client.set_tag(pid, NOTE_TAG, parent_note(job, summaries, tags.get("git_commit", "unknown")))
+            _log_metrics(client, pid, parent_metrics(summaries))
+            with tempfile.TemporaryDirectory(prefix="starkv-mlflow-") as tmp:
+                for s in summaries:
+                    self._log_child(pid, run_id, job, s, tags, rows, Path(tmp))
             client.log_text(pid, table_text, "summary_table.txt")
             for path in artifacts:
                 client.log_artifact(pid, str(path))
-            client.set_terminated(pid, "FINISHED")
+            if parent.info.status != "FINISHED":  # a re-sync keeps the run's first end time (its duration)
+                client.set_terminated(pid, "FINISHED")
             return pid
         except Exception as err:  # noqa: BLE001 - tracking must never kill a run
             self._fail(err)
             return None
 
     def _log_child(self, parent_id: str, run_id: str, job: dict[str, Any], s: UnitSummary,
-                   tags: dict[str, str]) -> None:
+                   tags: dict[str, str], rows: pa.Table | None, tmp: Path) -> None:
         client = self._client
+        settings = compressor_params(job, s.compressor)
         child = self._find(f"tags.`starkv.run_id` = '{run_id}' and tags.`starkv.unit` = '{s.key}'")
         if child is None:
             child_tags = {**tags, "mlflow.parentRunId": parent_id, "starkv.run_id": run_id, "starkv.kind": "unit",
                           "starkv.unit": s.key, "compressor": s.compressor, "budget": f"{s.budget:g}"}
-            child = client.create_run(self._experiment_id, run_name=s.key, tags=child_tags)
-            params = {"budget": f"{s.budget:g}", "compressor": s.compressor}
-            params.update(compressor_params(job, s.compressor))
+            child = client.create_run(self._experiment_id, run_name=f"{s.compressor}@{budget_text(s.budget)}",
+                                      tags=child_tags)
+            params = {"budget": budget_text(s.budget), "compressor": s.compressor}
+            params.update(settings)
             params.update({"model": job["model"]["path"], "benchmark": job["benchmark"]["name"],
                            "git_commit": tags.get("git_commit", "unknown")})
             client.log_batch(child.info.run_id, params=[_param(k, v) for k, v in params.items()])
-        from mlflow.entities import Metric
+        cid = child.info.run_id
+        client.set_tag(cid, COLOUR_TAG, compressor_colour(s.compressor))
+        client.set_tag(cid, NOTE_TAG, child_note(job, s, settings))
+        _log_metrics(client, cid, {**readable_metrics(s.metrics), "budget_pct": s.budget})
+        if rows is not None:
+            for path in unit_artifacts(rows, s, tmp / s.key.replace("/", "_")):
+                client.log_artifact(cid, str(path), "rows" if path.suffix == ".parquet" else None)
+        if child.info.status != "FINISHED":
+            client.set_terminated(cid, "FINISHED")
 
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in s.metrics.items()]
-        for chunk in _chunks(dict(enumerate(metrics)), 500):
-            client.log_batch(child.info.run_id, metrics=list(chunk.values()))
-        client.set_terminated(child.info.run_id, "FINISHED")
+
+def unit_artifacts(rows: pa.Table, s: UnitSummary, folder: Path) -> list[Path]:
+    """The unit's own step rows (Parquet) and its per-step figure, written into ``folder``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.unit_plot import plot_unit
+
+    mask = pc.and_(pc.equal(rows["compressor"], s.compressor), pc.equal(rows["budget"], float(s.budget)))
+    mine = rows.filter(mask)
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet = folder / f"{unit_slug(s)}.parquet"
+    pq.write_table(mine, parquet)
+    out = [parquet]
+    try:
+        figure = plot_unit(mine, s.compressor, s.budget, folder / "unit.png")
+        if figure is not None:
+            out.append(figure)
+    except Exception as err:  # noqa: BLE001 - a figure is a view; the rows are what matters
+        log.warning("unit figure of %s not drawn: %s: %s", s.key, type(err).__name__, err)
+    return out
+
+
+def _log_metrics(client, run_id: str, values: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
 
 
 def compressor_params(job: dict[str, Any], label: str) -> dict[str, str]:

@@ -49,6 +49,8 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
     parents = [r for r in runs if r.data.tags.get("starkv.kind") == "job"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.mlflow_parent_id]
     assert len(parents) == 1
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "| compressor | budget |" in parents[0].data.tags["mlflow.note.content"]
     assert len(children) == len(cfg.compressors) * len(cfg.budgets)
     for child in children:
         m, p = child.data.metrics, child.data.params
@@ -56,6 +58,11 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
                        "steps_per_s", "mean_prefill_s", "mean_decode_s"):
             assert metric in m, metric
         assert m["steps"] == steps
+        # readable at a glance: MiB twins, KV ratio in percent, a note and the compressor's colour
+        assert m["max_peak_mem_mib"] == pytest.approx(m["max_peak_mem_bytes"] / 2**20) and "kv_ratio_pct" in m
+        assert child.data.tags["mlflow.note.content"].startswith(f"### {child.data.tags['compressor']} at ")
+        assert child.data.tags["mlflow.runColor"].startswith("#")
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"rows", "unit.png"}
         for param in ("budget", "compressor", "model", "benchmark", "git_commit", "window_size"):
             assert param in p, param
     assert any("summary_table" in a.path for a in client.list_artifacts(parents[0].info.run_id))
@@ -63,6 +70,6 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
     assert exp.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
     assert list((tmp_path / "mlartifacts").rglob("summary_table.txt"))
     pngs = sorted(p.name for p in (result.rows_dir.parent / "report").glob("*.png"))
-    assert "accuracy_vs_budget.png" in pngs and len(pngs) == 3
+    assert "accuracy_vs_budget.png" in pngs and "overview.png" in pngs and len(pngs) == 4
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= set(pngs)
     assert any("Parquet rows" in line for line in lines) and any("MLflow" in line for line in lines)

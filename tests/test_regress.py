@@ -390,7 +390,7 @@ def test_regress_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "base")]) == 0
     pngs = sorted(p.name for p in (base.output_dir / base.run_id / "report").glob("*.png"))
-    assert pngs == ["accuracy_vs_budget.png", "kv_memory_vs_budget.png", "peak_memory_vs_budget.png"]
+    assert pngs == ["accuracy_vs_budget.png", "kv_memory_vs_budget.png", "overview.png", "peak_memory_vs_budget.png"]
     arts = {a.path for a in MlflowClient(tracking_uri=base.tracking_uri).list_artifacts(base.mlflow_parent_id,
                                                                                            "report")}
     assert arts == {f"report/{p}" for p in pngs}

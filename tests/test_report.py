@@ -52,7 +52,7 @@ def test_report_cli_writes_pngs_and_logs_them(tmp_path, capsys):
     run_dir = fake_run(output, "rep-1")
     assert main(["report", str(output)]) == 0
     out = capsys.readouterr().out
-    names = ["accuracy_vs_budget.png", "kv_memory_vs_budget.png", "peak_memory_vs_budget.png"]
+    names = ["accuracy_vs_budget.png", "kv_memory_vs_budget.png", "overview.png", "peak_memory_vs_budget.png"]
     for name in names:
         png = run_dir / "report" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

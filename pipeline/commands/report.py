@@ -1,6 +1,7 @@
 """``starkv-eval report``: budget-sweep plots of one run, written as PNG and attached to its MLflow job run.
 
-Plots: accuracy vs budget, kept KV bytes vs budget, peak memory vs budget, one line per compressor.
+Plots: accuracy vs budget, kept KV bytes vs budget, peak memory vs budget, one line per compressor, and
+``overview.png`` with the three side by side.
 Files go to ``--out`` (default ``<run folder>/report``, or ``./reports/<run id>`` for a run given by id) and
 are logged under ``report/`` to the job's parent run (found by tag ``starkv.run_id``); a missing or
 unreachable MLflow only warns.
@@ -15,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from pipeline.mlflow_client import mlflow_client
-from pipeline.plots import write_report_plots
+from pipeline.plots import write_job_figures
 from pipeline.regression import RegressionInputError
 from pipeline.run_sources import ResolvedRun, find_parent_run, resolve_run, sqlite_missing
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     model = (config.get("model") or {}).get("path", "")
     bench = (config.get("benchmark") or {}).get("name", "")
     subtitle = " · ".join(x for x in (f"run {target.run_id}", bench, f"model {model}" if model else "") if x)
-    files = write_report_plots(target.units, out, subtitle=subtitle, mem_device=target.mem_device)
+    files = write_job_figures(target.units, out, subtitle=subtitle, mem_device=target.mem_device)
     if not files:
         print(f"starkv-eval report: {args.run}: no unit has the plotted metrics", file=sys.stderr)
         return 2
