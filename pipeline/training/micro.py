@@ -34,21 +34,21 @@ HELDOUT_STREAM = "micro-heldout"
 class TrainConfig:
     """The recipe. Defaults reproduce the shipped weights (``MICRO_RECIPE_VERSION``)."""
 
-    steps: int = 4000
+    steps: int = 4500
     batch_size: int = 8
     lr: float = 2e-3
     warmup: int = 100
-    decay_fraction: float = 0.4  # cosine decay over the last 40 % of the steps
+    decay_fraction: float = 0.3  # cosine decay over the last 30 % of the steps
     weight_decay: float = 0.0
     clip: float = 1.0
     seed: int = 0  # weights init and training stream
     # Curriculum: (fraction of the steps, min episode steps, max episode steps, icons per screen choices).
-    # One screen with one icon first (learn to read a place), then short episodes with one to three icons
-    # (tell colours apart), then the evaluation's episode lengths and history with mostly three icons.
+    # One screen with one icon first (learn to read a place), then short episodes with two or three icons
+    # (tell colours apart), then the evaluation's episode lengths and history with three icons.
     phases: tuple[tuple[float, int, int, tuple[int, ...]], ...] = (
-        (0.2, 1, 1, (1,)),
-        (0.3, 1, 2, (1, 2, 3)),
-        (0.5, 1, 6, (2, 3, 3)),
+        (0.35, 1, 1, (1,)),
+        (0.35, 1, 2, (2, 3)),
+        (0.3, 1, 6, (3,)),
     )
     min_steps: int = 3  # held-out evaluation episodes (the evaluation job's lengths, three icons)
     max_steps: int = 6
@@ -57,7 +57,8 @@ class TrainConfig:
     eval_episodes: int = 12
     threads: int = 1  # one thread per process is faster than two on a loaded 2-core machine
     attention_weight: float = 0.3  # attention supervision (see answer_loss); 0 turns it off
-    attention_layer: int = 1
+    target_layer: int = 1  # layer whose head 0 learns to look at the target icon
+    colour_layer: int | None = 0  # layer whose head 0 learns to look at the instruction's colour word
     time_limit_s: float | None = None  # stop early (after an evaluation) when the wall time passes this
 
 
@@ -100,19 +101,21 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_weight: float = 0.0,
-                attention_layer: int = 1, attention_head: int = 0) -> torch.Tensor:
+                target_layer: int = 1, colour_layer: int | None = 0, head: int = 0) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens; the vocabulary projection runs only where there is a
     label (a few tokens per example instead of the whole prompt).
 
-    ``attention_weight`` > 0 adds attention supervision (needs eager attention): one head of one layer is
-    pulled, at every answer position, onto the target icon's image token (``-log`` of its attention
-    probability). Finding one token among hundreds is what a small model otherwise learns last (a long
-    plateau at chance); with this hint it learns the lookup first and the rest follows. Inference is
-    unchanged: the model simply attends where it learnt to.
+    ``attention_weight`` > 0 adds attention supervision (needs eager attention) at every answer position:
+    head ``head`` of ``colour_layer`` is pulled onto the instruction's colour word, the same head of
+    ``target_layer`` onto the target icon's image token (``-log`` of their attention probabilities). The
+    two-hop lookup (which colour is asked for, then which image token has it) is what a small model
+    otherwise learns last, after a long plateau at chance; with the hint it learns it first and the
+    coordinates follow. Inference is unchanged: the model simply attends where it learnt to.
     """
     labels = batch.pop("labels")
-    target_token = batch.pop("target_token", None)
-    supervise = attention_weight > 0 and target_token is not None and bool((target_token >= 0).all())
+    hints = [(target_layer, batch.pop("target_token", None)), (colour_layer, batch.pop("colour_token", None))]
+    hints = [(layer, pos) for layer, pos in hints if layer is not None and pos is not None and bool((pos >= 0).all())]
+    supervise = attention_weight > 0 and bool(hints)
     out = model.model(**batch, output_attentions=supervise)
     hidden = out.last_hidden_state
     targets = labels[:, 1:]
@@ -120,9 +123,10 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_weight: fl
     logits = model.lm_head(hidden[:, :-1][where])
     loss = torch.nn.functional.cross_entropy(logits.float(), targets[where])
     if supervise:
-        probs = out.attentions[attention_layer][:, attention_head, :-1]  # (B, L-1 queries, L keys)
-        on_target = probs.gather(2, target_token.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(2)
-        loss = loss + attention_weight * -(on_target[where] + 1e-6).log().mean()
+        for layer, pos in hints:
+            probs = out.attentions[layer][:, head, :-1]  # (B, L-1 queries, L keys)
+            on = probs.gather(2, pos.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(2)
+            loss = loss + attention_weight * -(on[where] + 1e-6).log().mean()
     return loss
 
 
@@ -213,7 +217,7 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
                 group["lr"] = _lr_at(step, cfg)
             stream = streams[_phase_at(step, cfg)]
             loss = answer_loss(model, collate([next(stream) for _ in range(cfg.batch_size)], pad_id),
-                               cfg.attention_weight, cfg.attention_layer)
+                               cfg.attention_weight, cfg.target_layer, cfg.colour_layer)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)

@@ -41,6 +41,7 @@ class Example:
     kind: str
     answer: str
     target_token: int = -1  # position of the target icon's image token in input_ids (-1: unknown)
+    colour_token: int = -1  # position of the instruction's colour word in input_ids (-1: unknown)
 
 
 def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig,
@@ -71,11 +72,12 @@ def episode_steps(rng: random.Random, min_steps: int, max_steps: int, agent: Age
 
 
 def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str,
-           target: tuple[int, int] | None = None) -> Example:
+           target: tuple[int, int] | None = None, colour: str | None = None) -> Example:
     """Tokenise a prompt and its answer; the answer ends with ``<|im_end|>``, where generation stops.
 
     ``target``: (image index in the prompt, cell index row-major) of the icon the answer clicks; its image
-    token's position is recorded for attention supervision (merged image tokens are laid out row-major).
+    token's position is recorded for attention supervision (merged image tokens are laid out row-major);
+    so is the position of ``colour``'s (first) token in the instruction, its last occurrence in the prompt.
     """
     inputs = processor(text=[text], images=images, return_tensors="pt")
     tokenizer = processor.tokenizer
@@ -91,8 +93,13 @@ def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str,
     if target is not None:
         starts = (prompt_ids == tokenizer.convert_tokens_to_ids("<|vision_start|>")).nonzero().flatten()
         target_token = int(starts[target[0]]) + 1 + target[1]
+    colour_token = -1
+    if colour is not None:
+        word = tokenizer(f" {colour}", add_special_tokens=False)["input_ids"][0]
+        where = (prompt_ids == word).nonzero().flatten()
+        colour_token = int(where[-1]) if len(where) else -1
     return Example(input_ids, labels, inputs["pixel_values"], inputs["image_grid_thw"], mm, kind, answer,
-                   target_token)
+                   target_token, colour_token)
 
 
 def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: int = 3,
@@ -109,7 +116,8 @@ def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: 
         icons = icon_counts[0] if len(icon_counts) == 1 else rng.choice(icon_counts)
         for text, images, step in episode_steps(rng, min_steps, max_steps, agent, processor, icons):
             cell = step.target.row * GRID + step.target.col
-            yield encode(processor, text, images, step.answer, step.kind, (len(images) - 1 - step.steps_back, cell))
+            yield encode(processor, text, images, step.answer, step.kind, (len(images) - 1 - step.steps_back, cell),
+                         step.target.colour)
         index += 1
 
 
@@ -128,6 +136,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
             mm[i, :size] = e.mm_token_type_ids
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
              "target_token": torch.tensor([e.target_token for e in examples]),
+             "colour_token": torch.tensor([e.colour_token for e in examples]),
              "pixel_values": torch.cat([e.pixel_values for e in examples]),
              "image_grid_thw": torch.cat([e.image_grid_thw for e in examples])}
     if any(e.mm_token_type_ids is not None for e in examples):
