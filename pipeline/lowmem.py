@@ -1,0 +1,50 @@
+"""Exact peak-memory reductions of a step (the kept sets and generated tokens do not change).
+
+``chunked_mlp``: the decoder MLP is per token, so running it over slices of the sequence and writing
+each slice into one output gives the same numbers while its intermediate activations (gate, up and their
+product: 3 x intermediate_size per token, the largest prefill tensors of a 7B model) only exist for one
+slice at a time. Row slices of a matrix product are computed by the same kernels on CPU (bit-identical,
+tested on the tiny model); on GPU a BLAS library may pick another kernel for another row count, so check
+generated tokens there before relying on bitwise identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def _chunked(forward, chunk_tokens: int):
+    def run(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        length = hidden_states.shape[-2]
+        if length <= chunk_tokens:
+            return forward(hidden_states, *args, **kwargs)
+        out = torch.empty_like(hidden_states)
+        for start in range(0, length, chunk_tokens):
+            piece = hidden_states[..., start:start + chunk_tokens, :]
+            out[..., start:start + chunk_tokens, :] = forward(piece, *args, **kwargs)
+        return out
+
+    return run
+
+
+@contextlib.contextmanager
+def chunked_mlp(model, chunk_tokens: int) -> Iterator[None]:
+    """Inside the block, every decoder MLP sees at most ``chunk_tokens`` positions at once (0: off)."""
+    if chunk_tokens < 0:
+        raise ValueError(f"chunk_tokens must be >= 0 (0 turns chunking off), got {chunk_tokens}")
+    if chunk_tokens == 0:
+        yield
+        return
+    from starkv.hook import decoder_layers
+
+    mlps = [layer.mlp for layer in decoder_layers(model)]
+    for mlp in mlps:
+        mlp.forward = _chunked(mlp.forward, chunk_tokens)
+    try:
+        yield
+    finally:
+        for mlp in mlps:
+            del mlp.forward
