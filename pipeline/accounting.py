@@ -254,6 +254,9 @@ class track_step:  # noqa: N801 - used like a function in a with statement
         for idx, layer in enumerate(layers):
             self.handles.append(layer.register_forward_pre_hook(self._wrap_cache, with_kwargs=True))
             self.handles.append(layer.register_forward_hook(self._cache_hook(idx), with_kwargs=True))
+            attn = getattr(layer, "self_attn", None)
+            if attn is not None:  # after a compressor's hook (attached earlier): the gathered cache is KV
+                self.handles.append(attn.register_forward_hook(self._cache_hook(idx), with_kwargs=True))
         self.handles.append(model.register_forward_hook(lambda *_a: tracker.start_decode()))
         self.gc_was_enabled = gc.isenabled()
         gc.disable()

@@ -26,6 +26,8 @@ class ModelConfig:
     #: run each decoder MLP over at most this many prompt tokens at a time in prefill (0: off); lowers the
     #: peak, same tokens and kept sets (pipeline.lowmem)
     mlp_chunk_tokens: int = 0
+    #: encode the screenshots one at a time in the vision tower (same features; lower peak)
+    vision_per_image: bool = True
     min_pixels: int | None = None
     max_pixels: int | None = None
 
@@ -244,6 +246,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"model.path: {model_path} does not exist (use 'tiny' for the offline test model)")
     if cfg.model.max_new_tokens < 1:
         raise ConfigError("model.max_new_tokens: must be >= 1")
+    if not isinstance(cfg.model.vision_per_image, bool):
+        raise ConfigError(f"model.vision_per_image: must be true or false, got {cfg.model.vision_per_image!r}")
     if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:
         raise ConfigError(f"model.mlp_chunk_tokens: must be an integer >= 0 (0: off), got {cfg.model.mlp_chunk_tokens!r}")
     agent = cfg.agent

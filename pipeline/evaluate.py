@@ -27,7 +27,7 @@ from pipeline.agent.prompts import PREVIOUS_ACTIONS_KINDS, render_prompt
 from pipeline.benchmarks.base import Benchmark, Episode, Step
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
-from pipeline.lowmem import chunked_mlp
+from pipeline.lowmem import chunked_mlp, vision_per_image
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
 from starkv import Compressor, PromptLayout, attach
@@ -112,9 +112,9 @@ class EpisodeRunner:
     """Holds the loaded model and runs episodes step by step with a given compressor and budget."""
 
     def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int,
-                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0) -> None:
+                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True) -> None:
         self.loaded = loaded
-        self.mlp_chunk_tokens = mlp_chunk_tokens
+        self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.lowmem
         self.memory_accounting = memory_accounting  # off only to measure what the accounting costs
         self.benchmark = benchmark
         self.agent = agent = agent.resolved(benchmark)  # unset fields take the benchmark's protocol defaults
@@ -214,7 +214,8 @@ class EpisodeRunner:
         tracked = track_step(loaded.model, inputs) if self.memory_accounting else contextlib.nullcontext()
         with torch.inference_mode(), peak_memory(loaded.device) as peak, \
                 attach(loaded.model, compressor, unit.budget, layout) as att, \
-                chunked_mlp(loaded.model, self.mlp_chunk_tokens), tracked as account, \
+                chunked_mlp(loaded.model, self.mlp_chunk_tokens), vision_per_image(loaded.model, self.vision_per_image), \
+                tracked as account, \
                 _PhaseTimer(loaded.model, loaded.device) as timer:
             out = loaded.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                         pad_token_id=processor.tokenizer.pad_token_id)

@@ -6,6 +6,11 @@ product: 3 x intermediate_size per token, the largest prefill tensors of a 7B mo
 slice at a time. Row slices of a matrix product are computed by the same kernels on CPU (bit-identical,
 tested on the tiny model); on GPU a BLAS library may pick another kernel for another row count, so check
 generated tokens there before relying on bitwise identity.
+
+``vision_per_image``: the vision tower attends within a screenshot only (windows and full-attention
+blocks are cut at image borders), so running it one screenshot at a time and concatenating gives the same
+features while its activations exist for one screenshot instead of all of them (the largest prefill
+tensors of the tiny model, and a large share at 7B). Same caveat on kernels as above.
 """
 
 from __future__ import annotations
@@ -48,3 +53,31 @@ def chunked_mlp(model, chunk_tokens: int) -> Iterator[None]:
     finally:
         for mlp in mlps:
             del mlp.forward
+
+
+@contextlib.contextmanager
+def vision_per_image(model, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, the vision tower encodes one screenshot at a time (off: unchanged)."""
+    inner_model = getattr(model, "model", model)
+    visual = getattr(inner_model, "visual", None)
+    if not enabled or visual is None:
+        yield
+        return
+    inner = visual.forward
+
+    def forward(hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
+        if grid_thw.shape[0] <= 1:
+            return inner(hidden_states, grid_thw=grid_thw, **kwargs)
+        outs, start = [], 0
+        for i, patches in enumerate(grid_thw.prod(-1).tolist()):
+            outs.append(inner(hidden_states[start:start + patches], grid_thw=grid_thw[i:i + 1], **kwargs))
+            start += patches
+        # windows are numbered image after image, so the concatenations are the whole-batch tensors
+        return type(outs[0])(last_hidden_state=torch.cat([o.last_hidden_state for o in outs]),
+                             pooler_output=torch.cat([o.pooler_output for o in outs]))
+
+    visual.forward = forward
+    try:
+        yield
+    finally:
+        del visual.forward

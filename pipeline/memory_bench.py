@@ -46,6 +46,7 @@ class BenchSpec:
     decode_steps: int = 16
     dtype: str = "bfloat16"
     mlp_chunks: tuple[int, ...] = (0,)
+    vision_per_image: bool = True
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -59,7 +60,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, compressors: str, attn: str,
-               decode_steps: int, dtype: str, mlp_chunk: str = "0") -> BenchSpec:
+               decode_steps: int, dtype: str, mlp_chunk: str = "0", vision: str = "per-image") -> BenchSpec:
     """Validate every option before any work; each error names its option."""
     import starkv
 
@@ -97,7 +98,9 @@ def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, comp
     chunks = _ints(mlp_chunk, "--mlp-chunk")
     if any(c < 0 for c in chunks):
         raise MemoryBenchError(f"--mlp-chunk: tokens per MLP slice must be >= 0 (0: off), got {mlp_chunk!r}")
-    return BenchSpec(model, shots, size, bud, comps, impls, decode_steps, dtype, chunks)
+    if vision not in ("per-image", "batch"):
+        raise MemoryBenchError(f"--vision: expected per-image or batch, got {vision!r}")
+    return BenchSpec(model, shots, size, bud, comps, impls, decode_steps, dtype, chunks, vision == "per-image")
 
 
 @dataclass
@@ -169,11 +172,11 @@ def prompt_inputs(processor, screenshots: int, size: tuple[int, int]):
 
 
 def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str, budget: float, attn: str,
-             decode_steps: int, dtype: torch.dtype, mlp_chunk: int = 0) -> dict[str, Any]:
+             decode_steps: int, dtype: torch.dtype, mlp_chunk: int = 0, per_image: bool = True) -> dict[str, Any]:
     """One row: the step's exact memory on fake tensors (no data is computed)."""
     import starkv
     from pipeline.accounting import track_step
-    from pipeline.lowmem import chunked_mlp
+    from pipeline.lowmem import chunked_mlp, vision_per_image
     from pipeline.simulate import build_fake_model, fake_session, real_rope_index
 
     with torch.inference_mode(), fake_session() as session:
@@ -182,7 +185,8 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str,
         fake_inputs = session.to_fake(inputs)
         with real_rope_index(model, session), \
                 starkv.attach(model, starkv.build(compressor), budget, layout) as att, \
-                chunked_mlp(model, mlp_chunk), track_step(model, fake_inputs) as account:
+                chunked_mlp(model, mlp_chunk), vision_per_image(model, per_image), \
+                track_step(model, fake_inputs) as account:
             model.generate(**fake_inputs, max_new_tokens=decode_steps, do_sample=False)
         unknown = session.shadows.unknown_reads
     return {**account.row_fields(), "kv_bytes": att.kv_bytes, "kv_bytes_full": att.kv_bytes_full,
@@ -204,10 +208,11 @@ def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
                            "resolution": f"{spec.resolution[0]}x{spec.resolution[1]}", "attn_implementation": attn,
                            "dtype": str(dtype).removeprefix("torch."), "mode": "exact",
                            "prompt_tokens": int(inputs["input_ids"].shape[1]), "image_tokens": image_tokens,
-                           "decode_steps": spec.decode_steps, "mlp_chunk_tokens": chunk, "error": None}
+                           "decode_steps": spec.decode_steps, "mlp_chunk_tokens": chunk,
+                           "vision": "per-image" if spec.vision_per_image else "batch", "error": None}
                     try:
                         row.update(simulate(facts, inputs, layout, comp, budget, attn, spec.decode_steps, dtype,
-                                            chunk))
+                                            chunk, spec.vision_per_image))
                     except ValueError as err:  # e.g. eager attention with a layer-varying compressor
                         row["error"] = str(err)
                     echo(row)

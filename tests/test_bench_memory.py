@@ -19,6 +19,7 @@ KEYS = {"compressor", "budget", "screenshots", "prompt_tokens", "peak_above_weig
 @pytest.mark.parametrize("name,budget", [("full", 100), ("snapkv", 20), ("starkv", 20)])
 def test_simulation_matches_real_accounting_on_the_tiny_model(tiny_model_dir, name, budget):
     from pipeline.accounting import track_step
+    from pipeline.lowmem import vision_per_image
     from pipeline.models.loader import ModelSpec, load_model
 
     facts = load_facts("tiny")
@@ -27,7 +28,7 @@ def test_simulation_matches_real_accounting_on_the_tiny_model(tiny_model_dir, na
 
     loaded = load_model(ModelSpec(path="tiny", device="cpu", dtype="float32"))
     with torch.inference_mode(), starkv.attach(loaded.model, starkv.build(name), budget, layout) as att, \
-            track_step(loaded.model, inputs) as account:
+            vision_per_image(loaded.model), track_step(loaded.model, inputs) as account:
         loaded.model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     real = account.row_fields()
     assert sim["kv_bytes"] == att.kv_bytes and sim["weights_bytes"] == real["weights_bytes"]

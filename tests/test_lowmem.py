@@ -7,7 +7,7 @@ import torch
 
 import starkv
 from pipeline.accounting import track_step
-from pipeline.lowmem import chunked_mlp
+from pipeline.lowmem import chunked_mlp, vision_per_image
 from tests.helpers_model import Recording, prompt_inputs
 
 
@@ -69,3 +69,28 @@ def test_chunked_mlp_lowers_the_mlp_peak_and_restores_the_model(tiny):
 def test_bad_chunk_size_is_rejected(tiny):
     with pytest.raises(ValueError, match="chunk_tokens"), chunked_mlp(tiny[0].model, -1):
         pass
+
+
+def test_vision_per_image_gives_the_same_features_tokens_and_kept_sets(tiny):
+    loaded, inputs, layout = tiny
+    model = loaded.model
+    with torch.inference_mode():
+        whole = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        with vision_per_image(model):
+            split = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    assert all(torch.equal(a, b) for a, b in zip(whole.pooler_output, split.pooler_output))
+    assert torch.equal(whole.last_hidden_state, split.last_hidden_state)
+
+    runs = {}
+    for on in (False, True):
+        rec = Recording(inner=starkv.build("starkv"))
+        model.model.rope_deltas = None
+        with torch.inference_mode(), starkv.attach(model, rec, 20, layout), vision_per_image(model, on), \
+                track_step(model, inputs) as account:
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        runs[on] = out, rec.kept, account
+    (ref, kept_ref, acc_ref), (out, kept, acc) = runs[False], runs[True]
+    assert torch.equal(out, ref) and all(torch.equal(kept[i], kept_ref[i]) for i in kept_ref)
+    # three screenshots: the vision tower's activations exist for one at a time
+    assert acc_ref.prefill.part == "vision" and acc.prefill.bytes < acc_ref.prefill.bytes
+    assert "forward" not in vars(model.model.visual)
