@@ -27,7 +27,7 @@ from pipeline.agent.prompts import PREVIOUS_ACTIONS_KINDS, render_prompt
 from pipeline.benchmarks.base import Benchmark, Episode, Step
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
-from pipeline.lowmem import chunked_mlp, vision_per_image
+from pipeline.lowmem import chunked_mlp, pixels_in_model_dtype, vision_per_image
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
 from starkv import Compressor, PromptLayout, attach
@@ -204,6 +204,8 @@ class EpisodeRunner:
         processor = loaded.processor
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[text], images=images, return_tensors="pt").to(loaded.device)
+        if self.vision_per_image:  # the same cast the vision tower does first, done once (pipeline.lowmem)
+            inputs = pixels_in_model_dtype(dict(inputs), loaded.model)
         input_ids = inputs["input_ids"]
         layout = PromptLayout.from_input_ids(input_ids[0].tolist(), loaded.vision_start_id, loaded.vision_end_id)
         row["prompt_tokens"] = int(input_ids.shape[1])

@@ -10,7 +10,13 @@ generated tokens there before relying on bitwise identity.
 ``vision_per_image``: the vision tower attends within a screenshot only (windows and full-attention
 blocks are cut at image borders), so running it one screenshot at a time and concatenating gives the same
 features while its activations exist for one screenshot instead of all of them (the largest prefill
-tensors of the tiny model, and a large share at 7B). Same caveat on kernels as above.
+tensors of the tiny model, and a large share at 7B). Same caveat on kernels as above. It returns only
+the merged features (``pooler_output``), the one thing the language model reads: the unmerged last
+hidden states (4 x as many rows) would otherwise stay alive in ``generate`` for the whole step.
+
+``pixels_in_model_dtype``: the vision tower casts ``pixel_values`` to its dtype first thing; casting
+before ``generate`` is the same operation, and the float32 copy the processor made is not held beside
+the cast one for the whole step.
 """
 
 from __future__ import annotations
@@ -63,21 +69,32 @@ def vision_per_image(model, enabled: bool = True) -> Iterator[None]:
     if not enabled or visual is None:
         yield
         return
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
     inner = visual.forward
 
     def forward(hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
-        if grid_thw.shape[0] <= 1:
-            return inner(hidden_states, grid_thw=grid_thw, **kwargs)
-        outs, start = [], 0
+        merged, start = [], 0
         for i, patches in enumerate(grid_thw.prod(-1).tolist()):
-            outs.append(inner(hidden_states[start:start + patches], grid_thw=grid_thw[i:i + 1], **kwargs))
+            out = inner(hidden_states[start:start + patches], grid_thw=grid_thw[i:i + 1], **kwargs)
+            merged.append(out.pooler_output)
+            del out  # the unmerged hidden states of this screenshot die here
             start += patches
-        # windows are numbered image after image, so the concatenations are the whole-batch tensors
-        return type(outs[0])(last_hidden_state=torch.cat([o.last_hidden_state for o in outs]),
-                             pooler_output=torch.cat([o.pooler_output for o in outs]))
+        # windows are numbered image after image, so the concatenation is the whole-batch tensor
+        return BaseModelOutputWithPooling(last_hidden_state=None,
+                                          pooler_output=merged[0] if len(merged) == 1 else torch.cat(merged))
 
     visual.forward = forward
     try:
         yield
     finally:
         del visual.forward
+
+
+def pixels_in_model_dtype(inputs: dict, model) -> dict:
+    """``inputs`` with ``pixel_values`` already in the vision tower's dtype (what it casts them to)."""
+    visual = getattr(getattr(model, "model", model), "visual", None)
+    pixels = inputs.get("pixel_values")
+    if visual is None or not isinstance(pixels, torch.Tensor) or pixels.dtype == visual.dtype:
+        return inputs
+    return {**inputs, "pixel_values": pixels.to(visual.dtype)}

@@ -179,6 +179,8 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str,
     from pipeline.lowmem import chunked_mlp, vision_per_image
     from pipeline.simulate import build_fake_model, fake_session, real_rope_index
 
+    if per_image and isinstance(inputs.get("pixel_values"), torch.Tensor):  # as pipeline.evaluate does
+        inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(dtype)}
     with torch.inference_mode(), fake_session() as session:
         model = build_fake_model(copy.deepcopy(facts.config), dtype, attn)
         model.generation_config = copy.deepcopy(facts.generation_config)

@@ -79,7 +79,7 @@ def test_vision_per_image_gives_the_same_features_tokens_and_kept_sets(tiny):
         with vision_per_image(model):
             split = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
     assert all(torch.equal(a, b) for a, b in zip(whole.pooler_output, split.pooler_output))
-    assert torch.equal(whole.last_hidden_state, split.last_hidden_state)
+    assert split.last_hidden_state is None  # not read by the language model; not kept for the step
 
     runs = {}
     for on in (False, True):
@@ -94,3 +94,17 @@ def test_vision_per_image_gives_the_same_features_tokens_and_kept_sets(tiny):
     # three screenshots: the vision tower's activations exist for one at a time
     assert acc_ref.prefill.part == "vision" and acc.prefill.bytes < acc_ref.prefill.bytes
     assert "forward" not in vars(model.model.visual)
+
+
+def test_pixels_in_model_dtype_is_the_cast_the_vision_tower_does(tiny):
+    from pipeline.lowmem import pixels_in_model_dtype
+
+    loaded, inputs, _ = tiny
+    assert pixels_in_model_dtype(inputs, loaded.model) is inputs  # float32 model: nothing to do
+    half = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    fake_model = type("M", (), {"model": type("I", (), {"visual": half})()})()
+    half.dtype = torch.bfloat16
+    cast = pixels_in_model_dtype(inputs, fake_model)
+    assert cast["pixel_values"].dtype == torch.bfloat16
+    assert torch.equal(cast["pixel_values"], inputs["pixel_values"].type(torch.bfloat16))
+    assert cast["input_ids"] is inputs["input_ids"]
