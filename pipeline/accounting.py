@@ -49,12 +49,30 @@ class PhasePeak:
 
 @dataclass
 class MemoryAccount:
-    """One step's exact figures; every byte count excludes the weights (given apart)."""
+    """One step's exact figures; every byte count excludes the weights (given apart).
+
+    The peaks are settled when first read, after the ``with`` block has fully ended: only then is it
+    known which storages the step handed on (see :meth:`StorageTracker.finish`).
+    """
 
     weights_bytes: int = 0
     input_bytes: int = 0
-    prefill: PhasePeak = field(default_factory=PhasePeak)
-    decode: PhasePeak = field(default_factory=PhasePeak)
+    _phases: dict[str, PhasePeak] | None = None
+    _settle: Any = None
+
+    def _get(self, phase: str) -> PhasePeak:
+        if self._phases is None:
+            self._phases = self._settle() if self._settle is not None else {}
+            self._settle = None
+        return self._phases.get(phase) or PhasePeak()
+
+    @property
+    def prefill(self) -> PhasePeak:
+        return self._get("prefill")
+
+    @property
+    def decode(self) -> PhasePeak:
+        return self._get("decode")
 
     @property
     def peak_above_weights_bytes(self) -> int:
@@ -114,7 +132,9 @@ class StorageTracker(TorchDispatchMode):
         super().__init__()
         self.parts = parts
         self.external = external  # ids of storages that existed before (weights, inputs)
-        self.live: dict[int, list] = {}  # storage id -> [nbytes, part index, weakref]
+        self.live: dict[int, list] = {}  # storage id -> [nbytes, part index, weakref, allocation number]
+        self.allocations = 0
+        self._peak_seq: dict[str, int] = {}
         self.by_part = [0] * len(PARTS)
         self.total = 0
         self.phase = "prefill"
@@ -145,7 +165,8 @@ class StorageTracker(TorchDispatchMode):
             return
         nbytes = st.nbytes()
         part = self.parts.current()
-        self.live[key] = [nbytes, part, weakref.ref(st, self._freed_callback(key))]
+        self.allocations += 1
+        self.live[key] = [nbytes, part, weakref.ref(st, self._freed_callback(key)), self.allocations]
         self.by_part[part] += nbytes
         self.total += nbytes
         peak = self.peaks[self.phase]
@@ -153,6 +174,7 @@ class StorageTracker(TorchDispatchMode):
             peak.bytes = self.total
             self._peak_counts[self.phase] = list(self.by_part)
             self._peak_part[self.phase] = part
+            self._peak_seq[self.phase] = self.allocations
 
     def _freed_callback(self, key: int):
         def freed(_ref) -> None:
@@ -183,16 +205,30 @@ class StorageTracker(TorchDispatchMode):
         peak.bytes = self.total
         self._peak_counts["decode"] = list(self.by_part)
         self._peak_part["decode"] = self.parts.current()
+        self._peak_seq["decode"] = self.allocations
 
-    def finish(self, base: int) -> dict[str, PhasePeak]:
-        """Peaks with ``base`` (the inputs' bytes) added; stops counting frees."""
+    def finish(self, base: int, keep: set[int] = frozenset()) -> dict[str, PhasePeak]:
+        """Peaks with ``base`` (the inputs' bytes) added; stops counting frees.
+
+        Storages still alive after the step (other than ``keep``: its results) were kept by someone
+        else -- a process-wide cache (``functools.lru_cache``) or state a method carries to its next
+        step. Whether a cache is filled in this step or was filled earlier depends on the process's
+        history (which Ray actor ran what before), so such bytes are taken out of every peak they were
+        part of: like the weights, they are not the step's memory, and the figures stay reproducible.
+        """
         self.active = False
+        survivors = [e for k, e in self.live.items() if k not in keep]
         out = {}
         for phase, peak in self.peaks.items():
             counts = self._peak_counts.get(phase)
             if counts is None:
                 out[phase] = PhasePeak()
                 continue
+            counts = list(counts)
+            for nbytes, part, _, seq in survivors:
+                if seq <= self._peak_seq.get(phase, 0):  # allocated before that peak, alive after it
+                    peak.bytes -= nbytes
+                    counts[part] -= nbytes
             breakdown = {PARTS[i]: c for i, c in enumerate(counts)}
             breakdown["inputs"] += base
             out[phase] = PhasePeak(peak.bytes + base, PARTS[self._peak_part[phase]], breakdown)
@@ -303,7 +339,11 @@ class track_step:  # noqa: N801 - used like a function in a with statement
                 h.remove()
             for cache in self.wrapped_caches:
                 vars(cache).pop("update", None)
+            self.wrapped_caches.clear()
+            # cyclic garbage of the step (nothing was collected while it ran) goes now, so only what
+            # someone really keeps survives the step (see StorageTracker.finish)
+            gc.collect(0)
             if self.gc_was_enabled:
                 gc.enable()
-        peaks = self.tracker.finish(self.account.input_bytes)
-        self.account.prefill, self.account.decode = peaks["prefill"], peaks["decode"]
+        tracker, base = self.tracker, self.account.input_bytes
+        self.account._settle = lambda: tracker.finish(base)
