@@ -143,6 +143,7 @@ class StorageTracker(TorchDispatchMode):
         self._peak_part: dict[str, int] = {}
         self.active = True
         self._fresh: dict[Any, bool] = {}
+        self._probe: list | None = None  # [entry total, entry counts, max total, counts at max, part at max]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -169,6 +170,8 @@ class StorageTracker(TorchDispatchMode):
         self.live[key] = [nbytes, part, weakref.ref(st, self._freed_callback(key)), self.allocations]
         self.by_part[part] += nbytes
         self.total += nbytes
+        if self._probe is not None and self.total > self._probe[2]:
+            self._probe[2], self._probe[3], self._probe[4] = self.total, list(self.by_part), part
         peak = self.peaks[self.phase]
         if self.total > peak.bytes:
             peak.bytes = self.total
@@ -183,6 +186,26 @@ class StorageTracker(TorchDispatchMode):
                 self.by_part[entry[1]] -= entry[0]
                 self.total -= entry[0]
         return freed
+
+    def begin_probe(self) -> None:
+        """Start recording the highest point of a stretch of the step, relative to its start."""
+        self._probe = [self.total, list(self.by_part), self.total, list(self.by_part), self.parts.current()]
+
+    def end_probe(self) -> tuple[int, list[int], int]:
+        """(peak above the start, bytes per part added at that peak, the part running then)."""
+        start, counts, top, top_counts, part = self._probe
+        self._probe = None
+        return top - start, [b - a for a, b in zip(counts, top_counts)], part
+
+    def replay_probe(self, rise: int, counts: list[int], part: int) -> None:
+        """Account for a stretch recorded by a probe in an identical state without running it again."""
+        top = self.total + rise
+        peak = self.peaks[self.phase]
+        if top > peak.bytes:
+            peak.bytes = top
+            self._peak_counts[self.phase] = [a + d for a, d in zip(self.by_part, counts)]
+            self._peak_part[self.phase] = part
+            self._peak_seq[self.phase] = self.allocations
 
     def relabel(self, tensors, part: str) -> None:
         """Move the bytes of already counted storages to ``part`` (the KV cache after each layer)."""

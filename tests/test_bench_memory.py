@@ -94,3 +94,16 @@ def test_fixed_size_histogram_equals_bincount():
         flat = ((torch.arange(n_kv).unsqueeze(1) * bins + a) * grid * grid + cell_ids(n, grid, "cpu")).reshape(-1)
         ref = torch.bincount(flat, minlength=n_kv * bins * grid * grid).view(n_kv, bins, grid * grid)
         assert torch.equal(hist, ref)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_replayed_vision_tower_gives_the_same_rows(per_image):
+    facts = load_facts("tiny")
+    inputs, layout = prompt_inputs(facts.processor, 3, (448, 336))
+    cache: dict = {}
+    for name, budget in (("full", 20), ("snapkv", 20), ("snapkv", 50)):
+        fresh = simulate(facts, inputs, layout, name, budget, "sdpa", 3, torch.float32, per_image=per_image)
+        shared = simulate(facts, inputs, layout, name, budget, "sdpa", 3, torch.float32, per_image=per_image,
+                          vision_cache=cache)
+        assert shared == fresh
+    assert len(cache) == 1  # recorded by the first row, replayed by the others
