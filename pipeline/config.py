@@ -23,6 +23,11 @@ class ModelConfig:
     attn_implementation: str | None = None
     device: str = "auto"
     max_new_tokens: int = 32
+    #: run each decoder MLP over at most this many prompt tokens at a time in prefill (0: off); lowers the
+    #: peak, same tokens and kept sets (pipeline.lowmem)
+    mlp_chunk_tokens: int = 0
+    #: encode the screenshots one at a time in the vision tower (same features; lower peak)
+    vision_per_image: bool = True
     min_pixels: int | None = None
     max_pixels: int | None = None
 
@@ -255,6 +260,10 @@ def validate(cfg: JobConfig) -> None:
                           "or 'micro' for the micro agent)")
     if cfg.model.max_new_tokens < 1:
         raise ConfigError("model.max_new_tokens: must be >= 1")
+    if not isinstance(cfg.model.vision_per_image, bool):
+        raise ConfigError(f"model.vision_per_image: must be true or false, got {cfg.model.vision_per_image!r}")
+    if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:
+        raise ConfigError(f"model.mlp_chunk_tokens: must be an integer >= 0 (0: off), got {cfg.model.mlp_chunk_tokens!r}")
     agent = cfg.agent
     if agent.image_slots is not None and (isinstance(agent.image_slots, bool) or not isinstance(agent.image_slots, int)
                                           or agent.image_slots < 1):

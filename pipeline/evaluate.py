@@ -7,6 +7,7 @@ episode and the run go on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from pipeline.accounting import MemoryAccount, track_step
 from pipeline.agent.coords import smart_resize
 from pipeline.agent.history import HistoryConfig
 from pipeline.agent.parser import parse_action
@@ -24,6 +26,7 @@ from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Benchmark, Episode, Step
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
+from pipeline.lowmem import chunked_mlp, pixels_in_model_dtype, vision_per_image
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
 from starkv import Compressor, PromptLayout, attach
@@ -103,8 +106,11 @@ def open_screenshot(path: str) -> Image.Image:
 class EpisodeRunner:
     """Holds the loaded model and runs episodes step by step with a given compressor and budget."""
 
-    def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int) -> None:
+    def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int,
+                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True) -> None:
         self.loaded = loaded
+        self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.lowmem
+        self.memory_accounting = memory_accounting  # off only to measure what the accounting costs
         self.benchmark = benchmark
         self.agent = agent = agent.resolved(benchmark)  # unset fields take the benchmark's protocol defaults
         self.max_new_tokens = max_new_tokens
@@ -131,6 +137,7 @@ class EpisodeRunner:
             "prediction": "", "action_type": "", "raw_output": "", "correct": False, "score": 0.0,
             "reason": "", "prompt_tokens": 0, "kept_tokens": 0, "generated_tokens": 0, "num_images": 0,
             "kv_bytes": 0, "kv_bytes_full": 0, "peak_mem_bytes": 0, "mem_device": "", "prefill_s": 0.0,
+            **MemoryAccount().row_fields(),
             "decode_s": 0.0, "error": None, "meta_json": json.dumps(step.meta, default=str),
             "actor_pid": os.getpid(),
         }
@@ -166,17 +173,25 @@ class EpisodeRunner:
         processor = loaded.processor
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[text], images=images, return_tensors="pt").to(loaded.device)
+        if self.vision_per_image:  # the same cast the vision tower does first, done once (pipeline.lowmem)
+            inputs = pixels_in_model_dtype(dict(inputs), loaded.model)
         input_ids = inputs["input_ids"]
         layout = PromptLayout.from_input_ids(input_ids[0].tolist(), loaded.vision_start_id, loaded.vision_end_id)
         row["prompt_tokens"] = int(input_ids.shape[1])
         row["num_images"] = layout.num_images
         if hasattr(loaded.model, "model"):
             loaded.model.model.rope_deltas = None
+        # the tracker enters after attach, so the compressor's own scratch counts under attention
+        tracked = track_step(loaded.model, inputs) if self.memory_accounting else contextlib.nullcontext()
         with torch.inference_mode(), peak_memory(loaded.device) as peak, \
                 attach(loaded.model, compressor, unit.budget, layout) as att, \
+                chunked_mlp(loaded.model, self.mlp_chunk_tokens), vision_per_image(loaded.model, self.vision_per_image), \
+                tracked as account, \
                 _PhaseTimer(loaded.model, loaded.device) as timer:
             out = loaded.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                         pad_token_id=processor.tokenizer.pad_token_id)
+        if account is not None:
+            row.update(account.row_fields())
         new_tokens = out[0, input_ids.shape[1]:]
         output_text = processor.tokenizer.decode(new_tokens, skip_special_tokens=False)
         for special in ("<|im_end|>", "<|endoftext|>"):
@@ -218,6 +233,10 @@ def _row_schema():
         ("correct", b), ("score", f), ("reason", s), ("prompt_tokens", i), ("kept_tokens", i),
         ("generated_tokens", i), ("num_images", i), ("kv_bytes", i), ("kv_bytes_full", i), ("peak_mem_bytes", i),
         ("mem_device", s), ("prefill_s", f), ("decode_s", f), ("error", s), ("meta_json", s), ("actor_pid", i),
+        # exact accounting of live tensor storages (pipeline.accounting); peak_mem_bytes above is the
+        # device-level figure (CUDA allocator, or CPU RSS high-water mark), labelled by mem_device
+        ("weights_bytes", i), ("peak_above_weights_bytes", i), ("peak_prefill_bytes", i),
+        ("peak_decode_bytes", i), ("peak_phase", s), ("peak_part", s), ("peak_breakdown_json", s),
     ])
 
 

@@ -22,6 +22,8 @@ key            summary metric          regression when
 =============  ======================  =========================================================
 accuracy       accuracy                current < baseline - tol (absolute, accuracy in [0, 1])
 peak_memory    max_peak_mem_bytes      current > baseline * (1 + tol) (relative increase)
+peak_above_    max_peak_above_weights_ current > baseline * (1 + tol); exact live tensor bytes above the
+weights        bytes                   weights (deterministic on CPU, so tolerance 0 works there)
 kv_bytes       mean_kv_bytes           current > baseline * (1 + tol) (relative increase)
 throughput     steps_per_s             current < baseline * (1 - tol) (relative drop)
 errors         errors                  current > baseline + tol (absolute count of failed steps)
@@ -65,6 +67,7 @@ class Check:
 CHECKS: tuple[Check, ...] = (
     Check("accuracy", "accuracy", True, False, "fraction"),
     Check("peak_memory", "max_peak_mem_bytes", False, True, "bytes"),
+    Check("peak_above_weights", "max_peak_above_weights_bytes", False, True, "bytes"),
     Check("kv_bytes", "mean_kv_bytes", False, True, "bytes"),
     Check("throughput", "steps_per_s", True, True, "per_s"),
     Check("errors", "errors", False, False, "count"),
@@ -72,7 +75,8 @@ CHECKS: tuple[Check, ...] = (
 CHECK_BY_NAME = {c.name: c for c in CHECKS}
 #: Defaults when neither ``--tolerances`` nor the job's ``regression:`` section sets a check.
 DEFAULT_TOLERANCES: dict[str, float | None] = {
-    "accuracy": 0.02, "peak_memory": 0.10, "kv_bytes": 0.02, "throughput": 0.30, "errors": 0,
+    "accuracy": 0.02, "peak_memory": 0.10, "peak_above_weights": 0.0, "kv_bytes": 0.02, "throughput": 0.30,
+    "errors": 0,
 }
 #: Metric names accepted in expected-values files besides the summary metric names.
 ALIASES = {c.name: c.metric for c in CHECKS}

@@ -47,6 +47,11 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
             episodes=float(len({r["episode_id"] for r in items})),
             mean_peak_mem_bytes=_mean([r["peak_mem_bytes"] for r in ok]),
             max_peak_mem_bytes=float(max((r["peak_mem_bytes"] for r in ok), default=0)),
+            max_peak_above_weights_bytes=float(max((r.get("peak_above_weights_bytes") or 0 for r in ok), default=0)),
+            mean_peak_above_weights_bytes=_mean([r.get("peak_above_weights_bytes") or 0 for r in ok]),
+            max_peak_prefill_bytes=float(max((r.get("peak_prefill_bytes") or 0 for r in ok), default=0)),
+            max_peak_decode_bytes=float(max((r.get("peak_decode_bytes") or 0 for r in ok), default=0)),
+            weights_bytes=float(max((r.get("weights_bytes") or 0 for r in ok), default=0)),
             mean_kv_bytes=_mean([r["kv_bytes"] for r in ok]),
             mean_kv_bytes_full=_mean([r["kv_bytes_full"] for r in ok]),
             kv_ratio=(sum(r["kv_bytes"] for r in ok) / max(1, sum(r["kv_bytes_full"] for r in ok))),
@@ -64,7 +69,7 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
 def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
     """A small fixed-width table for the terminal and the MLflow artifact."""
     head = f"{'compressor':<14}{'budget%':>8}{'steps':>7}{'err':>5}{'accuracy':>10}{'KV kept MiB':>13}" \
-           f"{'KV full MiB':>13}{'peak MiB':>10}{'prefill ms':>12}{'decode ms':>11}"
+           f"{'KV full MiB':>13}{'peak>W MiB':>12}{'peak MiB':>10}{'prefill ms':>12}{'decode ms':>11}"
     lines = [head, "-" * len(head)]
     mib = 1024 * 1024
     for s in summaries:
@@ -72,8 +77,9 @@ def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
         lines.append(
             f"{s.compressor:<14}{s.budget:>8g}{int(m['steps']):>7}{int(m['errors']):>5}{m['accuracy']:>10.3f}"
             f"{m['mean_kv_bytes'] / mib:>13.3f}{m['mean_kv_bytes_full'] / mib:>13.3f}"
+            f"{m.get('max_peak_above_weights_bytes', 0) / mib:>12.2f}"
             f"{m['max_peak_mem_bytes'] / mib:>10.1f}{m['mean_prefill_s'] * 1e3:>12.1f}{m['mean_decode_s'] * 1e3:>11.1f}"
         )
-    if mem_device:
-        lines.append(f"(peak memory: {mem_device})")
+    lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; peak: "
+                 + (mem_device or "device-level figure") + ")")
     return "\n".join(lines)

@@ -135,7 +135,7 @@ def test_tolerances_parse_and_precedence(tmp_path):
     with pytest.raises(RegressionInputError):
         parse_tolerances({"kv_bytes": "lots"})
     # a job YAML is accepted: its regression section is used
-    assert parse_tolerances(yaml.safe_load((ROOT / "jobs" / "nightly.yaml").read_text()))["kv_bytes"] == 0.01
+    assert parse_tolerances(yaml.safe_load((ROOT / "jobs" / "nightly.yaml").read_text()))["kv_bytes"] == 0
     # --tolerances beats the config section; either is merged over the defaults
     merged = resolve_tolerances({"accuracy": 0.1}, {"accuracy": 0.5, "kv_bytes": None})
     assert merged == {**DEFAULT_TOLERANCES, "accuracy": 0.1}
@@ -151,7 +151,9 @@ def test_nightly_job_config():
     names = [c.name for c in cfg.compressors]
     assert names[:2] == ["full", "snapkv"] and ("starkv" in names) == ("starkv" in starkv.available())
     assert cfg.budgets == [20, 50] and cfg.benchmark.options["num_episodes"] == 3 and cfg.model.path == "tiny"
-    assert set(parse_tolerances(cfg.regression)) == {"accuracy", "peak_memory", "kv_bytes", "throughput", "errors"}
+    tol = parse_tolerances(cfg.regression)
+    assert set(tol) == {"accuracy", "peak_memory", "peak_above_weights", "kv_bytes", "throughput", "errors"}
+    assert tol["peak_above_weights"] == 0 and tol["kv_bytes"] == 0  # exact memory figures: compared exactly
 
 
 # ------------------------------------------------------------------------------------- inputs

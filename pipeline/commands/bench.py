@@ -1,4 +1,5 @@
-"""``starkv-eval bench compress``: compressor selection cost at UI-TARS-7B dimensions."""
+"""``starkv-eval bench compress`` (compressor selection cost at UI-TARS-7B dimensions) and ``bench memory``
+(a step's exact memory at full scale, simulated on fake tensors)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,27 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory_cmd(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipeline.memory_bench import MemoryBenchError, format_rows, parse_spec, plot_rows, run_bench
+
+    try:  # every option is checked before any work
+        spec = parse_spec(args.model, args.screenshots, args.resolution, args.budgets, args.compressors, args.attn,
+                          args.decode_steps, args.dtype, args.mlp_chunk, args.vision)
+    except MemoryBenchError as err:
+        print(f"starkv-eval bench memory: {err}", file=sys.stderr)
+        return 2
+    echo = (lambda *_: None) if args.json else (lambda r: print(f"  simulated {r['compressor']}@{r['budget']:g}, "
+                                                               f"{r['screenshots']} screenshots, "
+                                                               f"{r['attn_implementation']}", file=sys.stderr))
+    rows = run_bench(spec, echo=echo)
+    if args.plot:
+        print(f"plot: {plot_rows(rows, args.plot)}", file=sys.stderr)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 1 if any(r["error"] for r in rows) else 0
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="micro-benchmarks (selection cost of the compressors)")
     inner = bench.add_subparsers(dest="bench_command", required=True)
@@ -52,3 +74,21 @@ def add_parser(sub) -> None:
     comp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     comp.add_argument("--quick", action="store_true", help="tiny dimensions, for smoke tests of the command")
     comp.set_defaults(func=_cmd)
+
+    mem = inner.add_parser("memory", help="a step's exact memory at full model scale, simulated without weights or GPU")
+    mem.add_argument("--model", default="ui-tars-1.5-7b", help="a vendored config (ui-tars-1.5-7b) or tiny")
+    mem.add_argument("--screenshots", default="5", help="screenshots in the prompt; a comma list sweeps (1,2,3,4,5)")
+    mem.add_argument("--resolution", default="1920x1080",
+                     help="WIDTHxHEIGHT of every screenshot, or max (exactly the 16,384-token max_pixels cap)")
+    mem.add_argument("--budgets", default="20", help="KV budgets in percent, comma-separated")
+    mem.add_argument("--compressors", default="full,snapkv,starkv", help="registered compressors, comma-separated")
+    mem.add_argument("--attn", default="sdpa", help="attention implementation(s): sdpa, eager or sdpa,eager")
+    mem.add_argument("--decode-steps", type=int, default=16, help="decode steps after the prefill")
+    mem.add_argument("--dtype", default="bfloat16", help="dtype of the simulated model (bfloat16, float16, float32)")
+    mem.add_argument("--mlp-chunk", default="0",
+                     help="run each decoder MLP over at most N prompt tokens at a time (0: off; a comma list sweeps)")
+    mem.add_argument("--vision", default="per-image",
+                     help="per-image (one screenshot at a time through the vision tower, the default) or batch")
+    mem.add_argument("--plot", help="also write a PNG of the peaks and KV per row")
+    mem.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    mem.set_defaults(func=_memory_cmd)

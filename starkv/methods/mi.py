@@ -5,7 +5,7 @@ token (rank quantisation into ``bins`` equal-frequency bins) and paired with the
 (a ``grid``×``grid`` partition of a near-square guess of the image layout). The mutual information of
 (value bin, cell) says how spatially structured a group's attention is. Everything runs on the scores'
 device in one batched pass: one sort of packed (group, value, position) keys gives every group's
-stable rank order, and one ``bincount`` the joint histograms ``[n_kv, bins, grid²]``; no per-group or
+stable rank order, and one fixed-size ``index_add`` the joint histograms ``[n_kv, bins, grid²]``; no per-group or
 per-token Python loop and no host round-trip. Rank ties are broken by position (deterministic).
 
 The function to time as "the MI step" is :func:`spatial_mi` (the estimator proper);
@@ -138,7 +138,11 @@ def joint_histogram(image_scores: torch.Tensor, grid: int = 12, bins: int = 16) 
     else:
         a = rank_bins(clipped, bins)
         flat = ((torch.arange(n_kv, device=device).unsqueeze(1) * bins + a) * cells + y).reshape(-1)
-    return torch.bincount(flat, minlength=n_kv * bins * cells).view(n_kv, bins, cells)
+    # a fixed-size index_add, not bincount: the output shape must not depend on the values (fake tensors
+    # in ``bench memory``); integer adds make the counts identical to bincount's
+    size = n_kv * bins * cells
+    counts = torch.zeros(size, dtype=torch.int64, device=device)
+    return counts.index_add_(0, flat, torch.ones_like(flat)).view(n_kv, bins, cells)
 
 
 def spatial_mi(image_scores: torch.Tensor, grid: int = 12, bins: int = 16) -> torch.Tensor:
