@@ -14,8 +14,8 @@ from pipeline.benchmarks.synthetic import LauncherBenchmark, ensure_synthetic_da
 from pipeline.config import parse_config, validate
 
 # Written out from the layout rule, not read from the module: 168 px screens, 28 px cells (one
-# language-model token each: patch 14 x merge 2), icons 18 px squares in the middle of their cell.
-SCREEN, CELL, MARGIN = 168, 28, 5
+# language-model token each: patch 14 x merge 2), icons 12 px squares in the middle of their cell.
+SCREEN, CELL, MARGIN = 168, 28, 8
 
 
 def _steps(seed: int, n: int = 6):

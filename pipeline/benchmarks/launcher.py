@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 SCREEN_SIZE = 168
 CELL = 28
 GRID = SCREEN_SIZE // CELL  # 6 x 6 cells
-ICON_MARGIN = 5  # icon square = cell minus this on every side (18 x 18 px)
+ICON_MARGIN = 8  # icon square = cell minus this on every side (12 x 12 px: a wide rim shows the tint)
 ICONS_PER_SCREEN = 3
 MEMORY_WINDOW = 4  # past screenshots a recalled icon may come from (image_slots 5 = 4 past + current)
 RECALL_PROBABILITY = 0.4

@@ -46,9 +46,9 @@ class TrainConfig:
     # One screen with one icon first (learn to read a place), then short episodes with two or three icons
     # (tell colours apart), then the evaluation's episode lengths and history with three icons.
     phases: tuple[tuple[float, int, int, tuple[int, ...]], ...] = (
-        (0.35, 1, 1, (1,)),
-        (0.35, 1, 2, (2, 3)),
-        (0.3, 1, 6, (3,)),
+        (0.22, 1, 1, (1,)),
+        (0.45, 1, 2, (2, 3)),
+        (0.33, 1, 6, (3,)),
     )
     min_steps: int = 3  # held-out evaluation episodes (the evaluation job's lengths, three icons)
     max_steps: int = 6
