@@ -123,7 +123,7 @@ def plot_overview(units: list[UnitSummary], path: Path, subtitle: str = "", mem_
     """
     from matplotlib.figure import Figure
 
-    accuracy, kv, peak = _specs(mem_device)
+    accuracy, kv, peak = _specs(units, mem_device)
     specs = [accuracy, peak, kv]  # peak keeps its autoscale (weights dominate it); KV from zero
     if not any(_series(units, spec.metric) for spec in specs):
         return None

@@ -35,6 +35,7 @@ PROTOCOL = {
     "agentnetbench": ("agentnet", "point", "model", 5),
     "mind2web": ("mind2web", "point", "ground_truth", 1),
     "synthetic": ("computer", "box", "ground_truth", 5),
+    "launcher": ("grounding", "box", "ground_truth", 5),  # click-only launcher episodes, multi-step history
 }
 
 

@@ -10,7 +10,7 @@ from pipeline.tracking import Tracker, job_tags
 
 pytestmark = pytest.mark.usefixtures("isolated_mlflow")
 
-UNITS = ("full@20", "full@50", "snapkv@20", "snapkv@50")
+UNITS = ("full@20%", "full@50%", "snapkv@20%", "snapkv@50%")  # child run names show the budget as a percent
 
 
 def test_readme_filter_tags_on_parent_and_child_runs(tmp_path):
@@ -38,8 +38,8 @@ def test_readme_filter_tags_on_parent_and_child_runs(tmp_path):
     assert names("tags.model = 'tiny'") == everything
     assert names("tags.git_commit = 'abc123'") == everything
     # the README's examples: children by compressor and by budget
-    assert names("tags.compressor = 'snapkv'") == {"snapkv@20", "snapkv@50"}
-    assert names("tags.budget = '20'") == {"full@20", "snapkv@20"}
-    assert names("tags.compressor = 'full' and tags.budget = '50'") == {"full@50"}
+    assert names("tags.compressor = 'snapkv'") == {"snapkv@20%", "snapkv@50%"}
+    assert names("tags.budget = '20'") == {"full@20%", "snapkv@20%"}
+    assert names("tags.compressor = 'full' and tags.budget = '50'") == {"full@50%"}
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{pid}'")
     assert {r.info.run_name for r in children} == set(UNITS)
