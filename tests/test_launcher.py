@@ -105,7 +105,7 @@ def test_aggregate_reports_accuracy_per_kind(tmp_path):
 def test_ensure_names_the_style_in_the_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("STARKV_CACHE", str(tmp_path))
     root = ensure_synthetic_dataset(num_episodes=2, seed=3, style="launcher")
-    assert root.name == "synthetic-launcher-2-3-steps3-6" and (root / ".complete").is_file()
+    assert root.name == "synthetic-launcher-v2-2-3-steps3-6" and (root / ".complete").is_file()
     with pytest.raises(ValueError, match="unknown synthetic style 'bogus'"):
         generate_synthetic(tmp_path / "x", num_episodes=1, style="bogus")
 

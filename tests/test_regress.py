@@ -150,7 +150,7 @@ def test_nightly_job_config():
     cfg = load_config(ROOT / "jobs" / "nightly.yaml")
     names = [c.name for c in cfg.compressors]
     assert names[:2] == ["full", "snapkv"] and ("starkv" in names) == ("starkv" in starkv.available())
-    assert cfg.budgets == [10, 50] and cfg.benchmark.options["num_episodes"] == 6
+    assert cfg.budgets == [20, 50] and cfg.benchmark.options["num_episodes"] == 6
     assert cfg.model.path == "micro" and cfg.benchmark.name == "launcher"  # accuracy responds to compression
     tol = parse_tolerances(cfg.regression)
     assert set(tol) == {"accuracy", "peak_memory", "peak_above_weights", "kv_bytes", "throughput", "errors"}

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+# Bump when what the generator draws changes: cached datasets are keyed by it, so none goes stale.
+LAUNCHER_VERSION = 2
 SCREEN_SIZE = 168
 CELL = 28
 GRID = SCREEN_SIZE // CELL  # 6 x 6 cells

@@ -33,7 +33,7 @@ from pipeline.benchmarks.base import (
     register_benchmark,
     row_meta,
 )
-from pipeline.benchmarks.launcher import launcher_episode, launcher_goal
+from pipeline.benchmarks.launcher import LAUNCHER_VERSION, launcher_episode, launcher_goal
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
 from pipeline.benchmarks.storage import open_fs, url_of
 from pipeline.cache import cache_root
@@ -357,7 +357,8 @@ def ensure_synthetic_dataset(root: str | os.PathLike | None = None, num_episodes
     else:
         name = f"synthetic-{num_episodes}-{seed}"
         if (style, min_steps, max_steps) != ("windows", 3, 6):
-            name = f"synthetic-{style}-{num_episodes}-{seed}-steps{min_steps}-{max_steps}"
+            tag = f"{style}-v{LAUNCHER_VERSION}" if style == "launcher" else style
+            name = f"synthetic-{tag}-{num_episodes}-{seed}-steps{min_steps}-{max_steps}"
         target = _default_cache_dir() / name
     if (target / COMPLETE_MARKER).is_file():
         return target

@@ -175,7 +175,7 @@ def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path) -> 
         ax.plot(range(window, len(losses) + 1), smooth, color="C0", lw=1.5, label=f"mean of {window}")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("cross-entropy per answer token")
+    ax.set_ylabel("training loss: answer cross-entropy + attention hints")
     if evals:
         ax2 = ax.twinx()
         ax2.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "o-", color="C3",
