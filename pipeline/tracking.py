@@ -76,17 +76,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _flatten(prefix: str, data: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(_flatten(key, v))
-        else:
-            out[key] = str(v)[:500]
-    return out
-
-
 class Tracker:
     """Thin wrapper over the MLflow client; every failure becomes a warning and ``ok`` turns False."""
 

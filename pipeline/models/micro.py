@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLFo
 from pipeline.agent.prompts import render_prompt
 from pipeline.benchmarks.launcher import CELL, COLOURS, GRID
 from pipeline.models.tiny import (
+    VISION_SIZES,
     build_config,
     build_tokenizer,
     init_model,
@@ -52,18 +53,7 @@ MICRO_TEXT_SIZES = dict(
     num_key_value_heads=2,
     max_position_embeddings=32768,
 )
-MICRO_VISION_SIZES = dict(
-    depth=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=2,
-    out_hidden_size=MICRO_TEXT_SIZES["hidden_size"],
-    fullatt_block_indexes=[1],
-    window_size=112,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-)
+MICRO_VISION_SIZES = dict(VISION_SIZES, out_hidden_size=MICRO_TEXT_SIZES["hidden_size"])
 
 
 def _corpus() -> list[str]:
