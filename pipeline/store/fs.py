@@ -170,13 +170,8 @@ class Store:
                 self.fs.pipe_file(self.path(rel), data)
                 return
             target = Path(self.path(rel))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}{TEMP_MARK}{uuid.uuid4().hex}")
+            tmp = _durable_temp(target, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -199,13 +194,8 @@ class Store:
                     raise
                 return True
             target = Path(self.path(rel))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}{TEMP_MARK}{uuid.uuid4().hex}")
+            tmp = _durable_temp(target, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.link(tmp, target)
             except FileExistsError:
                 return False
@@ -229,3 +219,18 @@ class Store:
             p.unlink(missing_ok=True)
             gone.append(str(p))
         return gone
+
+
+def _durable_temp(target: Path, data: bytes) -> Path:
+    """``data`` in a synced temp file beside ``target`` (its folder made), ready to rename or link into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}{TEMP_MARK}{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
