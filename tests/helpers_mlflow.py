@@ -25,6 +25,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(server: subprocess.Popen, port: int, log: Path, timeout: float = 120) -> None:
+    """Until the ``mlflow server`` on ``port`` answers /health; fails with its log if it dies or times out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read().strip() == b"OK":
+                return
+        except OSError:
+            pass
+        assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, workdir: Path):
     """``mlflow server`` on 127.0.0.1 in its own session (cwd ``workdir``); yields its base URL."""
@@ -36,15 +49,7 @@ def mlflow_server(backend_uri: str, workdir: Path):
          "--backend-store-uri", backend_uri], cwd=workdir, env=env, stdout=open(log, "w"),
         stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read().strip() == b"OK":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(server, port, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker share its process group

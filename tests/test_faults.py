@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,6 +28,7 @@ from pipeline.config import parse_config
 from pipeline.results import finished_units, read_rows, run_metadata
 from pipeline.run import run_job
 from pipeline.tracking import Tracker
+from tests.helpers_mlflow import wait_healthy
 from tests.helpers_procs import session_procs, wait_session_gone
 from tests.helpers_runs import small_synthetic_job
 
@@ -127,15 +127,7 @@ def test_mlflow_unreachable_warns_then_sync_fills_it(reference, monkeypatch, cap
         cwd=store, env=_env(), stdout=open(store / "server.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read().strip() == b"OK":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (store / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(server, port, store / "server.log")
 
         uri = f"http://127.0.0.1:{port}"
         from mlflow.tracking import MlflowClient
