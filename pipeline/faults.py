@@ -15,6 +15,12 @@ column of the same name in the Parquet rows); each variable takes one key or a c
 ``STARKV_FAULT_STEP_DELAY_S``
     Sleeps this many seconds at the start of every step (before timing starts), which widens the
     window in which a test can kill the driver mid-run.
+``STARKV_FAULT_HOLD_UNTIL_FILE``
+    Every step waits (up to 10 min) until this file exists, so a test can keep a run busy exactly as
+    long as it needs (e.g. until a second run reports that it waits), however slow the machine is.
+``STARKV_FAULT_HOLD_AFTER_STEPS``
+    With the hold file: the first N steps of each process run freely, the hold starts at step N + 1
+    (so a test can let some episodes finish and keep the rest in flight until it kills the run).
 
 The driver forwards these variables to the Ray actors (``fault_env``), so they also work on a cluster
 that was started before they were set.
@@ -32,6 +38,10 @@ KILL_ONCE = "STARKV_FAULT_KILL_ACTOR_ONCE"
 RAISE = "STARKV_FAULT_RAISE"
 OOM = "STARKV_FAULT_OOM"
 DELAY = "STARKV_FAULT_STEP_DELAY_S"
+HOLD = "STARKV_FAULT_HOLD_UNTIL_FILE"
+HOLD_AFTER = "STARKV_FAULT_HOLD_AFTER_STEPS"
+HOLD_LIMIT_S = 600.0
+_steps_seen = 0  # steps this process has started (for HOLD_AFTER)
 MARKER_DIR = "STARKV_FAULT_DIR"
 
 
@@ -71,6 +81,13 @@ def inject(step_key: str) -> None:
     delay = os.environ.get(DELAY)
     if delay:
         time.sleep(float(delay))
+    global _steps_seen
+    _steps_seen += 1
+    hold = os.environ.get(HOLD)
+    if hold and _steps_seen > int(os.environ.get(HOLD_AFTER) or 0):
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while not Path(hold).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     if _named(KILL_ONCE, step_key):
         _kill_once(step_key)
     if _named(OOM, step_key):

@@ -268,3 +268,25 @@ def test_fault_injection_is_inert_without_env_and_fires_once(tmp_path, monkeypat
     assert first.returncode == 1 and "passed" not in first.stdout
     assert second.returncode == 0 and "passed" in second.stdout
     assert int(faults.marker_path(f"{UNIT}/ep0000/4").read_text()) > 0
+
+
+def test_hold_fault_lets_n_steps_pass_then_waits_for_its_file(tmp_path, monkeypatch):
+    import threading
+
+    from pipeline import faults
+
+    for var in list(os.environ):
+        if var.startswith("STARKV_FAULT_"):
+            monkeypatch.delenv(var)
+    release = tmp_path / "release"
+    monkeypatch.setenv("STARKV_FAULT_HOLD_UNTIL_FILE", str(release))
+    monkeypatch.setenv("STARKV_FAULT_HOLD_AFTER_STEPS", "2")
+    monkeypatch.setattr(faults, "_steps_seen", 0)
+    faults.inject(f"{UNIT}/ep0000/0")
+    faults.inject(f"{UNIT}/ep0000/1")  # the first two steps of the process pass at once
+    passed = threading.Event()
+    worker = threading.Thread(target=lambda: (faults.inject(f"{UNIT}/ep0000/2"), passed.set()), daemon=True)
+    worker.start()
+    assert not passed.wait(0.5)  # the third holds while the file is missing
+    release.touch()
+    assert passed.wait(10)

@@ -65,10 +65,10 @@ def test_ray_job_submit_runs_a_job_on_a_head(tmp_path):
     """Exactly the README's command: submit ``starkv-eval run jobs/smoke.yaml`` to a fresh head on loopback."""
     out = tmp_path / "out"
     temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
-    dashboard = _free_port()
+    dashboard, gcs_port = _free_port(), _free_port()
     env = _env()
     head_cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--object-store-memory=268435456",
-                "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+                "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                 f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
                 f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
@@ -87,6 +87,10 @@ def test_ray_job_submit_runs_a_job_on_a_head(tmp_path):
                 pass
             assert head.poll() is None and time.time() < deadline, (tmp_path / "head.log").read_text()[-3000:]
             time.sleep(0.5)
+        # the README's next line: the dashboard answering is not enough, a submission needs the head's agent
+        wait = subprocess.run([str(BIN / "starkv-eval"), "wait-head", "--address", f"127.0.0.1:{gcs_port}",
+                               "--timeout-s", "180"], env=env, capture_output=True, text=True, timeout=240)
+        assert wait.returncode == 0 and "takes jobs" in wait.stdout, wait.stdout[-2000:] + wait.stderr[-2000:]
         timings["head_start_s"] = time.time() - t0
 
         commit = "0123456789abcdef0123456789abcdef01234567"

@@ -95,7 +95,8 @@ def local_runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("local")
     job, out = _job(work), work / "out"
     lease = out / RUN_ID / "lease.json"
-    a = _start(["run", str(job), "--output", str(out)], work, work / "a.log", STARKV_FAULT_STEP_DELAY_S="0.3")
+    release = work / "release-a"  # A's steps hold until this exists: B and C meet A mid-run on any machine
+    a = _start(["run", str(job), "--output", str(out)], work, work / "a.log", STARKV_FAULT_HOLD_UNTIL_FILE=str(release))
     try:
         _wait_for(lease.exists, a, work / "a.log", "lease")
         t0 = time.time()
@@ -103,6 +104,7 @@ def local_runs(tmp_path_factory):
         b_seconds = time.time() - t0
         c = _start(["run", str(job), "--output", str(out), "--wait"], work, work / "c.log")
         _wait_for(lambda: "waiting for it" in (work / "c.log").read_text(), c, work / "c.log", "waiting line")
+        release.touch()
         assert a.wait(300) == 0, (work / "a.log").read_text()[-3000:]
         assert c.wait(120) == 0, (work / "c.log").read_text()[-3000:]
     finally:
@@ -200,7 +202,10 @@ def test_s3_killed_driver_resumes_exactly_once_with_lease(s3, local_runs, tmp_pa
         fs.invalidate_cache()
         return fs.find(rows) if fs.exists(rows) else []
 
-    a = _start(["run", str(job), "--output", out], tmp_path, tmp_path / "a.log", STARKV_FAULT_STEP_DELAY_S="0.5", **env)
+    # one actor runs episodes of 6, 3 and 6 steps: after its first 6 steps exactly one episode is stored
+    # whatever the order, and the next step holds (never released) until the driver is killed
+    a = _start(["run", str(job), "--output", out], tmp_path, tmp_path / "a.log", **env,
+               STARKV_FAULT_HOLD_UNTIL_FILE=str(tmp_path / "never"), STARKV_FAULT_HOLD_AFTER_STEPS="6")
     try:
         _wait_for(lambda: fs.exists(f"results/nightly/{RUN_ID}/lease.json"), a, tmp_path / "a.log", "lease")
         b = _cli(["run", str(job), "--output", out], tmp_path, **env)
@@ -210,7 +215,7 @@ def test_s3_killed_driver_resumes_exactly_once_with_lease(s3, local_runs, tmp_pa
     finally:
         _stop(a)  # the driver dies mid-run: its lease stays behind
     done = [f.rsplit("/", 1)[-1] for f in stored()]
-    assert 1 <= len(done) < len(EPISODES) and set(done) <= {row_file_name(UNIT, e) for e in EPISODES}
+    assert len(done) == 1 and set(done) <= {row_file_name(UNIT, e) for e in EPISODES}
     holder = LeaseInfo.parse(fs.cat_file(f"results/nightly/{RUN_ID}/lease.json"), "lease")
     assert holder.pid == a.pid
 

@@ -10,7 +10,8 @@ def _cmd(args: argparse.Namespace) -> int:
     from pipeline.training.micro import TrainConfig, train_micro
 
     cfg = TrainConfig()
-    for name in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "threads", "time_limit_s"):
+    for name in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "threads", "time_limit_s",
+                 "init_from", "start_phase"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -39,5 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-episodes", type=int, help="held-out episodes per evaluation")
     p.add_argument("--threads", type=int, help="torch threads (default: the recipe's 2)")
     p.add_argument("--time-limit-s", type=float, help="stop after an evaluation once this wall time has passed")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="continue from this micro-agent folder's weights (e.g. the shipped one) instead of a random init")
+    p.add_argument("--start-phase", type=int,
+                   help="skip the curriculum's phases before this one (0: one icon, 1: short episodes, 2: full)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd)

@@ -24,7 +24,13 @@ import transformers
 from pipeline.agent.parser import parse_action
 from pipeline.benchmarks.launcher import SCREEN_SIZE
 from pipeline.config import AgentConfig
-from pipeline.models.micro import MANIFEST_FILE, MICRO_RECIPE_VERSION, init_micro, weights_sha256
+from pipeline.models.micro import (
+    MANIFEST_FILE,
+    MICRO_RECIPE_VERSION,
+    init_micro,
+    read_manifest,
+    weights_sha256,
+)
 from pipeline.training.micro_data import IGNORE_INDEX, collate, episode_prompts, training_examples
 
 HELDOUT_STREAM = "micro-heldout"
@@ -60,6 +66,10 @@ class TrainConfig:
     target_layer: int = 1  # layer whose head 0 learns to look at the target icon
     colour_layer: int | None = 0  # layer whose head 0 learns to look at the instruction's colour word
     time_limit_s: float | None = None  # stop early (after an evaluation) when the wall time passes this
+    # Continue from a trained micro-agent folder instead of ``seed``'s random init (a longer run in two
+    # sittings); ``start_phase`` skips the curriculum's first phases, the rest keep their relative shares.
+    init_from: str | None = None
+    start_phase: int = 0
 
 
 @dataclass
@@ -82,12 +92,31 @@ def _phase_streams(cfg: TrainConfig, processor: Any, agent: AgentConfig) -> list
 
 
 def _phase_at(step: int, cfg: TrainConfig) -> int:
+    """The curriculum phase of ``step``: phases from ``start_phase`` on share the steps by their fractions."""
+    active = list(enumerate(cfg.phases))[cfg.start_phase:]
+    total = sum(fraction for _, (fraction, *_rest) in active)
     edge = 0.0
-    for k, (fraction, *_rest) in enumerate(cfg.phases):
-        edge += fraction * cfg.steps
+    for k, (fraction, *_rest) in active:
+        edge += fraction / total * cfg.steps
         if step < edge:
             return k
     return len(cfg.phases) - 1
+
+
+def _initial_model(cfg: TrainConfig) -> tuple[Any, Any]:
+    """``seed``'s random init, or the weights and processor of the micro-agent folder ``init_from``."""
+    if cfg.init_from is None:
+        return init_micro(cfg.seed)
+    folder = Path(cfg.init_from)
+    if read_manifest(folder) is None or not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"--init-from {folder}: not a micro-agent folder (no {MANIFEST_FILE} "
+                                "and model.safetensors)")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from pipeline.models.loader import load_processor
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    return model, load_processor(folder)
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -197,7 +226,10 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
     torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
     agent = AgentConfig(image_slots=cfg.image_slots)
-    model, processor = init_micro(cfg.seed)
+    if not 0 <= cfg.start_phase < len(cfg.phases):
+        raise ValueError(f"start_phase {cfg.start_phase} is not a phase of the curriculum (0..{len(cfg.phases) - 1})")
+    init_manifest = read_manifest(cfg.init_from) if cfg.init_from is not None else None
+    model, processor = _initial_model(cfg)
     if cfg.attention_weight > 0:
         model.set_attn_implementation("eager")  # attention probabilities for the supervision
     model.train()
@@ -239,11 +271,12 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
     final = evals[-1]
     result = TrainResult(out, step + 1, sum(losses[-50:]) / len(losses[-50:]), final["accuracy"],
                          int(final["steps"]), wall, losses, evals)
-    _save(model, processor, out, cfg, result)
+    _save(model, processor, out, cfg, result, init_manifest)
     return result
 
 
-def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: TrainResult) -> None:
+def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: TrainResult,
+          init_manifest: dict | None = None) -> None:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -267,6 +300,9 @@ def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: Train
         "transformers": transformers.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    if init_manifest is not None:  # the run this one continued: its recipe, steps and weights, nested
+        manifest["continued_from"] = {k: init_manifest.get(k) for k in (
+            "train_config", "steps_done", "heldout_accuracy", "weights_sha256", "wall_s", "continued_from")}
     manifest["weights_sha256"] = weights_sha256(tmp)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     (tmp / "losses.json").write_text(json.dumps([round(v, 5) for v in result.losses]) + "\n")
