@@ -90,6 +90,28 @@ def test_train_micro_writes_a_loadable_model_folder(tmp_path):
     assert loaded.name.startswith("micro-agent-r") and loaded.max_pixels == 64 * 28 * 28
 
 
+
+def test_train_micro_continues_from_a_folder_on_the_later_phases(tmp_path):
+    from pipeline.training.micro import _phase_at
+
+    first = TrainConfig(steps=1, batch_size=2, eval_every=0, eval_episodes=1, threads=1, max_steps=3)
+    train_micro(tmp_path / "a", first, progress=False, log=lambda *_: None)
+    parent = read_manifest(tmp_path / "a")
+    cont = TrainConfig(steps=5, stop_after=2, batch_size=2, eval_every=0, eval_episodes=1, threads=1, max_steps=3,
+                       init_from=str(tmp_path / "a"), start_phase=2, seed=1)
+    assert [_phase_at(s, cont) for s in range(5)] == [2] * 5  # only the last phase is left
+    assert [_phase_at(s, TrainConfig(steps=10, start_phase=1)) for s in range(10)] == [1] * 6 + [2] * 4  # .45 : .33
+    result = train_micro(tmp_path / "b", cont, progress=False, log=lambda *_: None)
+    manifest = read_manifest(tmp_path / "b")
+    assert result.steps_done == 2 and len(result.losses) == 2  # stopped at step 2 of the 5-step schedule
+    assert manifest["continued_from"]["weights_sha256"] == parent["weights_sha256"]
+    assert manifest["continued_from"]["steps_done"] == 1 and manifest["train_config"]["start_phase"] == 2
+    assert manifest["weights_sha256"] != parent["weights_sha256"]  # it trained on from there
+    with pytest.raises(FileNotFoundError, match="not a micro-agent folder"):
+        train_micro(tmp_path / "c", TrainConfig(steps=1, init_from=str(tmp_path / "nothing")), progress=False)
+    with pytest.raises(ValueError, match="start_phase 3"):
+        train_micro(tmp_path / "c", TrainConfig(steps=1, start_phase=3), progress=False)
+
 # --- the shipped weights --------------------------------------------------------------------------
 
 

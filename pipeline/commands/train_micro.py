@@ -11,7 +11,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig()
     for name in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "threads", "time_limit_s",
-                 "init_from", "start_phase"):
+                 "init_from", "start_phase", "stop_after"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -44,5 +44,7 @@ def add_parser(sub) -> None:
                    help="continue from this micro-agent folder's weights (e.g. the shipped one) instead of a random init")
     p.add_argument("--start-phase", type=int,
                    help="skip the curriculum's phases before this one (0: one icon, 1: short episodes, 2: full)")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after step N of the --steps schedule (replays a run that --time-limit-s stopped)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd)

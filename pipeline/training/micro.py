@@ -66,6 +66,7 @@ class TrainConfig:
     target_layer: int = 1  # layer whose head 0 learns to look at the target icon
     colour_layer: int | None = 0  # layer whose head 0 learns to look at the instruction's colour word
     time_limit_s: float | None = None  # stop early (after an evaluation) when the wall time passes this
+    stop_after: int | None = None  # stop after this step of the ``steps`` schedule (replays a time-limited run)
     # Continue from a trained micro-agent folder instead of ``seed``'s random init (a longer run in two
     # sittings); ``start_phase`` skips the curriculum's first phases, the rest keep their relative shares.
     init_from: str | None = None
@@ -257,7 +258,8 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
             losses.append(float(loss.detach()))
             bar.update(1, loss=sum(losses[-50:]) / len(losses[-50:]))
             last = step + 1 == cfg.steps
-            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s
+            out_of_time = ((cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s)
+                           or (cfg.stop_after is not None and step + 1 >= cfg.stop_after))
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last or out_of_time:
                 result = heldout_accuracy(model, processor, agent, cfg.eval_episodes, cfg.seed,
                                           cfg.min_steps, cfg.max_steps)
