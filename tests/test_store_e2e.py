@@ -99,9 +99,8 @@ def local_runs(tmp_path_factory):
     a = _start(["run", str(job), "--output", str(out)], work, work / "a.log", STARKV_FAULT_HOLD_UNTIL_FILE=str(release))
     try:
         _wait_for(lease.exists, a, work / "a.log", "lease")
-        t0 = time.time()
         b = _cli(["run", str(job), "--output", str(out)], work)
-        b_seconds = time.time() - t0
+        b_returned_while_a_ran = a.poll() is None  # A is held: B came back without waiting for it
         c = _start(["run", str(job), "--output", str(out), "--wait"], work, work / "c.log")
         _wait_for(lambda: "waiting for it" in (work / "c.log").read_text(), c, work / "c.log", "waiting line")
         release.touch()
@@ -110,7 +109,7 @@ def local_runs(tmp_path_factory):
     finally:
         _stop(a)
     d = _cli(["run", str(job), "--output", str(out)], work)
-    return {"work": work, "out": out, "a": a, "b": b, "b_seconds": b_seconds, "c": (work / "c.log").read_text(),
+    return {"work": work, "out": out, "a": a, "b": b, "b_returned_while_a_ran": b_returned_while_a_ran, "c": (work / "c.log").read_text(),
             "d": d, "rows": read_rows(out / RUN_ID / "rows")}
 
 
@@ -119,7 +118,7 @@ def test_concurrent_runs_one_writer_each_step_once(local_runs):
     a_log = (local_runs["work"] / "a.log").read_text()
     assert "0 episode-units already done" in a_log and "3 episode-units evaluated" in a_log
     b = local_runs["b"]
-    assert b.returncode == 3 and local_runs["b_seconds"] < 60
+    assert b.returncode == 3 and local_runs["b_returned_while_a_ran"]
     assert re.search(rf"^starkv-eval: run {RUN_ID} is being written by pid {local_runs['a'].pid} on "
                      rf"{re.escape(socket.gethostname())} since \d\d:\d\d:\d\d UTC", b.stderr), b.stderr
     assert "Traceback" not in b.stderr and "episode-units" not in b.stdout  # no work started
@@ -266,9 +265,8 @@ def test_unreachable_or_unauthorised_store_fails_before_any_work(s3, tmp_path):
     endpoint, env, fs = s3
     job = _job(tmp_path)
     closed = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}
-    t0 = time.time()
     down = _cli(["run", str(job), "--output", "s3://results/x"], tmp_path, **closed)
-    assert down.returncode == 2 and time.time() - t0 < 120
+    assert down.returncode == 2
     assert down.stderr.count("\n") == 1 and "s3://results/x: cannot reach the result store" in down.stderr, down.stderr
     assert "episode-units" not in down.stdout and "Traceback" not in down.stderr
 

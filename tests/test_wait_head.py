@@ -28,13 +28,17 @@ def test_gives_up_after_the_timeout_naming_what_is_missing():
     assert "dashboard_agent.log" in lines[-1]
 
 
-def test_a_port_nobody_serves_is_reported_at_once():
+def test_a_port_nobody_serves_is_reported_without_rays_client(monkeypatch):
+    import ray._raylet
+
+    def refuse(*_a, **_k):
+        raise AssertionError("Ray's GCS client (which blocks ~35 s on a dead port) was built")
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", refuse)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again before the probe: nothing listens there
-    start = time.monotonic()
     assert head_agent_state(f"127.0.0.1:{port}") == f"no GCS answering at 127.0.0.1:{port}"
-    assert time.monotonic() - start < 10  # not Ray's own 35 s connect wait
 
 
 def test_address_comes_from_the_flag_then_ray_address_then_the_default(monkeypatch):
