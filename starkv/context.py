@@ -18,6 +18,8 @@ class LayerContext:
     Shapes (batch is always 1): ``queries`` (1, H, Wq, d) are the last ``Wq`` query rows after rotary
     embedding, captured from the attention call; ``keys``/``values`` (1, H_kv, L, d) are the cache
     tensors (post-RoPE keys); ``hidden_states`` (1, L, D) is the attention input (after the input norm).
+    A shared prefill (``starkv.shared``) may hand over only the rows a compressor declared it needs: then
+    row ``i`` of ``hidden_states`` is token ``hidden_offset + i`` (read them with :meth:`hidden_rows`).
     """
 
     layer_idx: int
@@ -31,6 +33,15 @@ class LayerContext:
     plan: SelectionPlan
     module: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    hidden_offset: int = 0
+
+    def hidden_rows(self, start: int, end: int) -> torch.Tensor:
+        """Hidden states of tokens ``[start, end)`` as (end - start, D), whatever rows this context holds."""
+        lo, hi = start - self.hidden_offset, end - self.hidden_offset
+        if lo < 0 or hi > self.hidden_states.shape[1]:
+            raise ValueError(f"hidden states of tokens [{start}, {end}) were not kept for this layer (kept: "
+                             f"[{self.hidden_offset}, {self.hidden_offset + self.hidden_states.shape[1]}))")
+        return self.hidden_states[0, lo:hi]
 
     @property
     def length(self) -> int:
