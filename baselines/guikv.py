@@ -64,7 +64,7 @@ class GUIKV(ScorerCompressor):
         Zero redundant earlier-screenshot tokens (True); False keeps only window + spatial scores.
     """
 
-    hidden_states_needed: ClassVar[str] = "current_image"  # what a shared prefill keeps for it
+    hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
 
     kernel_size: int = 5
     alpha: float = 2.0

@@ -40,8 +40,11 @@ class SweepTiming:
     mean_decode_s: float
 
 
-def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print) -> SweepTiming:
-    """Run the job's units over its first ``episodes`` episodes per unit, then shared; time both."""
+def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting: bool = True) -> SweepTiming:
+    """Run the job's units over its first ``episodes`` episodes per unit, then shared; time both.
+
+    ``memory_accounting`` as in runs (on); off shows the ratio without the accounting's per-op cost.
+    """
     from pipeline.evaluate import EpisodeRunner, Unit
     from pipeline.models.loader import ModelSpec, load_model
     from pipeline.run import load_episodes, make_benchmark
@@ -53,7 +56,7 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print) -> SweepTiming:
     bench = make_benchmark(cfg)
     eps = load_episodes(cfg, bench)[:episodes]
     runner = EpisodeRunner(loaded, bench, cfg.agent, m.max_new_tokens, mlp_chunk_tokens=m.mlp_chunk_tokens,
-                           vision_per_image=m.vision_per_image)
+                           vision_per_image=m.vision_per_image, memory_accounting=memory_accounting)
     specs = cfg.units()
 
     def units():

@@ -159,15 +159,17 @@ class _LayerHook:
         if self.layer_idx == 0:
             self.att.compress_s = 0.0
         t0 = time.perf_counter()
-        self.compress(module, hidden, layer, length, queries)
+        self._compress(module, hidden, layer, length, queries)
         self.att.compress_s += time.perf_counter() - t0
         return output
 
-    def compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0) -> None:
+    def _compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0,
+                 hidden_norms: torch.Tensor | None = None) -> None:
         """Select this layer's kept tokens and gather ``layer.keys``/``layer.values`` in place.
 
         ``layer`` is anything with ``keys``/``values`` (the live cache layer, or a shared prefill's record);
-        ``hidden`` holds the hidden states of tokens ``hidden_offset ...`` (all of them from the hook).
+        ``hidden`` holds the hidden states of tokens ``hidden_offset ...`` (all of them from the hook), or
+        ``hidden_norms`` their norms.
         """
         att, comp = self.att, self.att.compressor
         layout = att.layout or PromptLayout(prompt_length=length)
@@ -178,6 +180,7 @@ class _LayerHook:
             layer_idx=self.layer_idx, num_layers=self.num_layers, queries=queries, keys=layer.keys,
             values=layer.values, hidden_states=hidden, layout=layout, budget=att.budget,
             plan=plan_selection(length, cap, comp.window_size), module=module, hidden_offset=hidden_offset,
+            hidden_norms=hidden_norms,
         )
         if self.layer_idx == 0:
             att.stats.clear()
@@ -188,7 +191,8 @@ class _LayerHook:
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
             # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
-            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None)
+            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None,
+                                        hidden_norms=None)
             att._pending.append((light, scores, weight, layer))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
@@ -258,15 +262,6 @@ def check_decodable(model, compressor: Compressor) -> str:
 def layer_compressor(attachment: Attachment, layer_idx: int, num_layers: int) -> _LayerHook:
     """The per-layer selection the hook runs, for callers that compress outside a forward (``starkv.shared``)."""
     return _LayerHook(attachment, layer_idx, num_layers)
-
-
-def install_query_capture(attn_implementation: str) -> None:
-    """Start capturing window queries (balanced by :func:`remove_query_capture`)."""
-    _install_query_capture(attn_implementation)
-
-
-def remove_query_capture(attn_implementation: str) -> None:
-    _remove_query_capture(attn_implementation)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from starkv.budget import capacity
-from starkv.compressor import Compressor
+from starkv.compressor import HIDDEN_NEEDS, Compressor
 from starkv.hook import (
     Attachment,
     _install_query_capture,
@@ -46,6 +46,7 @@ class LayerRecord:
     hidden: torch.Tensor  # (1, n, D): tokens hidden_offset .. hidden_offset + n of the attention input
     hidden_offset: int
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    hidden_norms: torch.Tensor | None = None  # fp32 norms of tokens hidden_offset ... (current_image_norms)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class PrefillRecord:
         out: list[torch.Tensor] = []
         for lr in self.layers:
             out += [lr.keys, lr.values, lr.hidden, *lr.queries.values()]
+            out += [lr.hidden_norms] if lr.hidden_norms is not None else []
         if self.output is not None:
             out += [v for v in self.output.values() if isinstance(v, torch.Tensor)]
         return out
@@ -92,9 +94,9 @@ def query_rows(compressor: Compressor, layout: PromptLayout) -> int:
 
 
 def hidden_need(compressors: Sequence[Compressor]) -> str:
-    """The widest hidden-state need of ``compressors``: ``all`` > ``current_image`` > ``none``."""
+    """The widest hidden-state need of ``compressors`` (``all`` > ``current_image`` > its norms > ``none``)."""
     needs = {c.hidden_needs() for c in compressors}
-    return next((n for n in ("all", "current_image") if n in needs), "none")
+    return next(n for n in HIDDEN_NEEDS if n in needs or n == "none")
 
 
 @contextlib.contextmanager
@@ -152,17 +154,21 @@ def _recorder(record: PrefillRecord, layer_idx: int, slot: _QueryCapture, rows: 
         length = layer.keys.shape[-2]
         if hidden.shape[1] != length or length != record.length or queries is None:
             return output  # not the shared prefill (a decode step, or another prompt)
+        norms, current = None, record.layout.current_image
         if need == "all":
             kept, offset = hidden, 0
-        elif need == "current_image" and record.layout.current_image is not None:
-            offset, end = record.layout.current_image
+        elif need == "current_image" and current is not None:
+            offset, end = current
             kept = hidden[:, offset:end].clone()
         else:
             kept, offset = hidden[:, :0].clone(), 0
+            if need == "current_image_norms" and current is not None:
+                offset = current[0]
+                norms = hidden[0, current[0]:current[1]].float().norm(dim=-1)  # what the spatial boost reads
         # each row count as its own copy: the same strides the hook's view has, nothing else kept alive
         by_rows = {r: queries[..., -r:, :].clone() for r in rows if r}
         record.layers.append(LayerRecord(module=module, keys=layer.keys, values=layer.values, hidden=kept,
-                                         hidden_offset=offset, queries=by_rows))
+                                         hidden_offset=offset, queries=by_rows, hidden_norms=norms))
         return output
 
     return hook
@@ -193,8 +199,9 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     for i, lr in enumerate(record.layers):
         holder = _Holder(lr.keys, lr.values)
         holders.append(holder)
-        layer_compressor(att, i, len(record.layers)).compress(lr.module, lr.hidden, holder, record.length,
-                                                              lr.queries[rows], hidden_offset=lr.hidden_offset)
+        layer_compressor(att, i, len(record.layers))._compress(lr.module, lr.hidden, holder, record.length,
+                                                              lr.queries[rows], hidden_offset=lr.hidden_offset,
+                                                              hidden_norms=lr.hidden_norms)
     att.compress_s = time.perf_counter() - t0
     return att, holders
 

@@ -105,6 +105,7 @@ def test_shared_sweep_equals_per_unit_runs(setup, kept, slots):
 def test_model_history_shares_only_identical_prompts(setup, kept):
     """With the model's own outputs as history, units share a step only while their prompts agree."""
     loaded, bench, episode = setup
+    episode = dataclasses.replace(episode, steps=episode.steps[:3])
     runner = EpisodeRunner(loaded, bench, AgentConfig(image_slots=3, history_source="model"), max_new_tokens=4,
                            memory_accounting=False)
     specs = [("snapkv", "snapkv", {}), ("streamingllm", "streamingllm", {}), ("full", "full", {})]
@@ -161,3 +162,45 @@ def test_shared_rows_account_the_records(setup):
             assert r["peak_decode_bytes"] > r["kv_bytes_full"]  # the records (full K/V) stay held in decode
             assert decode is None or decode.get("sweep_record", 0) >= r["kv_bytes_full"]
             assert r["compress_s"] > 0 and r["decode_s"] > 0 and r["prefill_s"] > 0
+
+
+def test_micro_agent_sweep_equals_per_unit_runs():
+    """The trained micro agent (real outputs, 5 screenshots of history) on the smoke job's first episode."""
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.config import parse_config
+    from pipeline.run import load_episodes, make_benchmark
+
+    job = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml").read_text())
+    cfg = parse_config({**job, "benchmark": {**job["benchmark"], "max_episodes": 1}})
+    bench = make_benchmark(cfg)
+    (episode,) = load_episodes(cfg, bench)
+    loaded = load_model(ModelSpec(path="micro", device="cpu", dtype="float32"))
+    runner = EpisodeRunner(loaded, bench, cfg.agent, cfg.model.max_new_tokens, memory_accounting=False)
+    specs = [("snapkv", "snapkv", {}), ("starkv", "starkv", {"mi_profile_steps": 1, "mi_ramp_steps": 1})]
+    budgets = (10.0, 20.0)
+    per_unit = [runner.run(episode, comp, unit) for comp, unit in _units(specs, budgets)]
+    shared = run_sweep(runner, episode, _units(specs, budgets))
+    for rows_a, rows_b in zip(per_unit, shared):
+        assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b]
+        assert all(r["prefill_shared"] and r["error"] is None for r in rows_b)
+    assert max(r["num_images"] for r in shared[0]) == min(5, len(episode.steps))
+    assert len({tuple(r["raw_output"] for r in rows) for rows in shared}) > 1  # compression changed outputs
+
+
+def test_hidden_rows_instead_of_norms(setup, monkeypatch):
+    """A method that declares the current screenshot's hidden rows (not their norms) gets exactly those."""
+    from baselines.guikv import GUIKV
+
+    loaded, bench, episode = setup
+    monkeypatch.setattr(GUIKV, "hidden_states_needed", "current_image")
+    episode = dataclasses.replace(episode, steps=episode.steps[:3])
+    runner = EpisodeRunner(loaded, bench, AgentConfig(image_slots=3), max_new_tokens=2, memory_accounting=False)
+    specs = [("guikv", "guikv", {}), ("starkv", "starkv", {"mi_profile_steps": 1})]
+    per_unit = [runner.run(episode, comp, unit) for comp, unit in _units(specs)]
+    shared = run_sweep(runner, episode, _units(specs))
+    for rows_a, rows_b in zip(per_unit, shared):
+        assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b]
+        assert all(r["prefill_shared"] for r in rows_b)

@@ -85,7 +85,8 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
         print(f"starkv-eval bench sweep: {err}", file=sys.stderr)
         return 2
     echo = (lambda *_: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
-    timing = None if args.predict_only else run_sweep_bench(cfg, args.episodes, echo=echo)
+    timing = None if args.predict_only else run_sweep_bench(cfg, args.episodes, echo=echo,
+                                                                    memory_accounting=not args.no_accounting)
     prediction = None
     if args.predict_7b or args.predict_only:
         prediction = predict_7b([c.name for c in cfg.compressors], budget=min(cfg.budgets), device=args.device,
@@ -149,6 +150,8 @@ def add_parser(sub) -> None:
     sw.add_argument("--episodes", type=int, default=1, help="episodes of the job's benchmark to run (1)")
     sw.add_argument("--model", help="override model.path (tiny, micro or a folder)")
     sw.add_argument("--max-new-tokens", type=int, help="override model.max_new_tokens")
+    sw.add_argument("--no-accounting", action="store_true",
+                    help="without the exact memory accounting (runs have it on; it costs per op, mostly in decode)")
     sw.add_argument("--predict-7b", action="store_true",
                     help="also time one UI-TARS-7B-sized layer (prefill over 16,544 tokens: ~1.5 min on CPU) and "
                          "predict the ScreenSpot-Pro speedup")

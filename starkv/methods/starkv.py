@@ -86,7 +86,7 @@ class StarKV(ScorerCompressor):
     for layers it does not compress.
     """
 
-    hidden_states_needed: ClassVar[str] = "current_image"  # what a shared prefill keeps for it
+    hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
 
     kernel_size: int = 5
     alpha: float = 2.0
