@@ -161,6 +161,8 @@ def test_shared_rows_account_the_records(setup):
             assert r["peak_prefill_bytes"] >= r["kv_bytes_full"]  # the full cache of every layer was live
             assert r["peak_decode_bytes"] > r["kv_bytes_full"]  # the records (full K/V) stay held in decode
             assert decode is None or decode.get("sweep_record", 0) >= r["kv_bytes_full"]
+            peak = json.loads(r["peak_breakdown_json"])
+            assert sum(peak.values()) == r["peak_above_weights_bytes"]  # every byte of the peak has a part
             assert r["compress_s"] > 0 and r["decode_s"] > 0 and r["prefill_s"] > 0
 
 
