@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,6 +15,8 @@ from starkv.context import LayerContext
 @dataclass
 class FullCache(Compressor):
     """Keeps every token whatever the budget (the no-op compressor)."""
+
+    hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
 
     @property
     def uniform_layers(self) -> bool:

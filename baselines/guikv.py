@@ -18,6 +18,7 @@ planned capacity (``plan.kept``, = ``int(L·b/100)`` whenever that is at least 2
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -62,6 +63,8 @@ class GUIKV(ScorerCompressor):
     temporal : bool
         Zero redundant earlier-screenshot tokens (True); False keeps only window + spatial scores.
     """
+
+    hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
 
     kernel_size: int = 5
     alpha: float = 2.0

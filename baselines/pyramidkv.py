@@ -18,6 +18,7 @@ C ≤ 3) the uniform budget is used, since a layer never keeps fewer than 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from baselines.snapkv import SnapKV
 from starkv.budget import plan_selection
@@ -57,6 +58,8 @@ class PyramidKV(SnapKV):
     beta : int
         Pyramid steepness β (20): the top layer keeps ``C' // β`` past tokens.
     """
+
+    hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
 
     beta: int = 20
 

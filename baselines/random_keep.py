@@ -8,6 +8,7 @@ different layers and successive prefills of an episode still draw different subs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,8 @@ class RandomKeep(ScorerCompressor):
         Base seed (0). The per-call seed mixes it with the layer index and a prefill counter that
         advances at layer 0; ``reset()`` rewinds the counter, so an episode replays identically.
     """
+
+    hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
 
     seed: int = 0
 

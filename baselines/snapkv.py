@@ -9,6 +9,7 @@ window. Budget ``C = int(L·b/100)`` with the window inside C.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -24,6 +25,8 @@ class SnapKV(ScorerCompressor):
 
     Fields: ``window_size`` observation window W (8); ``kernel_size`` avg-pool kernel (5).
     """
+
+    hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
 
     kernel_size: int = 5
 

@@ -8,6 +8,7 @@ the recent run, so the window is always kept).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,8 @@ class StreamingLLM(Compressor):
         Number of leading tokens always kept (4). When the top-k part of the plan is smaller than
         ``n_sink`` only that many sinks fit.
     """
+
+    hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
 
     n_sink: int = 4
 

@@ -69,6 +69,8 @@ class VLCache(ScorerCompressor):
         Floor of a layer's weight ``1 − γ_ℓ`` so a fully sparse layer still gets a share (0.001).
     """
 
+    hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
+
     kernel_size: int = 1
     threshold: float = 0.01
     min_weight: float = 0.001

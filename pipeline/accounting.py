@@ -33,8 +33,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 #: The parts a live byte can belong to. ``kv_cache``: storages held by the cache after a decoder layer;
-#: ``inputs``: the step's input tensors; the others: where the storage was allocated.
-PARTS = ("inputs", "kv_cache", "vision", "embed", "attention", "mlp", "decoder", "logits", "other")
+#: ``inputs``: the step's input tensors; ``sweep_record``: a shared prefill's records (``starkv.shared``),
+#: held for every unit of a sweep; the others: where the storage was allocated.
+PARTS = ("inputs", "kv_cache", "vision", "embed", "attention", "mlp", "decoder", "logits", "other", "sweep_record")
 _INDEX = {p: i for i, p in enumerate(PARTS)}
 
 
@@ -57,6 +58,8 @@ class MemoryAccount:
 
     weights_bytes: int = 0
     input_bytes: int = 0
+    held_bytes: int = 0  # storages someone else held through the block (a sweep's records), in every peak
+    tracked: Any = None  # the live track_step while its block runs (to call keep())
     _phases: dict[str, PhasePeak] | None = None
     _settle: Any = None
 
@@ -81,6 +84,17 @@ class MemoryAccount:
     @property
     def peak(self) -> PhasePeak:
         return self.decode if self.decode.bytes > self.prefill.bytes else self.prefill
+
+    def with_prefill_of(self, shared: MemoryAccount) -> MemoryAccount:
+        """This unit's account with the shared prefill's peak as its prefill when that is higher.
+
+        A unit of a shared sweep did not run the prefill but its cache came out of it: the step's peak is
+        the higher of the shared prefill (full cache of every layer plus the records) and the unit's own
+        selection and decode (with the records held).
+        """
+        own = self.prefill
+        phases = {"prefill": shared.prefill if shared.prefill.bytes > own.bytes else own, "decode": self.decode}
+        return MemoryAccount(self.weights_bytes, self.input_bytes, self.held_bytes, _phases=phases)
 
     def row_fields(self) -> dict[str, Any]:
         """The Parquet columns of a step row."""
@@ -230,7 +244,7 @@ class StorageTracker(TorchDispatchMode):
         self._peak_part["decode"] = self.parts.current()
         self._peak_seq["decode"] = self.allocations
 
-    def finish(self, base: int, keep: set[int] = frozenset()) -> dict[str, PhasePeak]:
+    def finish(self, base: int, keep: set[int] = frozenset(), held: int = 0) -> dict[str, PhasePeak]:
         """Peaks with ``base`` (the inputs' bytes) added; stops counting frees.
 
         Storages still alive after the step (other than ``keep``: its results) were kept by someone
@@ -254,7 +268,8 @@ class StorageTracker(TorchDispatchMode):
                     counts[part] -= nbytes
             breakdown = {PARTS[i]: c for i, c in enumerate(counts)}
             breakdown["inputs"] += base
-            out[phase] = PhasePeak(peak.bytes + base, PARTS[self._peak_part[phase]], breakdown)
+            breakdown["sweep_record"] += held
+            out[phase] = PhasePeak(peak.bytes + base + held, PARTS[self._peak_part[phase]], breakdown)
         self.live.clear()
         return out
 
@@ -288,19 +303,32 @@ class track_step:  # noqa: N801 - used like a function in a with statement
     The first forward of ``model`` is the prefill; everything after it (``generate``'s decode steps and
     its logits processing) is decode. The KV cache is recognised after each decoder layer from its
     ``past_key_values`` argument. ``account`` (a :class:`MemoryAccount`) is filled on exit.
+
+    ``held``: tensors alive through the block that someone else holds (a sweep's prefill records), counted
+    in every peak as ``sweep_record``. :meth:`keep` names results the block hands on (a sweep's records):
+    they are the step's memory, not a process-wide cache, and stay in its peaks.
     """
 
-    def __init__(self, model: torch.nn.Module, inputs: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, inputs: dict[str, Any] | None = None,
+                 held: list[torch.Tensor] | None = None) -> None:
         self.model = model
         self.inputs = [v for v in (inputs or {}).values() if isinstance(v, torch.Tensor)]
+        self.held = list(held or [])
+        self.kept: list[torch.Tensor] = []
         self.account = MemoryAccount()
 
+    def keep(self, tensors: list[torch.Tensor]) -> None:
+        """Storages the step hands on (call inside the block, before it ends)."""
+        self.kept.extend(tensors)
+
     def __enter__(self) -> MemoryAccount:
+        self.account.tracked = self  # so the block can call keep() through the account
         model = self.model
         weights = [*model.parameters(), *model.buffers()]
-        external = {id(t.untyped_storage()) for t in weights + self.inputs}
+        external = {id(t.untyped_storage()) for t in weights + self.inputs + self.held}
         self.account.weights_bytes = storage_bytes(weights)
         self.account.input_bytes = storage_bytes(self.inputs)
+        self.account.held_bytes = storage_bytes(self.held)
         self.parts = parts = _PartStack()
         self.tracker = tracker = StorageTracker(parts, external)
         self.handles = []
@@ -368,5 +396,8 @@ class track_step:  # noqa: N801 - used like a function in a with statement
             gc.collect(0)
             if self.gc_was_enabled:
                 gc.enable()
-        tracker, base = self.tracker, self.account.input_bytes
-        self.account._settle = lambda: tracker.finish(base)
+        tracker, base, held = self.tracker, self.account.input_bytes, self.account.held_bytes
+        keep = {id(t.untyped_storage()) for t in self.kept}
+        self.kept = []
+        self.account.tracked = None
+        self.account._settle = lambda: tracker.finish(base, keep, held)

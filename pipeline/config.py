@@ -86,6 +86,10 @@ class RayConfig:
     num_gpus_per_actor: float | str = "auto"
     torch_threads: int | None = None
     object_store_memory: int = 512 * 1024 * 1024
+    #: run all (compressor, budget) units of an episode on one actor, one prefill per step shared by the
+    #: units whose prompt is the same (pipeline.sweep); the rows are identical either way, so it is not
+    #: part of the run id. false: one work item per (unit, episode), each with its own prefills
+    shared_prefill: bool = True
 
 
 @dataclass

@@ -83,6 +83,24 @@ class _PhaseTimer:
         return self.end - (self.first_end or self.end)
 
 
+def step_error(err: BaseException) -> str:
+    """The ``error`` column for a step that raised (an out-of-memory reads as such)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):  # type: ignore[attr-defined]
+        torch.cuda.empty_cache()
+        return f"out of memory in generate: {str(err).splitlines()[0]}"
+    tb = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{type(err).__name__}: {err} (at {os.path.basename(tb.filename)}:{tb.lineno})"
+
+
+def guarded(work, row: dict[str, Any]) -> str:
+    """Run a step's work; an exception becomes the row's ``error`` (a failing step is data, not a crash)."""
+    try:
+        return work()
+    except Exception as err:
+        row["error"] = step_error(err)
+        return ""
+
+
 def open_screenshot(path: str) -> Image.Image:
     """Open and fully decode a screenshot (fsspec URLs too); a corrupt file raises naming the path."""
     try:
@@ -138,7 +156,7 @@ class EpisodeRunner:
             "reason": "", "prompt_tokens": 0, "kept_tokens": 0, "generated_tokens": 0, "num_images": 0,
             "kv_bytes": 0, "kv_bytes_full": 0, "peak_mem_bytes": 0, "mem_device": "", "prefill_s": 0.0,
             **MemoryAccount().row_fields(),
-            "decode_s": 0.0, "error": None, "meta_json": json.dumps(step.meta, default=str),
+            "decode_s": 0.0, "compress_s": 0.0, "prefill_shared": False, "error": None, "meta_json": json.dumps(step.meta, default=str),
             "actor_pid": os.getpid(),
         }
 
@@ -153,54 +171,68 @@ class EpisodeRunner:
         except ValueError as err:
             row["error"] = f"episode {episode.episode_id} step {step.step_index}: {err}"
             return row, None, ""
-        try:
+        def work() -> str:
             inject_fault(row["step_key"])  # test-only; a no-op unless STARKV_FAULT_* is set
-            output_text = self._generate_and_score(episode, step, image, compressor, unit, history, row)
-        except torch.cuda.OutOfMemoryError as err:  # type: ignore[attr-defined]
-            row["error"] = f"out of memory in generate: {str(err).splitlines()[0]}"
-            torch.cuda.empty_cache()
-            output_text = ""
-        except Exception as err:  # a failing step is data, not a crash
-            tb = traceback.extract_tb(err.__traceback__)[-1]
-            row["error"] = f"{type(err).__name__}: {err} (at {os.path.basename(tb.filename)}:{tb.lineno})"
-            output_text = ""
-        return row, image, output_text
+            return self._generate_and_score(episode, step, image, compressor, unit, history, row)
 
-    def _generate_and_score(self, episode, step, image, compressor, unit, history, row) -> str:
-        loaded = self.loaded
+        return row, image, guarded(work, row)
+
+    def _prompt(self, episode, step, image, history) -> tuple[str, list]:
+        """The chat text and images of a step (what decides whether two units can share its prefill)."""
         messages, images = step_messages(self.benchmark, self.agent, self.history_cfg, episode, step, image,
                                          history)
-        processor = loaded.processor
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=images, return_tensors="pt").to(loaded.device)
+        text = self.loaded.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text, images
+
+    def _encode(self, text: str, images: list, row: dict[str, Any]):
+        """Processor inputs and the prompt layout; fills the row's prompt columns."""
+        loaded = self.loaded
+        inputs = loaded.processor(text=[text], images=images, return_tensors="pt").to(loaded.device)
         if self.vision_per_image:  # the same cast the vision tower does first, done once (pipeline.lowmem)
             inputs = pixels_in_model_dtype(dict(inputs), loaded.model)
         input_ids = inputs["input_ids"]
         layout = PromptLayout.from_input_ids(input_ids[0].tolist(), loaded.vision_start_id, loaded.vision_end_id)
         row["prompt_tokens"] = int(input_ids.shape[1])
         row["num_images"] = layout.num_images
+        return inputs, layout
+
+    def _generate_and_score(self, episode, step, image, compressor, unit, history, row) -> str:
+        loaded = self.loaded
+        inputs, layout = self._encode(*self._prompt(episode, step, image, history), row)
         if hasattr(loaded.model, "model"):
             loaded.model.model.rope_deltas = None
         # the tracker enters after attach, so the compressor's own scratch counts under attention
         tracked = track_step(loaded.model, inputs) if self.memory_accounting else contextlib.nullcontext()
         with torch.inference_mode(), peak_memory(loaded.device) as peak, \
                 attach(loaded.model, compressor, unit.budget, layout) as att, \
-                chunked_mlp(loaded.model, self.mlp_chunk_tokens), vision_per_image(loaded.model, self.vision_per_image), \
-                tracked as account, \
-                _PhaseTimer(loaded.model, loaded.device) as timer:
-            out = loaded.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                        pad_token_id=processor.tokenizer.pad_token_id)
+                self._model_contexts(), tracked as account, _PhaseTimer(loaded.model, loaded.device) as timer:
+            out = self._generate(inputs, self.max_new_tokens)
         if account is not None:
             row.update(account.row_fields())
-        new_tokens = out[0, input_ids.shape[1]:]
-        output_text = processor.tokenizer.decode(new_tokens, skip_special_tokens=False)
+        row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
+                   peak_mem_bytes=peak.peak_bytes, mem_device=peak.device, prefill_s=timer.prefill_s,
+                   compress_s=att.compress_s, decode_s=timer.decode_s)
+        return self._finish(step, image, out, int(inputs["input_ids"].shape[1]), row)
+
+    def _model_contexts(self):
+        """The low-memory switches every forward of a step runs under (pipeline.lowmem)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(chunked_mlp(self.loaded.model, self.mlp_chunk_tokens))
+        stack.enter_context(vision_per_image(self.loaded.model, self.vision_per_image))
+        return stack
+
+    def _generate(self, inputs, max_new_tokens: int):
+        return self.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.loaded.processor.tokenizer.pad_token_id)
+
+    def _finish(self, step: Step, image, out, prompt_len: int, row: dict[str, Any]) -> str:
+        """Decode the generated tokens, parse the action and score it into the row; returns the output text."""
+        loaded = self.loaded
+        new_tokens = out[0, prompt_len:]
+        output_text = loaded.processor.tokenizer.decode(new_tokens, skip_special_tokens=False)
         for special in ("<|im_end|>", "<|endoftext|>"):
             output_text = output_text.replace(special, "")
-        row.update(
-            kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
-            peak_mem_bytes=peak.peak_bytes, mem_device=peak.device, prefill_s=timer.prefill_s,
-            decode_s=timer.decode_s, generated_tokens=int(new_tokens.numel()), raw_output=output_text,
-        )
+        row.update(generated_tokens=int(new_tokens.numel()), raw_output=output_text)
         width, height = image.size
         resized_h, resized_w = smart_resize(height, width, min_pixels=loaded.min_pixels, max_pixels=loaded.max_pixels)
         action = parse_action(output_text, image_size=(width, height), resized_size=(resized_w, resized_h))
@@ -237,6 +269,9 @@ def _row_schema():
         # device-level figure (CUDA allocator, or CPU RSS high-water mark), labelled by mem_device
         ("weights_bytes", i), ("peak_above_weights_bytes", i), ("peak_prefill_bytes", i),
         ("peak_decode_bytes", i), ("peak_phase", s), ("peak_part", s), ("peak_breakdown_json", s),
+        # shared sweeps (pipeline.sweep): prefill_s is then the one prefill the units shared, compress_s the
+        # unit's own selection and gather (inside prefill_s when not shared), decode_s its own decode
+        ("compress_s", f), ("prefill_shared", b),
     ])
 
 

@@ -112,18 +112,30 @@ class EpisodeActor:
             self.compressors[label] = starkv.build(spec.name, **spec.params)
         return self.compressors[label]
 
+    def _fresh_compressor(self, label: str):
+        """A new instance for one unit of a sweep (each unit keeps its own episode state)."""
+        import starkv
+
+        spec = next(c for c in self.cfg.compressors if c.display == label)
+        return starkv.build(spec.name, **spec.params)
+
     def __call__(self, batch: dict[str, Any]):
         from pipeline.evaluate import Unit, rows_to_table
+        from pipeline.sweep import run_sweep
 
         rows: list[dict[str, Any]] = []
         for i in range(len(batch["episode_json"])):
             episode = Episode.from_row({"episode_json": batch["episode_json"][i]})
-            unit = Unit(run_id=str(batch["run_id"][i]), compressor=str(batch["compressor"][i]),
-                        budget=float(batch["budget"][i]), model=self.loaded.name)
-            episode_rows = self.runner.run(episode, self._compressor(unit.compressor), unit)
-            rows.extend(episode_rows)
+            units = [Unit(run_id=str(batch["run_id"][i]), compressor=str(label), budget=float(budget),
+                          model=self.loaded.name) for label, budget in json.loads(batch["units_json"][i])]
+            if len(units) == 1:  # one unit: today's per-unit episode
+                done = [self.runner.run(episode, self._compressor(units[0].compressor), units[0])]
+            else:  # every pending unit of the episode in lockstep, one prefill per step (pipeline.sweep)
+                done = run_sweep(self.runner, episode, [(self._fresh_compressor(u.compressor), u) for u in units])
+            for episode_rows in done:
+                rows.extend(episode_rows)
             if self.progress is not None:
-                self.progress.add.remote(1, len(episode_rows))
+                self.progress.add.remote(len(units), sum(len(r) for r in done))
         return rows_to_table(rows, self.metadata)
 
 
@@ -212,6 +224,25 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     return result
 
 
+def _work_items(cfg: JobConfig, run_id: str, episodes: list[Episode], done: set, result: RunResult) -> list[dict]:
+    """The work still to do: with ``ray.shared_prefill`` one item per episode listing its pending units (they
+    run in lockstep on one actor, sharing prefills), else one item per (unit, episode). Finished
+    (unit, episode) pairs are skipped either way, so a resumed sweep reruns only the missing units."""
+    items: list[dict] = []
+    for ep in episodes:
+        pending = []
+        for comp, budget in cfg.units():
+            if (f"{comp.display}@{float(budget):g}", ep.episode_id) in done:
+                result.skipped_units += 1
+            else:
+                pending.append([comp.display, float(budget)])
+        groups = [pending] if cfg.ray.shared_prefill else [[u] for u in pending]
+        for units in (g for g in groups if g):
+            items.append({"run_id": run_id, "units": units, "steps": len(ep.steps), "episode_id": ep.episode_id,
+                          "episode_json": ep.to_row()["episode_json"]})
+    return items
+
+
 def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchmark, episodes: list[Episode],
                 folder: Path, echo, verbose: bool) -> None:
     run_id, rdir, uri, out_dir = result.run_id, result.rows_dir, result.tracking_uri, result.output_dir
@@ -225,18 +256,9 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
         echo(f"[starkv-eval] {before.heal_note(str(rdir))}; rewrote the rows as one file per episode")
     done = set(zip(before.table.column("unit_key").to_pylist(), before.table.column("episode_id").to_pylist())) \
         if before.table.num_rows else set()
-    items = []
-    steps_to_run = 0
-    for comp, budget in cfg.units():
-        key = f"{comp.display}@{float(budget):g}"
-        for ep in episodes:
-            if (key, ep.episode_id) in done:
-                result.skipped_units += 1
-                continue
-            steps_to_run += len(ep.steps)
-            items.append({"run_id": run_id, "compressor": comp.display, "budget": float(budget),
-                          "episode_id": ep.episode_id, "episode_json": ep.to_row()["episode_json"]})
-    result.ran_units = len(items)
+    items = _work_items(cfg, run_id, episodes, done, result)
+    steps_to_run = sum(len(it["units"]) * it["steps"] for it in items)
+    result.ran_units = sum(len(it["units"]) for it in items)
     total_steps = sum(len(e.steps) for e in episodes) * len(cfg.units())
     echo(f"[starkv-eval] run {run_id}: {len(episodes)} episodes x {len(cfg.units())} units "
          f"({total_steps} steps); {result.skipped_units} episode-units already done"
@@ -249,6 +271,8 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
         quiet_ray(verbose)
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         t0 = time.time()
+        items = [{**{k: v for k, v in it.items() if k not in ("units", "steps")},
+                  "units_json": json.dumps(it["units"])} for it in items]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             EpisodeActor,
@@ -265,7 +289,7 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
         from pipeline.store.sink import EpisodeRowSink
 
         try:
-            with ProgressMonitor(lambda: ray.get(counter.snapshot.remote(), timeout=10), len(items), steps_to_run,
+            with ProgressMonitor(lambda: ray.get(counter.snapshot.remote(), timeout=10), result.ran_units, steps_to_run,
                                  echo=echo, tty=echo is print and sys.stdout.isatty()):
                 ds.write_datasink(EpisodeRowSink(run_store, "rows"))
         except Exception as err:
@@ -275,7 +299,7 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
             raise StoreError(str(cause)) from None
         finally:
             ray.kill(counter)
-        echo(f"[starkv-eval] {len(items)} episode-units evaluated in {time.time() - t0:.1f} s")
+        echo(f"[starkv-eval] {result.ran_units} episode-units evaluated in {time.time() - t0:.1f} s")
 
     table = read_rows(rdir)
     result.summaries = summarize(table, benchmark)

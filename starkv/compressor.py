@@ -12,6 +12,8 @@ from starkv.budget import SelectionPlan
 from starkv.context import LayerContext
 
 COMPRESSORS: dict[str, type[Compressor]] = {}
+#: what a compressor may declare it reads of the hidden states, widest first (``hidden_states_needed``)
+HIDDEN_NEEDS = ("all", "current_image", "current_image_norms", "none")
 
 
 def register(name: str):
@@ -74,6 +76,14 @@ class Compressor:
     name: ClassVar[str] = "base"
     #: True when a layer's capacity depends on all layers (the hook then defers selection to the end).
     layer_adaptive: ClassVar[bool] = False
+    #: Which attention-input hidden states selection reads, so a shared prefill (``starkv.shared``) keeps
+    #: only those: ``"all"``, ``"current_image"`` (the last screenshot's span), ``"current_image_norms"`` (only
+    #: their fp32 L2 norms, read with ``ctx.hidden_norms_of``) or ``"none"``. Read from the
+    #: class's own body only: a subclass that does not declare it gets ``"all"`` (exact, more memory).
+    hidden_states_needed: ClassVar[str] = "all"
+    #: False when selection depends on more than its ``LayerContext`` and the instance's own state (global
+    #: RNG, the moment it runs inside the forward, ...): its units then never share a prefill.
+    shares_prefill: ClassVar[bool] = True
 
     @property
     def uniform_layers(self) -> bool:
@@ -82,6 +92,14 @@ class Compressor:
 
     def reset(self) -> None:
         """Forget all per-episode state."""
+
+    def hidden_needs(self) -> str:
+        """This class's own ``hidden_states_needed`` declaration (``"all"`` when it declares none)."""
+        need = type(self).__dict__.get("hidden_states_needed", "all")
+        if need not in HIDDEN_NEEDS:
+            raise ValueError(f"compressor {self.name!r}: hidden_states_needed must be one of {HIDDEN_NEEDS}, "
+                             f"got {need!r}")
+        return need
 
     def on_uncompressed(self, ctx: LayerContext) -> None:
         """Called instead of ``select`` when a prefill keeps everything (stateful methods may count it)."""

@@ -18,6 +18,9 @@ class LayerContext:
     Shapes (batch is always 1): ``queries`` (1, H, Wq, d) are the last ``Wq`` query rows after rotary
     embedding, captured from the attention call; ``keys``/``values`` (1, H_kv, L, d) are the cache
     tensors (post-RoPE keys); ``hidden_states`` (1, L, D) is the attention input (after the input norm).
+    A shared prefill (``starkv.shared``) may hand over only what a compressor declared it needs: then row
+    ``i`` of ``hidden_states`` (or of ``hidden_norms``, their fp32 L2 norms, when only those were kept) is
+    token ``hidden_offset + i``; read them with :meth:`hidden_rows` / :meth:`hidden_norms_of`.
     """
 
     layer_idx: int
@@ -31,6 +34,25 @@ class LayerContext:
     plan: SelectionPlan
     module: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    hidden_offset: int = 0
+    hidden_norms: torch.Tensor | None = None
+
+    def hidden_rows(self, start: int, end: int) -> torch.Tensor:
+        """Hidden states of tokens ``[start, end)`` as (end - start, D), whatever rows this context holds."""
+        lo, hi = start - self.hidden_offset, end - self.hidden_offset
+        if lo < 0 or hi > self.hidden_states.shape[1]:
+            raise ValueError(f"hidden states of tokens [{start}, {end}) were not kept for this layer (kept: "
+                             f"[{self.hidden_offset}, {self.hidden_offset + self.hidden_states.shape[1]}))")
+        return self.hidden_states[0, lo:hi]
+
+    def hidden_norms_of(self, start: int, end: int) -> torch.Tensor:
+        """fp32 L2 norms (end - start,) of the hidden states of tokens ``[start, end)``."""
+        if self.hidden_norms is None:
+            return self.hidden_rows(start, end).float().norm(dim=-1)
+        lo, hi = start - self.hidden_offset, end - self.hidden_offset
+        if lo < 0 or hi > self.hidden_norms.shape[0]:
+            raise ValueError(f"hidden-state norms of tokens [{start}, {end}) were not kept for this layer")
+        return self.hidden_norms[lo:hi]
 
     @property
     def length(self) -> int:

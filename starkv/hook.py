@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class Attachment:
     budget: float
     layout: PromptLayout | None = None
     stats: list[LayerStat] = field(default_factory=list)
+    #: seconds spent selecting and gathering (inside the prefill), summed over the layers of the last prefill
+    compress_s: float = 0.0
     _pending: list[tuple[LayerContext, torch.Tensor, float, Any]] = field(default_factory=list)
 
     @property
@@ -153,10 +156,21 @@ class _LayerHook:
             return output  # not a prefill from an empty cache (decode step or continued generation)
         if queries is None:
             raise RuntimeError("starkv: window queries were not captured; is the attention wrapper active?")
+        if self.layer_idx == 0:
+            self.att.compress_s = 0.0
+        t0 = time.perf_counter()
         self._compress(module, hidden, layer, length, queries)
+        self.att.compress_s += time.perf_counter() - t0
         return output
 
-    def _compress(self, module, hidden, layer, length: int, queries: torch.Tensor) -> None:
+    def _compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0,
+                 hidden_norms: torch.Tensor | None = None) -> None:
+        """Select this layer's kept tokens and gather ``layer.keys``/``layer.values`` in place.
+
+        ``layer`` is anything with ``keys``/``values`` (the live cache layer, or a shared prefill's record);
+        ``hidden`` holds the hidden states of tokens ``hidden_offset ...`` (all of them from the hook), or
+        ``hidden_norms`` their norms.
+        """
         att, comp = self.att, self.att.compressor
         layout = att.layout or PromptLayout(prompt_length=length)
         if layout.prompt_length != length:
@@ -165,7 +179,8 @@ class _LayerHook:
         ctx = LayerContext(
             layer_idx=self.layer_idx, num_layers=self.num_layers, queries=queries, keys=layer.keys,
             values=layer.values, hidden_states=hidden, layout=layout, budget=att.budget,
-            plan=plan_selection(length, cap, comp.window_size), module=module,
+            plan=plan_selection(length, cap, comp.window_size), module=module, hidden_offset=hidden_offset,
+            hidden_norms=hidden_norms,
         )
         if self.layer_idx == 0:
             att.stats.clear()
@@ -176,7 +191,8 @@ class _LayerHook:
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
             # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
-            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None)
+            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None,
+                                        hidden_norms=None)
             att._pending.append((light, scores, weight, layer))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
@@ -231,6 +247,23 @@ def allocate_layer_capacities(weights: list[float], uniform: list[int], length: 
     return [int(c) for c in caps]
 
 
+def check_decodable(model, compressor: Compressor) -> str:
+    """The decoder's attention implementation; raises when it cannot decode what ``compressor`` keeps."""
+    impl = decoder_layers(model)[0].self_attn.config._attn_implementation or "eager"
+    if impl == "eager" and not compressor.uniform_layers:
+        # transformers builds one decode mask sized from a single layer's cache; with eager attention that
+        # mask no longer fits layers that kept a different number of tokens (sdpa / flash use no mask here)
+        raise ValueError(f"compressor {compressor.name!r} keeps a different number of tokens per layer, which "
+                         "eager attention cannot decode; load the model with attn_implementation sdpa or "
+                         "flash_attention_2")
+    return impl
+
+
+def layer_compressor(attachment: Attachment, layer_idx: int, num_layers: int) -> _LayerHook:
+    """The per-layer selection the hook runs, for callers that compress outside a forward (``starkv.shared``)."""
+    return _LayerHook(attachment, layer_idx, num_layers)
+
+
 @contextlib.contextmanager
 def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | None = None) -> Iterator[Attachment]:
     """Compress the KV cache of every ``generate``/forward prefill inside the block.
@@ -241,13 +274,7 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
     capacity(1, budget)  # validates the budget before any hook is installed
     layers = decoder_layers(model)
     attachment = Attachment(model=model, compressor=compressor, budget=budget, layout=layout)
-    impl = layers[0].self_attn.config._attn_implementation or "eager"
-    if impl == "eager" and not compressor.uniform_layers:
-        # transformers builds one decode mask sized from a single layer's cache; with eager attention that
-        # mask no longer fits layers that kept a different number of tokens (sdpa / flash use no mask here)
-        raise ValueError(f"compressor {compressor.name!r} keeps a different number of tokens per layer, which "
-                         "eager attention cannot decode; load the model with attn_implementation sdpa or "
-                         "flash_attention_2")
+    impl = check_decodable(model, compressor)
     _install_query_capture(impl)
     handles = []
     try:

@@ -49,13 +49,16 @@ def group_mean(head_scores: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     return head_scores.view(num_kv_heads, num_heads // num_kv_heads, past).mean(dim=1)
 
 
-def spatial_boost(hidden_states: torch.Tensor, span: tuple[int, int], alpha: float, tau: float) -> torch.Tensor:
+def spatial_boost(hidden_states: torch.Tensor | None, span: tuple[int, int], alpha: float, tau: float,
+                  norms: torch.Tensor | None = None) -> torch.Tensor:
     """GUI-KV / STaR-KV saliency of the current screenshot: ``α · softmax(z(‖x_j‖) / τ)`` over its tokens.
 
     ``z`` standardises the hidden-state L2 norms with the unbiased std. Returns (end - start,) fp32.
+    ``norms`` (end - start,), when given, are the span's fp32 norms already computed.
     """
     start, end = span
-    norms = hidden_states[0, start:end].float().norm(dim=-1)
+    if norms is None:
+        norms = hidden_states[0, start:end].float().norm(dim=-1)
     if norms.numel() < 2:
         return torch.full_like(norms, alpha)
     z = (norms - norms.mean()) / (norms.std(unbiased=True) + 1e-8)
@@ -73,5 +76,5 @@ def add_spatial_boost(head_scores: torch.Tensor, ctx, alpha: float, tau: float) 
     if end <= start:
         return head_scores
     boosted = head_scores.clone()
-    boosted[:, start:end] += spatial_boost(ctx.hidden_states, (start, end), alpha, tau)
+    boosted[:, start:end] += spatial_boost(None, (start, end), alpha, tau, norms=ctx.hidden_norms_of(start, end))
     return boosted

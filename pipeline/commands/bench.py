@@ -1,5 +1,6 @@
-"""``starkv-eval bench compress`` (compressor selection cost at UI-TARS-7B dimensions) and ``bench memory``
-(a step's exact memory at full scale, simulated on fake tensors)."""
+"""``starkv-eval bench compress`` (compressor selection cost at UI-TARS-7B dimensions), ``bench memory``
+(a step's exact memory at full scale, simulated on fake tensors) and ``bench sweep`` (a sweep with shared
+prefills against the same sweep per unit)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,55 @@ def _memory_cmd(args: argparse.Namespace) -> int:
     return 1 if any(r["error"] for r in rows) else 0
 
 
+def _sweep_cmd(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from pipeline.config import ConfigError, load_config, parse_config
+    from pipeline.sweep_bench import predict_7b, run_sweep_bench, to_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = load_config(args.job)
+        data = cfg.to_dict()
+        if args.compressors:
+            data["compressors"] = [{"name": n.strip()} for n in args.compressors.split(",") if n.strip()]
+        if args.budgets:
+            data["budgets"] = [float(b) for b in args.budgets.split(",") if b.strip()]
+        if args.model:
+            data["model"]["path"] = args.model
+        if args.max_new_tokens:
+            data["model"]["max_new_tokens"] = args.max_new_tokens
+        cfg = parse_config(data, source=args.job)
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"starkv-eval bench sweep: {err}", file=sys.stderr)
+        return 2
+    echo = (lambda *_: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
+    timing = None if args.predict_only else run_sweep_bench(cfg, args.episodes, echo=echo,
+                                                                    memory_accounting=not args.no_accounting)
+    prediction = None
+    if args.predict_7b or args.predict_only:
+        prediction = predict_7b([c.name for c in cfg.compressors], budget=min(cfg.budgets), device=args.device,
+                                unit_counts=(len(cfg.units()), 30), echo=echo)
+    out = {"threads": torch.get_num_threads(), "job": args.job, "model": cfg.model.path, **to_json(timing, prediction)}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        if timing is not None:
+            print(f"{timing.units} units x {timing.episodes} episodes ({timing.steps} steps each unit): per unit "
+                  f"{timing.per_unit_s:.1f} s, shared {timing.shared_s:.1f} s, speedup {timing.speedup:.2f}x; rows "
+                  f"{'identical' if timing.identical else 'DIFFER'}; prefill share of a per-unit step "
+                  f"{timing.prefill_share:.0%}")
+        if prediction is not None:
+            ks = ", ".join(f"{k} units {v:.1f}x" for k, v in prediction.speedup.items())
+            print(f"UI-TARS-7B ScreenSpot-Pro ({prediction.prompt_tokens} tokens, {prediction.new_tokens} output "
+                  f"tokens, budget {prediction.budget:g}%): prefill share {prediction.prefill_share:.1%}; predicted "
+                  f"speedup {ks}")
+    return 0 if timing is None or timing.identical else 1
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="micro-benchmarks (selection cost of the compressors)")
     inner = bench.add_subparsers(dest="bench_command", required=True)
@@ -92,3 +142,22 @@ def add_parser(sub) -> None:
     mem.add_argument("--plot", help="also write a PNG of the peaks and KV per row")
     mem.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     mem.set_defaults(func=_memory_cmd)
+
+    sw = inner.add_parser("sweep", help="one sweep per unit vs with shared prefills: wall time and equal rows")
+    sw.add_argument("--job", default="jobs/smoke.yaml", help="job file giving model, benchmark, units (smoke)")
+    sw.add_argument("--compressors", help="registered compressors, comma-separated (default: the job's)")
+    sw.add_argument("--budgets", help="budgets in percent, comma-separated (default: the job's)")
+    sw.add_argument("--episodes", type=int, default=1, help="episodes of the job's benchmark to run (1)")
+    sw.add_argument("--model", help="override model.path (tiny, micro or a folder)")
+    sw.add_argument("--max-new-tokens", type=int, help="override model.max_new_tokens")
+    sw.add_argument("--no-accounting", action="store_true",
+                    help="without the exact memory accounting (runs have it on; it costs per op, mostly in decode)")
+    sw.add_argument("--predict-7b", action="store_true",
+                    help="also time one UI-TARS-7B-sized layer (prefill over 16,544 tokens: ~1.5 min on CPU) and "
+                         "predict the ScreenSpot-Pro speedup")
+    sw.add_argument("--predict-only", action="store_true", help="only the 7B prediction, no sweep")
+    sw.add_argument("--device", default="cpu", help="device of the 7B-layer timing (cpu or cuda)")
+    sw.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    sw.add_argument("--json", action="store_true",
+                    help="print units, shared_s, per_unit_s, speedup (and the rest) as JSON")
+    sw.set_defaults(func=_sweep_cmd)

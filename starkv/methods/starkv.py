@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -84,6 +85,8 @@ class StarKV(ScorerCompressor):
     therefore advanced in ``score``. A hook that wants exact parity calls :meth:`observe_uncompressed`
     for layers it does not compress.
     """
+
+    hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
 
     kernel_size: int = 5
     alpha: float = 2.0

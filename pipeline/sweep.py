@@ -1,0 +1,160 @@
+"""Run every (compressor, budget) unit of one episode in lockstep, sharing each step's prefill where exact.
+
+A step's prefill is the same for every compressor and budget: each layer's attention runs on the full
+cache and compression only changes what is stored afterwards. So the units whose prompt for the step is
+the same text (always with ground-truth history; with model history until their outputs diverge) get
+one prefill (``starkv.shared``); each then selects with its own compressor (its own episode state),
+gathers its own cache and decodes from the shared first token. Rows are the rows of a per-unit run, one
+per unit and step, plus ``prefill_shared`` and ``compress_s``. Units whose compressor opts out
+(``Compressor.shares_prefill``), or a unit alone with its prompt, run the per-unit step unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pipeline.accounting import track_step
+from pipeline.agent.step_prompt import StepHistory
+from pipeline.benchmarks.base import Episode, Step
+from pipeline.evaluate import EpisodeRunner, Unit, _PhaseTimer, guarded, open_screenshot, step_error
+from pipeline.faults import inject as inject_fault
+from pipeline.memory import peak_memory
+from starkv import Compressor
+from starkv.shared import PrefillRecord, compress_record, record_prefill, replay_prefill
+
+#: processor inputs only the vision tower reads (it ran once, in the shared prefill)
+PIXEL_INPUTS = ("pixel_values", "pixel_values_videos")
+
+
+@dataclass(eq=False)
+class Member:
+    """One unit of the sweep: its compressor instance (own episode state), history and rows."""
+
+    unit: Unit
+    compressor: Compressor
+    history: StepHistory
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SharedPrefill:
+    """What the units of one prompt share: inputs, the record, and the prefill's time and memory."""
+
+    inputs: dict[str, Any]
+    record: PrefillRecord
+    prefill_s: float
+    peak_bytes: int
+    mem_device: str
+    account: Any  # MemoryAccount of the prefill, or None without accounting
+
+
+def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compressor, Unit]],
+              share: bool = True) -> list[list[dict[str, Any]]]:
+    """Rows of every unit (in ``units`` order) for ``episode``; each compressor instance is its unit's own."""
+    if len({id(c) for c, _ in units}) != len(units):
+        raise ValueError("run_sweep needs one compressor instance per unit (episode state is per unit)")
+    members = [Member(unit, comp, StepHistory.for_agent(runner.agent)) for comp, unit in units]
+    for m in members:
+        m.compressor.reset()  # state never leaks across episodes (or actors)
+    for step in episode.steps:
+        _sweep_step(runner, episode, step, members, share)
+    return [m.rows for m in members]
+
+
+def _sweep_step(runner: EpisodeRunner, episode: Episode, step: Step, members: list[Member], share: bool) -> None:
+    rows = {m: runner._base_row(episode, step, m.unit) for m in members}
+    outputs: dict[Member, str] = {}
+    image = None
+    if step.error:
+        for row in rows.values():
+            row["error"] = step.error
+    else:
+        try:
+            image = open_screenshot(step.image_path)
+        except ValueError as err:
+            for row in rows.values():
+                row["error"] = f"episode {episode.episode_id} step {step.step_index}: {err}"
+    if image is not None:
+        groups: dict[str, tuple[list, list[Member]]] = {}
+        for m in members:
+            def prompt(m=m) -> str:
+                inject_fault(rows[m]["step_key"])  # test-only; a no-op unless STARKV_FAULT_* is set
+                text, images = runner._prompt(episode, step, image, m.history)
+                groups.setdefault(text, (images, []))[1].append(m)
+                return ""
+            outputs[m] = guarded(prompt, rows[m])
+        for text, (images, group) in groups.items():
+            shared = [m for m in group if m.compressor.shares_prefill] if share else []
+            shared = shared if len(shared) > 1 else []
+            for m in group:
+                if m not in shared:
+                    outputs[m] = guarded(lambda m=m: runner._generate_and_score(
+                        episode, step, image, m.compressor, m.unit, m.history, rows[m]), rows[m])
+            if shared:
+                _run_shared(runner, step, image, text, images, shared, rows, outputs)
+    for m in members:
+        m.rows.append(rows[m])
+        if image is not None:
+            m.history.add(step, image, outputs.get(m, ""), runner.agent.history_source)
+
+
+def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: list, group: list[Member],
+                rows: dict[Member, dict[str, Any]], outputs: dict[Member, str]) -> None:
+    try:
+        prefill = shared_prefill(runner, text, images, [m.compressor for m in group], rows[group[0]])
+    except Exception as err:  # the prefill every unit of the group would have run failed: each row says so
+        message = step_error(err)
+        for m in group:
+            rows[m]["error"] = message
+        return
+    for m in group:
+        rows[m].update(prompt_tokens=rows[group[0]]["prompt_tokens"], num_images=rows[group[0]]["num_images"])
+        outputs[m] = guarded(lambda m=m: unit_from_prefill(runner, step, image, prefill, m.compressor, m.unit,
+                                                           rows[m]), rows[m])
+
+
+def shared_prefill(runner: EpisodeRunner, text: str, images: list, compressors: list[Compressor],
+                   row: dict[str, Any]) -> SharedPrefill:
+    """One prefill (full cache) of the prompt, recording what ``compressors`` need; fills ``row``'s prompt columns."""
+    loaded = runner.loaded
+    inputs, layout = runner._encode(text, images, row)
+    if hasattr(loaded.model, "model"):
+        loaded.model.model.rope_deltas = None
+    tracked = track_step(loaded.model, inputs) if runner.memory_accounting else contextlib.nullcontext()
+    with torch.inference_mode(), peak_memory(loaded.device) as peak, \
+            record_prefill(loaded.model, compressors, layout) as record, runner._model_contexts(), \
+            tracked as account, _PhaseTimer(loaded.model, loaded.device) as timer:
+        runner._generate(inputs, 1)  # the one forward is the prefill; its first token is every unit's
+        if account is not None:
+            account.tracked.keep(record.tensors())  # the records are this step's memory until the units finish
+    return SharedPrefill(inputs=inputs, record=record, prefill_s=timer.prefill_s, peak_bytes=peak.peak_bytes,
+                         mem_device=peak.device, account=account)
+
+
+def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, compressor: Compressor,
+                      unit: Unit, row: dict[str, Any]) -> str:
+    """One unit's step from a shared prefill: select and gather (``compress_s``), decode, parse, score."""
+    loaded = runner.loaded
+    inputs = {k: v for k, v in prefill.inputs.items() if k not in PIXEL_INPUTS}
+    held = prefill.record.tensors()
+    tracked = track_step(loaded.model, inputs, held=held) if runner.memory_accounting else contextlib.nullcontext()
+    with torch.inference_mode(), peak_memory(loaded.device) as peak, tracked as account:
+        att, holders = compress_record(loaded.model, prefill.record, compressor, unit.budget)
+        if hasattr(loaded.model, "model"):
+            loaded.model.model.rope_deltas = None
+        with runner._model_contexts(), replay_prefill(loaded.model, prefill.record, holders), \
+                _PhaseTimer(loaded.model, loaded.device) as timer:
+            out = runner._generate(inputs, runner.max_new_tokens)
+        del holders  # the unit's cache dies with its decode, as in a per-unit step
+    if account is not None:
+        merged = account.with_prefill_of(prefill.account) if prefill.account is not None else account
+        row.update(merged.row_fields())
+    row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
+               peak_mem_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
+               prefill_s=prefill.prefill_s, compress_s=att.compress_s, decode_s=timer.prefill_s + timer.decode_s,
+               prefill_shared=True)
+    return runner._finish(step, image, out, int(prefill.inputs["input_ids"].shape[1]), row)

@@ -1,0 +1,241 @@
+"""One prefill for many compressors: record once what each needs, then compress and decode per unit.
+
+Compression only changes what a layer *stores* after its attention ran on the full cache, so a step's
+hidden states, last-position logits and first generated token are the same for every compressor and
+budget. :func:`record_prefill` runs one prefill with the full cache and keeps, per layer, the full
+keys/values and what the compressors declared they read: the post-RoPE window queries at each row count
+they ask for, and the attention-input hidden states they need (``Compressor.hidden_states_needed``).
+:func:`compress_record` runs one compressor's selection on those records with the hook's own code (same
+contexts, same gathers), and :func:`replay_prefill` makes the next ``generate`` take the recorded prefill
+output with that compressed cache instead of computing the prefill again. Everything after (decode,
+logits processing, stopping) is ``generate`` itself, so the generated tokens are those of a normal run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from starkv.budget import capacity
+from starkv.compressor import HIDDEN_NEEDS, Compressor
+from starkv.hook import (
+    Attachment,
+    _install_query_capture,
+    _QueryCapture,
+    _remove_query_capture,
+    check_decodable,
+    decoder_layers,
+    layer_compressor,
+)
+from starkv.layout import PromptLayout
+
+
+@dataclass
+class LayerRecord:
+    """One decoder layer after the shared prefill: full K/V, the kept hidden rows, window queries by rows."""
+
+    module: Any
+    keys: torch.Tensor
+    values: torch.Tensor
+    hidden: torch.Tensor  # (1, n, D): tokens hidden_offset .. hidden_offset + n of the attention input
+    hidden_offset: int
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    hidden_norms: torch.Tensor | None = None  # fp32 norms of tokens hidden_offset ... (current_image_norms)
+
+
+@dataclass
+class PrefillRecord:
+    """What one shared prefill leaves for the units of a sweep (hold it only while they run)."""
+
+    layout: PromptLayout
+    layers: list[LayerRecord] = field(default_factory=list)
+    output: Any = None  # the prefill forward's output, without its cache
+
+    @property
+    def length(self) -> int:
+        return self.layout.prompt_length
+
+    def tensors(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for lr in self.layers:
+            out += [lr.keys, lr.values, lr.hidden, *lr.queries.values()]
+            out += [lr.hidden_norms] if lr.hidden_norms is not None else []
+        if self.output is not None:
+            out += [v for v in self.output.values() if isinstance(v, torch.Tensor)]
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes of the distinct storages the record holds (full K/V, kept hidden rows, queries, logits)."""
+        seen: dict[int, int] = {}
+        for t in self.tensors():
+            st = t.untyped_storage()
+            seen[id(st)] = st.nbytes()
+        return sum(seen.values())
+
+
+@dataclass
+class _Holder:
+    """Stand-in for a cache layer: ``compress`` gathers into it as it would into the live cache."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def query_rows(compressor: Compressor, layout: PromptLayout) -> int:
+    """Window query rows ``compressor`` reads for this prompt (the hook's own rule)."""
+    length = layout.prompt_length
+    return min(length, max(1, compressor.query_window(layout, length))) if length > 1 else 0
+
+
+def hidden_need(compressors: Sequence[Compressor]) -> str:
+    """The widest hidden-state need of ``compressors`` (``all`` > ``current_image`` > its norms > ``none``)."""
+    needs = {c.hidden_needs() for c in compressors}
+    return next(n for n in HIDDEN_NEEDS if n in needs or n == "none")
+
+
+@contextlib.contextmanager
+def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayout) -> Iterator[PrefillRecord]:
+    """Inside the block, the first prefill of ``model`` (full cache, nothing compressed) fills the record.
+
+    Run ``generate(..., max_new_tokens=1)`` in the block: its one forward is the shared prefill.
+    """
+    layers = decoder_layers(model)
+    impl = layers[0].self_attn.config._attn_implementation or "eager"
+    rows = sorted({query_rows(c, layout) for c in compressors})
+    need = hidden_need(compressors)
+    record = PrefillRecord(layout=layout)
+    length = layout.prompt_length
+    handles = []
+    _install_query_capture(impl)
+    try:
+        for i, layer in enumerate(layers):
+            slot = _QueryCapture()
+            layer.self_attn._starkv_capture = slot
+            handles.append(layer.self_attn.register_forward_pre_hook(_rows_setter(slot, max(rows)), with_kwargs=True))
+            handles.append(layer.self_attn.register_forward_hook(_recorder(record, i, slot, rows, need),
+                                                                 with_kwargs=True))
+        handles.append(model.register_forward_hook(_output_recorder(record)))
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+        for layer in layers:
+            if hasattr(layer.self_attn, "_starkv_capture"):
+                del layer.self_attn._starkv_capture
+        _remove_query_capture(impl)
+    if len(record.layers) != len(layers) or record.output is None:
+        raise RuntimeError(f"shared prefill recorded {len(record.layers)} of {len(layers)} layers; was the "
+                           f"block's prefill a full {length}-token prompt?")
+
+
+def _rows_setter(slot: _QueryCapture, rows: int):
+    def pre_hook(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        slot.rows = rows if hidden is not None and hidden.shape[1] > 1 else 0
+        slot.queries = None
+
+    return pre_hook
+
+
+def _recorder(record: PrefillRecord, layer_idx: int, slot: _QueryCapture, rows: list[int], need: str):
+    def hook(module, args, kwargs, output):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cache = kwargs.get("past_key_values")
+        queries, slot.queries = slot.queries, None
+        if cache is None or hidden is None or len(record.layers) != layer_idx:
+            return output
+        layer = cache.layers[layer_idx]
+        length = layer.keys.shape[-2]
+        if hidden.shape[1] != length or length != record.length or queries is None:
+            return output  # not the shared prefill (a decode step, or another prompt)
+        norms, current = None, record.layout.current_image
+        if need == "all":
+            kept, offset = hidden, 0
+        elif need == "current_image" and current is not None:
+            offset, end = current
+            kept = hidden[:, offset:end].clone()
+        else:
+            kept, offset = hidden[:, :0].clone(), 0
+            if need == "current_image_norms" and current is not None:
+                offset = current[0]
+                norms = hidden[0, current[0]:current[1]].float().norm(dim=-1)  # what the spatial boost reads
+        # each row count as its own copy: the same strides the hook's view has, nothing else kept alive
+        by_rows = {r: queries[..., -r:, :].clone() for r in rows if r}
+        record.layers.append(LayerRecord(module=module, keys=layer.keys, values=layer.values, hidden=kept,
+                                         hidden_offset=offset, queries=by_rows, hidden_norms=norms))
+        return output
+
+    return hook
+
+
+def _output_recorder(record: PrefillRecord):
+    def hook(module, args, output):
+        if record.output is None:
+            fields = {k: v for k, v in output.items() if k != "past_key_values"}
+            record.output = type(output)(**fields)
+        return output
+
+    return hook
+
+
+def compress_record(model, record: PrefillRecord, compressor: Compressor, budget: float) -> tuple[Attachment, list]:
+    """Run ``compressor`` at ``budget`` on the record, layer by layer as the hook would at prefill.
+
+    Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``) and the per-layer compressed
+    K/V. The compressor's episode state advances exactly as in a run with the hook.
+    """
+    capacity(1, budget)
+    check_decodable(model, compressor)
+    att = Attachment(model=model, compressor=compressor, budget=budget, layout=record.layout)
+    rows = query_rows(compressor, record.layout)
+    holders = []
+    t0 = time.perf_counter()
+    for i, lr in enumerate(record.layers):
+        holder = _Holder(lr.keys, lr.values)
+        holders.append(holder)
+        layer_compressor(att, i, len(record.layers))._compress(lr.module, lr.hidden, holder, record.length,
+                                                              lr.queries[rows], hidden_offset=lr.hidden_offset,
+                                                              hidden_norms=lr.hidden_norms)
+    att.compress_s = time.perf_counter() - t0
+    return att, holders
+
+
+@contextlib.contextmanager
+def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None]:
+    """The block's first forward of ``model`` returns the recorded prefill output with ``holders`` as cache.
+
+    Pass ``generate`` the same inputs as the shared prefill minus the pixels (nothing reads them: the
+    vision tower ran in the shared prefill, and positions come from the token ids and image grids).
+    """
+    inner = model.forward
+    done = [False]
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        if done[0]:
+            return inner(*args, **kwargs)
+        done[0] = True
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            raise RuntimeError("replay_prefill: generate passed no cache to fill")
+        for i, holder in enumerate(holders):
+            cache.update(holder.keys, holder.values, i)
+        out = type(record.output)(**dict(record.output.items()))
+        out["past_key_values"] = cache
+        return out
+
+    had = "forward" in vars(model)
+    model.forward = forward
+    try:
+        yield
+    finally:
+        if had:
+            model.forward = inner
+        else:
+            del model.forward
