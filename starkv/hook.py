@@ -38,6 +38,20 @@ class LayerStat:
     bytes_after: int
 
 
+@dataclass(frozen=True)
+class ChunkState:
+    """Set by a chunked prefill (``pipeline.chunked_prefill``) while one prompt chunk runs.
+
+    The cache then holds the kept tokens of earlier chunks plus this chunk: the hook compresses all of it
+    to the capacity of ``prefix_length`` prompt tokens (the prompt so far). Between chunks every layer
+    gets the uniform capacity (the next chunk's attention mask is built from one layer's length); the
+    ``final`` chunk uses the compressor's own per-layer capacities, as a normal prefill does.
+    """
+
+    prefix_length: int
+    final: bool
+
+
 @dataclass
 class Attachment:
     """A compressor attached to a model; ``stats`` holds the last prefill's per-layer results."""
@@ -46,6 +60,7 @@ class Attachment:
     compressor: Compressor
     budget: float
     layout: PromptLayout | None = None
+    chunk: ChunkState | None = None
     stats: list[LayerStat] = field(default_factory=list)
     _pending: list[tuple[LayerContext, torch.Tensor, float, Any]] = field(default_factory=list)
 
@@ -149,8 +164,10 @@ class _LayerHook:
             return output
         layer = cache.layers[self.layer_idx]
         length = layer.keys.shape[-2]
-        if hidden.shape[1] != length or length <= 1:
+        if hidden.shape[1] <= 1 or (self.att.chunk is None and hidden.shape[1] != length):
             return output  # not a prefill from an empty cache (decode step or continued generation)
+        if hidden.shape[1] != length:  # a later prompt chunk: the kept tokens before it have no hidden states
+            hidden = torch.cat([hidden.new_zeros(1, length - hidden.shape[1], hidden.shape[2]), hidden], dim=1)
         if queries is None:
             raise RuntimeError("starkv: window queries were not captured; is the attention wrapper active?")
         self._compress(module, hidden, layer, length, queries)
@@ -161,7 +178,11 @@ class _LayerHook:
         layout = att.layout or PromptLayout(prompt_length=length)
         if layout.prompt_length != length:
             raise ValueError(f"prompt layout is for {layout.prompt_length} tokens but the prefill has {length}")
-        cap = comp.layer_capacity(length, capacity(length, att.budget), self.layer_idx, self.num_layers)
+        chunk = att.chunk
+        total = chunk.prefix_length if chunk is not None else length
+        cap = capacity(total, att.budget)
+        if chunk is None or chunk.final:
+            cap = comp.layer_capacity(total, cap, self.layer_idx, self.num_layers)
         ctx = LayerContext(
             layer_idx=self.layer_idx, num_layers=self.num_layers, queries=queries, keys=layer.keys,
             values=layer.values, hidden_states=hidden, layout=layout, budget=att.budget,
@@ -172,7 +193,7 @@ class _LayerHook:
             att._pending.clear()
         if not ctx.plan.compresses:
             comp.on_uncompressed(ctx)
-        if comp.layer_adaptive and isinstance(comp, ScorerCompressor):
+        if comp.layer_adaptive and isinstance(comp, ScorerCompressor) and (chunk is None or chunk.final):
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
             # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
@@ -274,7 +295,8 @@ def _make_row_setter(attachment: Attachment, slot: _QueryCapture):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         length = hidden.shape[1] if hidden is not None else 0
         layout = attachment.layout or PromptLayout(prompt_length=length)
-        slot.rows = min(length, max(1, attachment.compressor.query_window(layout, length))) if length > 1 else 0
+        total = layout.prompt_length if attachment.chunk is not None else length  # the cache this chunk ends
+        slot.rows = min(length, max(1, attachment.compressor.query_window(layout, total))) if length > 1 else 0
         slot.queries = None
         return None
 
