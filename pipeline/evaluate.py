@@ -24,6 +24,7 @@ from pipeline.agent.history import HistoryConfig
 from pipeline.agent.parser import parse_action
 from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Benchmark, Episode, Step
+from pipeline.chunked_prefill import generate_step, mode_label
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
 from pipeline.lowmem import chunked_mlp, pixels_in_model_dtype, vision_per_image
@@ -107,8 +108,10 @@ class EpisodeRunner:
     """Holds the loaded model and runs episodes step by step with a given compressor and budget."""
 
     def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int,
-                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True) -> None:
+                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True,
+                 prefill_mode: str = "full") -> None:
         self.loaded = loaded
+        self.prefill_mode, self.mode = prefill_mode, mode_label(prefill_mode)  # pipeline.chunked_prefill
         self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.lowmem
         self.memory_accounting = memory_accounting  # off only to measure what the accounting costs
         self.benchmark = benchmark
@@ -139,7 +142,7 @@ class EpisodeRunner:
             "kv_bytes": 0, "kv_bytes_full": 0, "peak_mem_bytes": 0, "mem_device": "", "prefill_s": 0.0,
             **MemoryAccount().row_fields(),
             "decode_s": 0.0, "error": None, "meta_json": json.dumps(step.meta, default=str),
-            "actor_pid": os.getpid(),
+            "actor_pid": os.getpid(), "mode": self.mode,
         }
 
     def _run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
@@ -188,8 +191,8 @@ class EpisodeRunner:
                 chunked_mlp(loaded.model, self.mlp_chunk_tokens), vision_per_image(loaded.model, self.vision_per_image), \
                 tracked as account, \
                 _PhaseTimer(loaded.model, loaded.device) as timer:
-            out = loaded.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                        pad_token_id=processor.tokenizer.pad_token_id)
+            out = generate_step(loaded.model, inputs, att, layout, self.prefill_mode, self.max_new_tokens,
+                                processor.tokenizer.pad_token_id)
         if account is not None:
             row.update(account.row_fields())
         new_tokens = out[0, input_ids.shape[1]:]
@@ -237,6 +240,8 @@ def _row_schema():
         # device-level figure (CUDA allocator, or CPU RSS high-water mark), labelled by mem_device
         ("weights_bytes", i), ("peak_above_weights_bytes", i), ("peak_prefill_bytes", i),
         ("peak_decode_bytes", i), ("peak_phase", s), ("peak_part", s), ("peak_breakdown_json", s),
+        # "exact", or "approx_chunked" for model.prefill_mode chunked_compress (an approximation)
+        ("mode", s),
     ])
 
 
