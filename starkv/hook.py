@@ -24,6 +24,7 @@ import torch
 from starkv.budget import capacity, plan_selection
 from starkv.compressor import Compressor, ScorerCompressor, topk_with_window
 from starkv.context import LayerContext
+from starkv.early_cut import capacity_bound, positions_in, superset
 from starkv.layout import PromptLayout
 
 
@@ -62,7 +63,7 @@ class Attachment:
     layout: PromptLayout | None = None
     chunk: ChunkState | None = None
     stats: list[LayerStat] = field(default_factory=list)
-    _pending: list[tuple[LayerContext, torch.Tensor, float, Any]] = field(default_factory=list)
+    _pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
 
     @property
     def kv_bytes_full(self) -> int:
@@ -197,16 +198,35 @@ class _LayerHook:
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
             # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
-            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None)
-            att._pending.append((light, scores, weight, layer))
+            # (shape-only keys/values: holding the cache tensors here would keep them alive after an early cut)
+            shape_only = layer.keys.new_empty((*layer.keys.shape[:-1], 0))
+            light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None,
+                                        keys=shape_only, values=shape_only)
+            before = _cache_bytes(layer.keys, layer.values)
+            kept = self._cut_early(ctx, scores, weight, layer) if scores is not None else None
+            att._pending.append((light, scores, weight, layer, kept, before))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
             return
         idx = comp.select(ctx) if ctx.plan.compresses else None
         self._write(layer, ctx, idx)
 
-    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None) -> None:
-        before = _cache_bytes(layer.keys, layer.values)
+    def _cut_early(self, ctx: LayerContext, scores: torch.Tensor, weight: float, layer) -> torch.Tensor | None:
+        """Keep at once a superset of what this layer can keep once all weights are known (starkv.early_cut)."""
+        comp = self.att.compressor
+        if type(comp).layer_capacity is not Compressor.layer_capacity:
+            return None  # the uniform total below assumes every layer plans the same capacity
+        bound = capacity_bound(weight, comp.layer_weight_range(), self.num_layers,
+                               self.num_layers * ctx.plan.kept, ctx.length)
+        if bound is None:
+            return None
+        kept = superset(scores, max(1, bound - ctx.plan.window), ctx.plan.past, ctx.length, ctx.num_kv_heads)
+        if kept is not None:
+            layer.keys, layer.values = _gather(layer.keys, layer.values, kept)
+        return kept
+
+    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None, before: int | None = None) -> None:
+        before = _cache_bytes(layer.keys, layer.values) if before is None else before
         if idx is not None:
             layer.keys, layer.values = _gather(layer.keys, layer.values, idx)
         self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
@@ -217,12 +237,16 @@ class _LayerHook:
         pending = self.att._pending
         length = pending[0][0].length
         caps = allocate_layer_capacities([p[2] for p in pending], [p[0].plan.kept for p in pending], length)
-        for (ctx, scores, _, layer), cap in zip(pending, caps):
+        for (ctx, scores, _, layer, kept, before), cap in zip(pending, caps):
             # the window stays as planned for the uniform budget, only the top-k part grows or shrinks
             keep_past = max(1, min(cap - ctx.plan.window, ctx.plan.past))
             plan = dataclasses.replace(ctx.plan, keep_past=keep_past)
             idx = topk_with_window(scores, plan, ctx.num_kv_heads) if scores is not None and plan.compresses else None
-            self._write(layer, ctx, idx)
+            if kept is not None:  # cut early to a superset: take the same tokens from it
+                if idx is None:
+                    raise RuntimeError("starkv: a layer cut early keeps its whole cache after all (bound failed)")
+                idx = positions_in(kept, idx)
+            self._write(layer, ctx, idx, before)
         pending.clear()
 
 
