@@ -11,9 +11,11 @@ with the instruction's; kept tokens of earlier chunks take part in later selecti
 screenshot membership differs per KV head after a cut, so the layout marks only this chunk's screenshots);
 stateful methods (STaR-KV's temporal/MI state) advance once per chunk. What stays exact: every token's
 M-RoPE position is that of the whole prompt (``get_rope_index`` once, sliced per chunk; cached keys keep
-their rotary positions), and each chunk attends to everything cached before it plus itself causally
-(``cache_position`` counts the cache, not the prompt, so the causal mask fits a compressed cache).
-With a budget that drops nothing the generated tokens equal the normal path's (tested).
+their rotary positions), and each chunk attends to everything cached before it plus itself causally:
+transformers (5.23) sizes the causal mask from the cache's own length (layer 0's), which is why every layer
+is cut to the same length between chunks; ``cache_position`` is passed too and counts the cache, not the
+prompt. With a budget that drops nothing the generated tokens equal the normal path's, and a chunk on a
+cut cache gives the logits of its tokens fed one at a time (tested).
 """
 
 from __future__ import annotations

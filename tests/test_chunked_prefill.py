@@ -48,7 +48,7 @@ def test_chunks_end_after_each_history_screenshot(tiny):
     assert all(int(ids[b - 1]) == vision_end for b in bounds[:-1])  # each cut right after a <|vision_end|>
 
 
-@pytest.mark.parametrize("name", ["snapkv", "starkv", "pyramidkv"])
+@pytest.mark.parametrize("name", ["snapkv", "starkv", "pyramidkv", "vlcache"])
 def test_nothing_dropped_gives_the_normal_tokens(tiny, name):
     loaded, inputs, layout = tiny
     ref, att_ref = _normal(loaded, inputs, layout, starkv.build(name), 100)
@@ -57,6 +57,62 @@ def test_nothing_dropped_gives_the_normal_tokens(tiny, name):
     assert [t.prefix_length for t in trace] == chunk_bounds(layout)
     assert all(n == t.prefix_length for t in trace for n in t.cache_lengths)
     assert att.kv_bytes == att.kv_bytes_full == att_ref.kv_bytes_full
+
+
+def test_eager_attention_masks_fit_the_compressed_cache(tiny_model_dir):
+    """Eager attention uses the explicit causal mask: with a cut cache it must span kept tokens + chunk."""
+    from pipeline.models.loader import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
+                                  attn_implementation="eager"))
+    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
+    inputs = dict(inputs)
+    ref, _ = _normal(loaded, inputs, layout, starkv.build("snapkv"), 100)
+    out, _, _ = _chunked(loaded, inputs, layout, starkv.build("snapkv"), 100)
+    assert torch.equal(out, ref)
+    out, att, trace = _chunked(loaded, inputs, layout, starkv.build("snapkv"), 20, eos=[])
+    assert out.shape[1] == layout.prompt_length + MAX_NEW and trace[0].cache_lengths[0] == capacity(trace[0].prefix_length, 20)
+
+
+def test_a_chunk_on_a_cut_cache_equals_its_tokens_fed_one_by_one(tiny):
+    """Mask and positions of a chunk over a compressed cache: the same logits as one token at a time."""
+    from starkv import PromptLayout
+
+    loaded, inputs, layout = tiny
+    model = loaded.model
+    cut, images = chunk_bounds(layout)[-2], layout.num_images - 1
+    logits = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: logits.append(out[:, -1].clone()))
+    try:  # the whole prompt: its first lm_head call is the last chunk's, over the cut history
+        _chunked(loaded, inputs, layout, starkv.build("snapkv"), 20, eos=[])
+        rows = int(inputs["image_grid_thw"][:images].prod(-1).sum())
+        short = {"input_ids": inputs["input_ids"][:, :cut], "attention_mask": inputs["attention_mask"][:, :cut],
+                 "mm_token_type_ids": inputs["mm_token_type_ids"][:, :cut],
+                 "pixel_values": inputs["pixel_values"][:rows], "image_grid_thw": inputs["image_grid_thw"][:images]}
+        caches = []
+        pre = model.register_forward_pre_hook(lambda m, a, kw: caches.append(kw["past_key_values"]), with_kwargs=True)
+        short_layout = PromptLayout(layout.image_spans[:-1], cut)
+        try:  # the history alone: the same cuts, so the same cache the last chunk started from
+            with torch.inference_mode(), starkv.attach(model, starkv.build("snapkv"), 20, short_layout) as att:
+                chunked_generate(model, short, att, short_layout, 1)  # one token: no decode step touches the cache
+        finally:
+            pre.remove()
+        cache = caches[0]
+        inner = model.model
+        ids = inputs["input_ids"]
+        positions, _ = inner.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                            image_grid_thw=inputs["image_grid_thw"])
+        with torch.inference_mode():
+            embeds = inner.get_input_embeddings()(ids).clone()
+            feats = torch.cat(inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output)
+            embeds[ids == model.config.image_token_id] = feats
+            for t in range(cut, ids.shape[1]):  # no compressor attached: one query at a time sees the whole cache
+                length = cache.layers[0].keys.shape[-2]
+                model(inputs_embeds=embeds[:, t:t + 1], position_ids=positions[:, :, t:t + 1], past_key_values=cache,
+                      cache_position=torch.tensor([length]), use_cache=True, logits_to_keep=1)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(logits[-1], logits[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["snapkv", "starkv", "pyramidkv"])
