@@ -89,6 +89,10 @@ class VLCache(ScorerCompressor):
         head = avg_pool(attn[:, : ctx.plan.past], self.kernel_size)
         return group_mean(head, ctx.num_kv_heads)
 
+    def layer_weight_range(self) -> tuple[float, float] | None:
+        """Weights are clamped to [min_weight, 1]; sound, but with the default floor no useful bound follows."""
+        return (self.min_weight, 1.0) if 0 < self.min_weight <= 1 else None
+
     def layer_weight(self, ctx: LayerContext, scores: torch.Tensor) -> float:
         if _DENSITY not in ctx.extras:
             self.score(ctx)

@@ -28,6 +28,9 @@ class ModelConfig:
     mlp_chunk_tokens: int = 0
     #: encode the screenshots one at a time in the vision tower (same features; lower peak)
     vision_per_image: bool = True
+    #: ``full`` (exact) or ``chunked_compress``: an opt-in approximation that compresses the cache after
+    #: each history screenshot during prefill, so it never holds the whole prompt (pipeline.chunked_prefill)
+    prefill_mode: str = "full"
     min_pixels: int | None = None
     max_pixels: int | None = None
 
@@ -268,6 +271,10 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"model.vision_per_image: must be true or false, got {cfg.model.vision_per_image!r}")
     if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:
         raise ConfigError(f"model.mlp_chunk_tokens: must be an integer >= 0 (0: off), got {cfg.model.mlp_chunk_tokens!r}")
+    from pipeline.chunked_prefill import PREFILL_MODES
+
+    if cfg.model.prefill_mode not in PREFILL_MODES:
+        raise ConfigError(f"model.prefill_mode: expected one of {', '.join(PREFILL_MODES)}, got {cfg.model.prefill_mode!r}")
     agent = cfg.agent
     if agent.image_slots is not None and (isinstance(agent.image_slots, bool) or not isinstance(agent.image_slots, int)
                                           or agent.image_slots < 1):

@@ -24,12 +24,13 @@ from pipeline.agent.history import HistoryConfig
 from pipeline.agent.parser import parse_action
 from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Benchmark, Episode, Step
+from pipeline.chunked_prefill import generate_step, mode_label
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
 from pipeline.lowmem import chunked_mlp, pixels_in_model_dtype, vision_per_image
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
-from starkv import Compressor, PromptLayout, attach
+from starkv import Attachment, Compressor, PromptLayout, attach
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,10 @@ class EpisodeRunner:
     """Holds the loaded model and runs episodes step by step with a given compressor and budget."""
 
     def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int,
-                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True) -> None:
+                 memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True,
+                 prefill_mode: str = "full") -> None:
         self.loaded = loaded
+        self.prefill_mode, self.mode = prefill_mode, mode_label(prefill_mode)  # pipeline.chunked_prefill
         self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.lowmem
         self.memory_accounting = memory_accounting  # off only to measure what the accounting costs
         self.benchmark = benchmark
@@ -156,8 +159,8 @@ class EpisodeRunner:
             "reason": "", "prompt_tokens": 0, "kept_tokens": 0, "generated_tokens": 0, "num_images": 0,
             "kv_bytes": 0, "kv_bytes_full": 0, "peak_mem_bytes": 0, "mem_device": "", "prefill_s": 0.0,
             **MemoryAccount().row_fields(),
-            "decode_s": 0.0, "compress_s": 0.0, "prefill_shared": False, "error": None, "meta_json": json.dumps(step.meta, default=str),
-            "actor_pid": os.getpid(),
+            "decode_s": 0.0, "compress_s": 0.0, "prefill_shared": False, "error": None,
+            "meta_json": json.dumps(step.meta, default=str), "actor_pid": os.getpid(), "mode": self.mode,
         }
 
     def _run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
@@ -206,7 +209,7 @@ class EpisodeRunner:
         with torch.inference_mode(), peak_memory(loaded.device) as peak, \
                 attach(loaded.model, compressor, unit.budget, layout) as att, \
                 self._model_contexts(), tracked as account, _PhaseTimer(loaded.model, loaded.device) as timer:
-            out = self._generate(inputs, self.max_new_tokens)
+            out = self._generate(inputs, self.max_new_tokens, att, layout)
         if account is not None:
             row.update(account.row_fields())
         row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
@@ -221,9 +224,15 @@ class EpisodeRunner:
         stack.enter_context(vision_per_image(self.loaded.model, self.vision_per_image))
         return stack
 
-    def _generate(self, inputs, max_new_tokens: int):
-        return self.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.loaded.processor.tokenizer.pad_token_id)
+    def _generate(self, inputs, max_new_tokens: int, att: Attachment | None = None,
+                  layout: PromptLayout | None = None):
+        """``generate`` (the exact path; a shared sweep's prefill and replays), or with ``att`` and ``layout``
+        the step as ``model.prefill_mode`` says (pipeline.chunked_prefill: ``full`` is that same call)."""
+        pad = self.loaded.processor.tokenizer.pad_token_id
+        if att is None:
+            return self.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=pad)
+        return generate_step(self.loaded.model, inputs, att, layout, self.prefill_mode, max_new_tokens, pad)
 
     def _finish(self, step: Step, image, out, prompt_len: int, row: dict[str, Any]) -> str:
         """Decode the generated tokens, parse the action and score it into the row; returns the output text."""
@@ -272,6 +281,8 @@ def _row_schema():
         # shared sweeps (pipeline.sweep): prefill_s is then the one prefill the units shared, compress_s the
         # unit's own selection and gather (inside prefill_s when not shared), decode_s its own decode
         ("compress_s", f), ("prefill_shared", b),
+        # "exact", or "approx_chunked" for model.prefill_mode chunked_compress (an approximation)
+        ("mode", s),
     ])
 
 

@@ -24,6 +24,8 @@ CONFIG_DIR = Path(__file__).parent / "models" / "configs"
 #: A square screenshot that lands exactly on UI-TARS's max_pixels cap: 128 x 128 merged patches.
 MAX_RESOLUTION = (3584, 3584)
 ATTN = ("sdpa", "eager")
+#: ``--prefill`` values and the model.prefill_mode each one runs
+PREFILLS = {"full": "full", "chunked": "chunked_compress"}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -49,6 +51,8 @@ class BenchSpec:
     dtype: str = "bfloat16"
     mlp_chunks: tuple[int, ...] = (0,)
     vision_per_image: bool = True
+    #: model.prefill_mode values to sweep: full (exact) and/or chunked_compress (approximation)
+    prefills: tuple[str, ...] = ("full",)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -62,7 +66,8 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, compressors: str, attn: str,
-               decode_steps: int, dtype: str, mlp_chunk: str = "0", vision: str = "per-image") -> BenchSpec:
+               decode_steps: int, dtype: str, mlp_chunk: str = "0", vision: str = "per-image",
+               prefill: str = "full") -> BenchSpec:
     """Validate every option before any work; each error names its option."""
     import starkv
 
@@ -102,7 +107,11 @@ def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, comp
         raise MemoryBenchError(f"--mlp-chunk: tokens per MLP slice must be >= 0 (0: off), got {mlp_chunk!r}")
     if vision not in ("per-image", "batch"):
         raise MemoryBenchError(f"--vision: expected per-image or batch, got {vision!r}")
-    return BenchSpec(model, shots, size, bud, comps, impls, decode_steps, dtype, chunks, vision == "per-image")
+    prefills = tuple(p.strip() for p in str(prefill).split(",") if p.strip())
+    if not prefills or any(p not in PREFILLS for p in prefills):
+        raise MemoryBenchError(f"--prefill: expected full or chunked (comma-separated), got {prefill!r}")
+    return BenchSpec(model, shots, size, bud, comps, impls, decode_steps, dtype, chunks, vision == "per-image",
+                     tuple(dict.fromkeys(PREFILLS[p] for p in prefills)))
 
 
 @dataclass
@@ -197,7 +206,7 @@ def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
     current = visual.forward
     fields = ("last_hidden_state", "pooler_output")
 
-    def record(hidden_states, grid_thw, **kwargs):
+    def record(hidden_states, grid_thw, key, **kwargs):
         tracker.begin_probe()
         out = current(hidden_states, grid_thw=grid_thw, **kwargs)
         rise, counts, part = tracker.end_probe()
@@ -207,13 +216,18 @@ def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
             cache[key] = (rise, counts, part, [None if t is None else (tuple(t.shape), t.dtype) for t in tensors])
         return out
 
-    def replay(hidden_states, grid_thw, **kwargs):
+    def replay(hidden_states, grid_thw, key, **kwargs):
         rise, counts, part, shapes = cache[key]
         tracker.replay_probe(rise, counts, part)
         made = [None if s is None else torch.empty(s[0], dtype=s[1]) for s in shapes]
         return BaseModelOutputWithPooling(**dict(zip(fields, made)))
 
-    visual.forward = replay if key in cache else record
+    def dispatch(hidden_states, grid_thw, **kwargs):
+        # the figures depend on the screenshots' grids only (a chunked prefill calls once per chunk)
+        call_key = (*key, tuple(tuple(g) for g in grid_thw.tolist()))
+        return (replay if call_key in cache else record)(hidden_states, grid_thw, call_key, **kwargs)
+
+    visual.forward = dispatch
     try:
         yield
     finally:
@@ -225,7 +239,7 @@ def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
 
 def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str, budget: float, attn: str,
              decode_steps: int, dtype: torch.dtype, mlp_chunk: int = 0, per_image: bool = True,
-             vision_cache: dict | None = None) -> dict[str, Any]:
+             vision_cache: dict | None = None, prefill_mode: str = "full") -> dict[str, Any]:
     """One row: the step's exact memory on fake tensors (no data is computed).
 
     ``vision_cache``: shared by the rows of one prompt, so the vision tower runs once (see
@@ -233,6 +247,7 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str,
     """
     import starkv
     from pipeline.accounting import track_step
+    from pipeline.chunked_prefill import chunked_generate
     from pipeline.lowmem import chunked_mlp, vision_per_image
     from pipeline.simulate import build_fake_model, fake_session, real_rope_index
 
@@ -247,14 +262,19 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str,
                 starkv.attach(model, starkv.build(compressor), budget, layout) as att, \
                 chunked_mlp(model, mlp_chunk), vision_per_image(model, per_image), tracked as account, \
                 _vision_once(model, tracked.tracker, vision_cache, (attn, per_image, str(dtype))):
-            model.generate(**fake_inputs, max_new_tokens=decode_steps, do_sample=False)
+            if prefill_mode == "full":
+                model.generate(**fake_inputs, max_new_tokens=decode_steps, do_sample=False)
+            else:  # the opt-in approximation (pipeline.chunked_prefill), D greedy steps like generate's
+                chunked_generate(model, fake_inputs, att, layout, decode_steps)
         unknown = session.shadows.unknown_reads
     return {**account.row_fields(), "kv_bytes": att.kv_bytes, "kv_bytes_full": att.kv_bytes_full,
             "kept_tokens": att.kept_tokens, "unknown_reads": unknown}
 
 
 def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
-    """Every (screenshots, attention, compressor, budget) row of ``spec``, in that order."""
+    """Every (screenshots, attention, MLP slice, prefill mode, compressor, budget) row of ``spec``, in that order."""
+    from pipeline.chunked_prefill import mode_label
+
     facts = load_facts(spec.model)
     dtype = DTYPES[spec.dtype] if spec.model != "tiny" else torch.float32
     rows = []
@@ -262,18 +282,19 @@ def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
         inputs, layout = prompt_inputs(facts.processor, shots, spec.resolution)
         vision_cache: dict = {}  # the tower runs once per prompt (and attention/dtype/vision mode)
         image_tokens = sum(e - s for s, e in layout.image_spans)
-        for attn, chunk in ((a, c) for a in spec.attn for c in spec.mlp_chunks):
+        for attn, chunk, prefill in ((a, c, p) for a in spec.attn for c in spec.mlp_chunks for p in spec.prefills):
             for comp in spec.compressors:
                 for budget in spec.budgets:
                     row = {"model": spec.model, "compressor": comp, "budget": budget, "screenshots": shots,
                            "resolution": f"{spec.resolution[0]}x{spec.resolution[1]}", "attn_implementation": attn,
-                           "dtype": str(dtype).removeprefix("torch."), "mode": "exact",
+                           "dtype": str(dtype).removeprefix("torch."), "mode": mode_label(prefill),
+                           "prefill_mode": prefill,
                            "prompt_tokens": int(inputs["input_ids"].shape[1]), "image_tokens": image_tokens,
                            "decode_steps": spec.decode_steps, "mlp_chunk_tokens": chunk,
                            "vision": "per-image" if spec.vision_per_image else "batch", "error": None}
                     try:
                         row.update(simulate(facts, inputs, layout, comp, budget, attn, spec.decode_steps, dtype,
-                                            chunk, spec.vision_per_image, vision_cache))
+                                            chunk, spec.vision_per_image, vision_cache, prefill))
                     except ValueError as err:  # e.g. eager attention with a layer-varying compressor
                         row["error"] = str(err)
                     echo(row)
@@ -293,15 +314,18 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{r['compressor']:<12}{r['budget']:>7g}{r['screenshots']:>6}{r['attn_implementation']:>6}"
                          f"  error: {r['error']}")
             continue
+        name = r["compressor"] + ("~" if r.get("mode") == "approx_chunked" else "")
         parts = json.loads(r["peak_breakdown_json"])
         held = ", ".join(f"{k} {v / gib:.2f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v >= gib / 100)
         lines.append(
-            f"{r['compressor']:<12}{r['budget']:>7g}{r['screenshots']:>6}{r['attn_implementation']:>6}"
+            f"{name:<12}{r['budget']:>7g}{r['screenshots']:>6}{r['attn_implementation']:>6}"
             f"{r['mlp_chunk_tokens']:>6}{r['prompt_tokens']:>8}{r['peak_above_weights_bytes'] / gib:>9.2f}{r['peak_prefill_bytes'] / gib:>9.2f}"
             f"{r['peak_decode_bytes'] / gib:>9.2f}{r['kv_bytes'] / gib:>8.2f}  {r['peak_phase']}/{r['peak_part']}: {held}")
     if rows and not rows[0].get("error"):
         lines.append(f"({unit} above the weights, {rows[0]['weights_bytes'] / gib:.2f} {unit}; exact live tensor bytes on "
                      f"fake tensors, {rows[0]['dtype']})")
+    if any(r.get("mode") == "approx_chunked" for r in rows):
+        lines.append("(~: --prefill chunked, an approximation: the cache is compressed after each history screenshot)")
     return "\n".join(lines)
 
 
@@ -311,7 +335,8 @@ def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
     ok = [r for r in rows if not r.get("error")]
     labels = [f"{r['compressor']}@{r['budget']:g}\n{r['screenshots']} shots, {r['attn_implementation']}"
-              + (f", MLP/{r['mlp_chunk_tokens']}" if r["mlp_chunk_tokens"] else "") for r in ok]
+              + (f", MLP/{r['mlp_chunk_tokens']}" if r["mlp_chunk_tokens"] else "")
+              + (", chunked (approx.)" if r.get("mode") == "approx_chunked" else "") for r in ok]
     fig = Figure(figsize=(max(6, 1.2 * len(ok) + 2), 4.5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     gib = 1024 ** 3

@@ -171,7 +171,15 @@ def job_params(job: dict[str, Any]) -> dict[str, str]:
             out.update(_flatten(key, value))
         else:
             out[key] = str(value)[:500]
+    out["mode"] = run_mode(job)
     return out
+
+
+def run_mode(job: dict[str, Any]) -> str:
+    """``exact``, or ``approx_chunked`` when the job opts in to the approximate chunked prefill."""
+    from pipeline.chunked_prefill import mode_label
+
+    return mode_label((job.get("model") or {}).get("prefill_mode", "full"))
 
 
 def _flatten(prefix: str, data: dict[str, Any]) -> dict[str, str]:

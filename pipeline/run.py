@@ -98,7 +98,8 @@ class EpisodeActor:
                                            device=m.device, min_pixels=m.min_pixels, max_pixels=m.max_pixels))
         self.benchmark = make_benchmark(self.cfg, benchmark_path)
         self.runner = EpisodeRunner(self.loaded, self.benchmark, self.cfg.agent, m.max_new_tokens,
-                                    mlp_chunk_tokens=m.mlp_chunk_tokens, vision_per_image=m.vision_per_image)
+                                    mlp_chunk_tokens=m.mlp_chunk_tokens, vision_per_image=m.vision_per_image,
+                                    prefill_mode=m.prefill_mode)
         self.compressors = {}
         self.progress = progress  # a ProgressCounter actor handle (None: nobody is watching)
         self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),
@@ -236,7 +237,9 @@ def _work_items(cfg: JobConfig, run_id: str, episodes: list[Episode], done: set,
                 result.skipped_units += 1
             else:
                 pending.append([comp.display, float(budget)])
-        groups = [pending] if cfg.ray.shared_prefill else [[u] for u in pending]
+        # a chunked prefill (model.prefill_mode) compresses per unit as it goes: nothing to share
+        share = cfg.ray.shared_prefill and cfg.model.prefill_mode == "full"
+        groups = [pending] if share else [[u] for u in pending]
         for units in (g for g in groups if g):
             items.append({"run_id": run_id, "units": units, "steps": len(ep.steps), "episode_id": ep.episode_id,
                           "episode_json": ep.to_row()["episode_json"]})

@@ -57,6 +57,7 @@ def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compres
     """Rows of every unit (in ``units`` order) for ``episode``; each compressor instance is its unit's own."""
     if len({id(c) for c, _ in units}) != len(units):
         raise ValueError("run_sweep needs one compressor instance per unit (episode state is per unit)")
+    share = share and runner.prefill_mode == "full"  # a chunked prefill compresses as it goes: nothing to share
     members = [Member(unit, comp, StepHistory.for_agent(runner.agent)) for comp, unit in units]
     for m in members:
         m.compressor.reset()  # state never leaks across episodes (or actors)

@@ -29,6 +29,7 @@ from pipeline.mlflow_view import (
     parent_metrics,
     parent_note,
     readable_metrics,
+    run_mode,
     unit_slug,
 )
 from pipeline.store_move import relocate_local_store
@@ -171,7 +172,7 @@ class Tracker:
             params = {"budget": budget_text(s.budget), "compressor": s.compressor}
             params.update(settings)
             params.update({"model": job["model"]["path"], "benchmark": job["benchmark"]["name"],
-                           "git_commit": tags.get("git_commit", "unknown")})
+                           "git_commit": tags.get("git_commit", "unknown"), "mode": run_mode(job)})
             client.log_batch(child.info.run_id, params=[_param(k, v) for k, v in params.items()])
         cid = child.info.run_id
         client.set_tag(cid, COLOUR_TAG, compressor_colour(s.compressor))

@@ -135,6 +135,13 @@ class ScorerCompressor(Compressor):
         """Relative share of the total budget for this layer (only used when ``layer_adaptive``)."""
         return 1.0
 
+    def layer_weight_range(self) -> tuple[float, float] | None:
+        """Bounds ``(floor, ceiling)`` of every ``layer_weight`` (a layer keeping everything weighs 1), or None.
+
+        With them the hook cuts each layer's cache at once to what it can keep at most (``starkv.early_cut``).
+        """
+        return None
+
     def select(self, ctx: LayerContext) -> torch.Tensor:
         return topk_with_window(self.score(ctx), ctx.plan, ctx.num_kv_heads)
 

@@ -25,6 +25,7 @@ import torch
 from starkv.budget import capacity, plan_selection
 from starkv.compressor import Compressor, ScorerCompressor, topk_with_window
 from starkv.context import LayerContext
+from starkv.early_cut import capacity_bound, positions_in, superset
 from starkv.layout import PromptLayout
 
 
@@ -39,6 +40,20 @@ class LayerStat:
     bytes_after: int
 
 
+@dataclass(frozen=True)
+class ChunkState:
+    """Set by a chunked prefill (``pipeline.chunked_prefill``) while one prompt chunk runs.
+
+    The cache then holds the kept tokens of earlier chunks plus this chunk: the hook compresses all of it
+    to the capacity of ``prefix_length`` prompt tokens (the prompt so far). Between chunks every layer
+    gets the uniform capacity (the next chunk's attention mask is built from one layer's length); the
+    ``final`` chunk uses the compressor's own per-layer capacities, as a normal prefill does.
+    """
+
+    prefix_length: int
+    final: bool
+
+
 @dataclass
 class Attachment:
     """A compressor attached to a model; ``stats`` holds the last prefill's per-layer results."""
@@ -47,10 +62,11 @@ class Attachment:
     compressor: Compressor
     budget: float
     layout: PromptLayout | None = None
+    chunk: ChunkState | None = None
     stats: list[LayerStat] = field(default_factory=list)
     #: seconds spent selecting and gathering (inside the prefill), summed over the layers of the last prefill
     compress_s: float = 0.0
-    _pending: list[tuple[LayerContext, torch.Tensor, float, Any]] = field(default_factory=list)
+    _pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
 
     @property
     def kv_bytes_full(self) -> int:
@@ -152,8 +168,10 @@ class _LayerHook:
             return output
         layer = cache.layers[self.layer_idx]
         length = layer.keys.shape[-2]
-        if hidden.shape[1] != length or length <= 1:
+        if hidden.shape[1] <= 1 or (self.att.chunk is None and hidden.shape[1] != length):
             return output  # not a prefill from an empty cache (decode step or continued generation)
+        if hidden.shape[1] != length:  # a later prompt chunk: the kept tokens before it have no hidden states
+            hidden = torch.cat([hidden.new_zeros(1, length - hidden.shape[1], hidden.shape[2]), hidden], dim=1)
         if queries is None:
             raise RuntimeError("starkv: window queries were not captured; is the attention wrapper active?")
         if self.layer_idx == 0:
@@ -175,7 +193,11 @@ class _LayerHook:
         layout = att.layout or PromptLayout(prompt_length=length)
         if layout.prompt_length != length:
             raise ValueError(f"prompt layout is for {layout.prompt_length} tokens but the prefill has {length}")
-        cap = comp.layer_capacity(length, capacity(length, att.budget), self.layer_idx, self.num_layers)
+        chunk = att.chunk
+        total = chunk.prefix_length if chunk is not None else length
+        cap = capacity(total, att.budget)
+        if chunk is None or chunk.final:
+            cap = comp.layer_capacity(total, cap, self.layer_idx, self.num_layers)
         ctx = LayerContext(
             layer_idx=self.layer_idx, num_layers=self.num_layers, queries=queries, keys=layer.keys,
             values=layer.values, hidden_states=hidden, layout=layout, budget=att.budget,
@@ -187,21 +209,39 @@ class _LayerHook:
             att._pending.clear()
         if not ctx.plan.compresses:
             comp.on_uncompressed(ctx)
-        if comp.layer_adaptive and isinstance(comp, ScorerCompressor):
+        if comp.layer_adaptive and isinstance(comp, ScorerCompressor) and (chunk is None or chunk.final):
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
             # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
+            # (shape-only keys/values: holding the cache tensors here would keep them alive after an early cut)
+            shape_only = layer.keys.new_empty((*layer.keys.shape[:-1], 0))
             light = dataclasses.replace(ctx, queries=queries[..., :0, :], hidden_states=hidden[:, :0], module=None,
-                                        hidden_norms=None)
-            att._pending.append((light, scores, weight, layer))
+                                        hidden_norms=None, keys=shape_only, values=shape_only)
+            before = _cache_bytes(layer.keys, layer.values)
+            kept = self._cut_early(ctx, scores, weight, layer) if scores is not None else None
+            att._pending.append((light, scores, weight, layer, kept, before))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
             return
         idx = comp.select(ctx) if ctx.plan.compresses else None
         self._write(layer, ctx, idx)
 
-    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None) -> None:
-        before = _cache_bytes(layer.keys, layer.values)
+    def _cut_early(self, ctx: LayerContext, scores: torch.Tensor, weight: float, layer) -> torch.Tensor | None:
+        """Keep at once a superset of what this layer can keep once all weights are known (starkv.early_cut)."""
+        comp = self.att.compressor
+        if type(comp).layer_capacity is not Compressor.layer_capacity:
+            return None  # the uniform total below assumes every layer plans the same capacity
+        bound = capacity_bound(weight, comp.layer_weight_range(), self.num_layers,
+                               self.num_layers * ctx.plan.kept, ctx.length)
+        if bound is None:
+            return None
+        kept = superset(scores, max(1, bound - ctx.plan.window), ctx.plan.past, ctx.length, ctx.num_kv_heads)
+        if kept is not None:
+            layer.keys, layer.values = _gather(layer.keys, layer.values, kept)
+        return kept
+
+    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None, before: int | None = None) -> None:
+        before = _cache_bytes(layer.keys, layer.values) if before is None else before
         if idx is not None:
             layer.keys, layer.values = _gather(layer.keys, layer.values, idx)
         self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
@@ -212,12 +252,16 @@ class _LayerHook:
         pending = self.att._pending
         length = pending[0][0].length
         caps = allocate_layer_capacities([p[2] for p in pending], [p[0].plan.kept for p in pending], length)
-        for (ctx, scores, _, layer), cap in zip(pending, caps):
+        for (ctx, scores, _, layer, kept, before), cap in zip(pending, caps):
             # the window stays as planned for the uniform budget, only the top-k part grows or shrinks
             keep_past = max(1, min(cap - ctx.plan.window, ctx.plan.past))
             plan = dataclasses.replace(ctx.plan, keep_past=keep_past)
             idx = topk_with_window(scores, plan, ctx.num_kv_heads) if scores is not None and plan.compresses else None
-            self._write(layer, ctx, idx)
+            if kept is not None:  # cut early to a superset: take the same tokens from it
+                if idx is None:
+                    raise RuntimeError("starkv: a layer cut early keeps its whole cache after all (bound failed)")
+                idx = positions_in(kept, idx)
+            self._write(layer, ctx, idx, before)
         pending.clear()
 
 
@@ -301,7 +345,8 @@ def _make_row_setter(attachment: Attachment, slot: _QueryCapture):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         length = hidden.shape[1] if hidden is not None else 0
         layout = attachment.layout or PromptLayout(prompt_length=length)
-        slot.rows = min(length, max(1, attachment.compressor.query_window(layout, length))) if length > 1 else 0
+        total = layout.prompt_length if attachment.chunk is not None else length  # the cache this chunk ends
+        slot.rows = min(length, max(1, attachment.compressor.query_window(layout, total))) if length > 1 else 0
         slot.queries = None
         return None
 

@@ -45,7 +45,7 @@ def _memory_cmd(args: argparse.Namespace) -> int:
 
     try:  # every option is checked before any work
         spec = parse_spec(args.model, args.screenshots, args.resolution, args.budgets, args.compressors, args.attn,
-                          args.decode_steps, args.dtype, args.mlp_chunk, args.vision)
+                          args.decode_steps, args.dtype, args.mlp_chunk, args.vision, args.prefill)
     except MemoryBenchError as err:
         print(f"starkv-eval bench memory: {err}", file=sys.stderr)
         return 2
@@ -139,6 +139,10 @@ def add_parser(sub) -> None:
                      help="run each decoder MLP over at most N prompt tokens at a time (0: off; a comma list sweeps)")
     mem.add_argument("--vision", default="per-image",
                      help="per-image (one screenshot at a time through the vision tower, the default) or batch")
+    mem.add_argument("--prefill", default="full",
+                     help="full (exact, the default) or chunked: the opt-in approximation that compresses the "
+                          "cache after each history screenshot (model.prefill_mode chunked_compress); "
+                          "full,chunked sweeps")
     mem.add_argument("--plot", help="also write a PNG of the peaks and KV per row")
     mem.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     mem.set_defaults(func=_memory_cmd)

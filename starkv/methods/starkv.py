@@ -198,6 +198,13 @@ class StarKV(ScorerCompressor):
             m = m.clamp_min(0).pow(exponent)
         return m.unsqueeze(0)
 
+    def layer_weight_range(self) -> tuple[float, float] | None:
+        """T lies between entropy_min and entropy_max (smoothing mixes two such values); 1 for a layer kept whole."""
+        if not 0 <= self.entropy_smooth <= 1:
+            return None
+        lo, hi = sorted((self.entropy_min, self.entropy_max))
+        return (min(lo, 1.0), max(hi, 1.0)) if lo > 0 else None
+
     def layer_weight(self, ctx: LayerContext, scores: torch.Tensor) -> float:
         """Share of the total budget (extension): this layer's entropy temperature T from its last ``score``."""
         st = self._states.get(ctx.layer_idx)
