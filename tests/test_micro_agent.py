@@ -18,9 +18,9 @@ from pipeline.training.micro_data import IGNORE_INDEX, collate, training_example
 ROOT = Path(__file__).resolve().parents[1]
 # The held-out subset the accuracy floor is pinned on: the first episodes of jobs/micro.yaml's dataset.
 FLOOR_EPISODES = 8
-# What the shipped weights reach there with the full cache: 11 of 42 steps (0.262, deterministic on CPU).
-# The target is 0.8; the recipe's 35-minute run did not reach it (README, "The micro agent").
-FULL_CACHE_FLOOR = 0.25
+# What the shipped weights reach there with the full cache: 13 of 42 steps (0.310, deterministic on CPU).
+# The target is 0.8; the two training runs (105 min in all) did not reach it (README, "The micro agent").
+FULL_CACHE_FLOOR = 0.30
 
 
 def _micro_job() -> dict:
