@@ -41,9 +41,12 @@ def describe_device(mem_device: str) -> str:
 def _peak_spec(units: list[UnitSummary], mem_device: str) -> PlotSpec:
     """The exact live-tensor peak above the weights when the rows have it, else the labelled device figure."""
     if any(u.metrics.get("max_peak_above_weights_bytes", 0) > 0 for u in units):
+        shared = any(u.metrics.get("shared_prefill_steps", 0) > 0 for u in units)
         return PlotSpec("peak_memory_vs_budget.png", "max_peak_above_weights_bytes",
                         "peak above weights per step, max over steps (MiB)",
-                        "Peak memory vs KV budget\nexact live tensor bytes above the weights (prefill or decode)",
+                        "Peak memory vs KV budget\nexact live tensor bytes above the weights (prefill or decode)"
+                        + ("\nshared prefill: the sweep's peak (full cache); ray.shared_prefill: false compares"
+                           if shared else ""),
                         lambda v: v / MIB)
     device = describe_device(mem_device)
     return PlotSpec("peak_memory_vs_budget.png", "max_peak_mem_bytes", "peak memory per step, max over steps (MiB)",

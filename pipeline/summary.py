@@ -60,6 +60,8 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
             mean_prefill_s=_mean([r["prefill_s"] for r in ok]),
             mean_decode_s=_mean([r["decode_s"] for r in ok]),
             steps_per_s=(len(ok) / model_s) if model_s > 0 else 0.0,
+            # steps whose prefill was shared by the sweep's units (pipeline.sweep): their peaks are the sweep's
+            shared_prefill_steps=float(sum(1 for r in ok if r.get("prefill_shared"))),
         )
         metrics.setdefault("accuracy", _mean([1.0 if r["correct"] else 0.0 for r in items]))
         out.append(UnitSummary(comp, budget, metrics))
@@ -82,4 +84,11 @@ def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
         )
     lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; peak: "
                  + (mem_device or "device-level figure") + ")")
+    if any(s.metrics.get("shared_prefill_steps", 0) > 0 for s in summaries):
+        lines.append(SHARED_PEAK_NOTE)
     return "\n".join(lines)
+
+
+SHARED_PEAK_NOTE = ("(shared prefill: one prefill holds every layer's full cache for all units, so peak>W is "
+                    "the sweep's, the same for every unit; to compare compressors' memory run with "
+                    "ray.shared_prefill: false)")

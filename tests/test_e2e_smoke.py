@@ -40,6 +40,18 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
             assert r["kv_bytes"] < r["kv_bytes_full"]
     assert {r["num_images"] for r in rows} >= {1, 5}  # history screenshots reach the prompt (4 past + current)
 
+    # what `make demo` plots: per-unit steps (ray.shared_prefill: false), so each unit's exact peak above the
+    # weights is its own and orders every lossy compressor by budget, all below the full cache
+    assert not any(r["prefill_shared"] for r in rows)
+    peak = {}
+    for r in rows:
+        key = (r["compressor"], r["budget"])
+        peak[key] = max(peak.get(key, 0), r["peak_above_weights_bytes"])
+    full = max(v for (c, _), v in peak.items() if c == "full")
+    for comp in {c for c, _ in peak} - {"full"}:
+        by_budget = [peak[(comp, b)] for b in sorted(cfg.budgets)]
+        assert by_budget == sorted(set(by_budget)) and by_budget[-1] < full, (comp, by_budget, full)
+
     from mlflow.tracking import MlflowClient
 
     assert result.mlflow_ok and result.tracking_uri.startswith("sqlite:///")
