@@ -136,10 +136,17 @@ def test_readme_cluster_block_runs_verbatim_then_the_ui_block_serves_it(tmp_path
         assert "succeeded" in run.stdout + run.stderr and "[starkv-eval] Parquet rows:" in run.stdout
         assert (checkout / "outputs" / "smoke" / "mlflow.db").is_file()
         print(f"cluster block: {seconds:.1f} s to a finished job")
+        # what was uploaded: the code, not the venv, outputs or git history
+        (package,) = {p.resolve() for p in ray_tmp.glob("**/session_*/runtime_resources/working_dir_files/_ray_pkg_*")
+                      if p.is_dir()}  # under RAY_TMPDIR/ray; session_latest links to the one session
+        uploaded = {p.name for p in package.iterdir()}
+        assert {"pipeline", "starkv", "pyproject.toml"} <= uploaded
+        assert not uploaded & {".venv", ".git", "outputs", "starkv_eval.egg-info"}, uploaded
     finally:
         left = stop_private_ray(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not left, f"Ray processes of the head outlived SIGKILL: {left}"
+    _check_submitted_smoke_job(checkout)
 
     # the UI block as printed, a server in its own session; stopped by its pid once it answered
     ui_proc = subprocess.Popen(["bash", "-e", "-c", ui], cwd=checkout, env=env, stdout=open(tmp_path / "ui.log", "w"),
@@ -165,3 +172,28 @@ def test_readme_cluster_block_runs_verbatim_then_the_ui_block_serves_it(tmp_path
         except subprocess.TimeoutExpired:
             os.killpg(ui_proc.pid, signal.SIGKILL)
             ui_proc.wait()
+
+
+def _check_submitted_smoke_job(checkout: Path) -> None:
+    """Every row of the submitted job once and error-free; MLflow's parent, children and git commit right."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_config
+    from pipeline.results import read_rows
+    from pipeline.run import load_episodes, make_benchmark
+
+    out = checkout / "outputs" / "smoke"
+    cfg = load_config(checkout / "jobs" / "smoke.yaml")
+    steps = sum(len(e.steps) for e in load_episodes(cfg, make_benchmark(cfg)))
+    units = len(cfg.units())
+    table = read_rows(out / cfg.resolved_run_id() / "rows")
+    assert table.num_rows == steps * units and all(e is None for e in table.column("error").to_pylist())
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("starkv.kind") == "job"]
+    children = [r for r in runs if r.data.tags.get("starkv.kind") == "unit"]
+    assert len(parents) == 1 and len(children) == units
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert parents[0].data.tags["git_commit"] == commit  # no .git in the upload: the block passes it in the env
+    assert all(c.data.metrics["steps"] == steps for c in children)

@@ -1,4 +1,4 @@
-"""``starkv-eval wait-head``: the wait for a fresh Ray head's job agent (the real head: test_ray_submit)."""
+"""``starkv-eval wait-head``: the wait for a fresh Ray head's job agent (on a real head: the README block, tests/test_readme.py)."""
 
 from __future__ import annotations
 
