@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -122,9 +123,8 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
-                      device: torch.device = CPU) -> float:
-    """One Qwen2.5-VL decoder layer's prefill forward (sdpa attention, random weights) at ``length`` tokens."""
+def decoder_layer(dims: Dims, dtype=torch.float32, device: torch.device = CPU) -> tuple[Any, Any]:
+    """One Qwen2.5-VL decoder layer at ``dims`` (sdpa attention, random weights) and its rotary embedding."""
     from transformers import Qwen2_5_VLTextConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
         Qwen2_5_VLDecoderLayer,
@@ -137,7 +137,13 @@ def _layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32
                                                                      "mrope_section": _mrope_section(dims.head_dim)})
     cfg._attn_implementation = "sdpa"
     layer = Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval().to(device=device, dtype=dtype)
-    rotary = Qwen2_5_VLRotaryEmbedding(cfg).to(device)
+    return layer, Qwen2_5_VLRotaryEmbedding(cfg).to(device)
+
+
+def _layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
+                      device: torch.device = CPU) -> float:
+    """One Qwen2.5-VL decoder layer's prefill forward (sdpa attention, random weights) at ``length`` tokens."""
+    layer, rotary = decoder_layer(dims, dtype, device)
     hidden = torch.randn(1, length, dims.hidden).to(device=device, dtype=dtype)
     pos = torch.arange(length, device=device).view(1, 1, -1).expand(3, 1, -1)
     with torch.inference_mode():

@@ -146,21 +146,11 @@ def predict_7b(compressors: list[str], prompt_tokens: int = 16_544, budget: floa
 
 def _layer_decode_ms(dims, cached: int, steps: int, dtype, device) -> float:
     """Median of ``steps`` single-token forwards of one 7B-sized decoder layer over a ``cached``-token cache."""
-    from transformers import DynamicCache, Qwen2_5_VLTextConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-        Qwen2_5_VLDecoderLayer,
-        Qwen2_5_VLRotaryEmbedding,
-    )
+    from transformers import DynamicCache
 
-    from pipeline.speed import _mrope_section
+    from pipeline.speed import decoder_layer
 
-    cfg = Qwen2_5_VLTextConfig(hidden_size=dims.hidden, intermediate_size=dims.intermediate,
-                               num_attention_heads=dims.num_heads, num_key_value_heads=dims.num_kv_heads,
-                               num_hidden_layers=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                                     "mrope_section": _mrope_section(dims.head_dim)})
-    cfg._attn_implementation = "sdpa"
-    layer = Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval().to(device=device, dtype=dtype)
-    rotary = Qwen2_5_VLRotaryEmbedding(cfg).to(device)
+    layer, rotary = decoder_layer(dims, dtype, device)
     cache = DynamicCache()
     kv = torch.randn(1, dims.num_kv_heads, cached, dims.head_dim).to(device=device, dtype=dtype)
     cache.update(kv, kv.clone(), 0)

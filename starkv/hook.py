@@ -119,6 +119,16 @@ def _install_query_capture(attn_implementation: str) -> None:
         mapping[attn_implementation] = capturing_attention
 
 
+def detach_capture(layers, handles: list, attn_implementation: str) -> None:
+    """Undo an attach: remove the hooks, the layers' query slots and the capturing attention wrapper."""
+    for h in handles:
+        h.remove()
+    for layer in layers:
+        if hasattr(layer.self_attn, "_starkv_capture"):
+            del layer.self_attn._starkv_capture
+    _remove_query_capture(attn_implementation)
+
+
 def _remove_query_capture(attn_implementation: str) -> None:
     from transformers.modeling_utils import AttentionInterface
 
@@ -330,12 +340,7 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
             handles.append(attn.register_forward_hook(_LayerHook(attachment, i, len(layers)), with_kwargs=True))
         yield attachment
     finally:
-        for h in handles:
-            h.remove()
-        for layer in layers:
-            if hasattr(layer.self_attn, "_starkv_capture"):
-                del layer.self_attn._starkv_capture
-        _remove_query_capture(impl)
+        detach_capture(layers, handles, impl)
 
 
 def _make_row_setter(attachment: Attachment, slot: _QueryCapture):

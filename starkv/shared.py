@@ -28,9 +28,9 @@ from starkv.hook import (
     Attachment,
     _install_query_capture,
     _QueryCapture,
-    _remove_query_capture,
     check_decodable,
     decoder_layers,
+    detach_capture,
     layer_compressor,
 )
 from starkv.layout import PromptLayout
@@ -123,12 +123,7 @@ def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayou
         handles.append(model.register_forward_hook(_output_recorder(record)))
         yield record
     finally:
-        for h in handles:
-            h.remove()
-        for layer in layers:
-            if hasattr(layer.self_attn, "_starkv_capture"):
-                del layer.self_attn._starkv_capture
-        _remove_query_capture(impl)
+        detach_capture(layers, handles, impl)
     if len(record.layers) != len(layers) or record.output is None:
         raise RuntimeError(f"shared prefill recorded {len(record.layers)} of {len(layers)} layers; was the "
                            f"block's prefill a full {length}-token prompt?")
