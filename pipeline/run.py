@@ -106,11 +106,9 @@ class EpisodeActor:
                          "config": json.dumps(config, default=str)}
 
     def _compressor(self, label: str):
-        import starkv
-
+        """The actor's one instance per label, for per-unit episodes (``run`` resets it per episode)."""
         if label not in self.compressors:
-            spec = next(c for c in self.cfg.compressors if c.display == label)
-            self.compressors[label] = starkv.build(spec.name, **spec.params)
+            self.compressors[label] = self._fresh_compressor(label)
         return self.compressors[label]
 
     def _fresh_compressor(self, label: str):

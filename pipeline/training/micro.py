@@ -112,12 +112,10 @@ def _initial_model(cfg: TrainConfig) -> tuple[Any, Any]:
     if read_manifest(folder) is None or not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"--init-from {folder}: not a micro-agent folder (no {MANIFEST_FILE} "
                                 "and model.safetensors)")
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from pipeline.models.loader import ModelSpec, load_model
 
-    from pipeline.models.loader import load_processor
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    return model, load_processor(folder)
+    loaded = load_model(ModelSpec(path=str(folder), device="cpu", dtype="float32"))  # the evaluation's own loader
+    return loaded.model, loaded.processor
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
