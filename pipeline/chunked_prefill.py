@@ -84,15 +84,6 @@ def _eos_ids(model, eos_token_id) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-def generate_step(model, inputs: dict[str, Any], attachment: Attachment, layout: PromptLayout, prefill_mode: str,
-                  max_new_tokens: int, pad_token_id=None) -> torch.Tensor:
-    """The step's generation in the configured prefill mode (``full``: transformers' ``generate``, exact)."""
-    mode_label(prefill_mode)
-    if prefill_mode == "full":
-        return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
-    return chunked_generate(model, inputs, attachment, layout, max_new_tokens)
-
-
 def chunked_generate(model, inputs: dict[str, Any], attachment: Attachment, layout: PromptLayout,
                      max_new_tokens: int, eos_token_id=None,
                      trace: list[ChunkTrace] | None = None) -> torch.Tensor:

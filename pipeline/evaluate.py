@@ -24,7 +24,7 @@ from pipeline.agent.history import HistoryConfig
 from pipeline.agent.parser import parse_action
 from pipeline.agent.step_prompt import StepHistory, step_messages
 from pipeline.benchmarks.base import Benchmark, Episode, Step
-from pipeline.chunked_prefill import generate_step, mode_label
+from pipeline.chunked_prefill import chunked_generate, mode_label
 from pipeline.config import AgentConfig
 from pipeline.faults import inject as inject_fault
 from pipeline.lowmem import chunked_mlp, pixels_in_model_dtype, vision_per_image
@@ -226,13 +226,12 @@ class EpisodeRunner:
 
     def _generate(self, inputs, max_new_tokens: int, att: Attachment | None = None,
                   layout: PromptLayout | None = None):
-        """``generate`` (the exact path; a shared sweep's prefill and replays), or with ``att`` and ``layout``
-        the step as ``model.prefill_mode`` says (pipeline.chunked_prefill: ``full`` is that same call)."""
-        pad = self.loaded.processor.tokenizer.pad_token_id
-        if att is None:
-            return self.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                              pad_token_id=pad)
-        return generate_step(self.loaded.model, inputs, att, layout, self.prefill_mode, max_new_tokens, pad)
+        """``generate`` (exact: a step, a shared sweep's prefill and replays), or with ``att`` and ``layout``
+        under ``model.prefill_mode: chunked_compress`` the chunked, compressing prefill (an approximation)."""
+        if att is not None and self.prefill_mode == "chunked_compress":
+            return chunked_generate(self.loaded.model, inputs, att, layout, max_new_tokens)
+        return self.loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.loaded.processor.tokenizer.pad_token_id)
 
     def _finish(self, step: Step, image, out, prompt_len: int, row: dict[str, Any]) -> str:
         """Decode the generated tokens, parse the action and score it into the row; returns the output text."""
