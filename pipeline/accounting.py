@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 #: held for every unit of a sweep; the others: where the storage was allocated.
 PARTS = ("inputs", "kv_cache", "vision", "embed", "attention", "mlp", "decoder", "logits", "other", "sweep_record")
 _INDEX = {p: i for i, p in enumerate(PARTS)}
+_OTHER = _INDEX["other"]
 
 
 @dataclass
@@ -136,7 +137,7 @@ class _PartStack:
         self.stack: list[int] = []
 
     def current(self) -> int:
-        return self.stack[-1] if self.stack else _INDEX["other"]
+        return self.stack[-1] if self.stack else _OTHER
 
 
 class StorageTracker(TorchDispatchMode):
@@ -153,11 +154,18 @@ class StorageTracker(TorchDispatchMode):
         self.total = 0
         self.phase = "prefill"
         self.peaks = {"prefill": PhasePeak(), "decode": PhasePeak()}
+        self._peak = self.peaks["prefill"]  # the current phase's (read on every allocation)
         self._peak_counts: dict[str, list[int]] = {}
         self._peak_part: dict[str, int] = {}
         self.active = True
         self._fresh: dict[Any, bool] = {}
         self._probe: list | None = None  # [entry total, entry counts, max total, counts at max, part at max]
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch would wrap __torch_dispatch__ in a dynamo-disabling shim, a cost on every op of every step;
+        # nothing runs compiled under this mode, so the plain method is used
+        return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -176,22 +184,25 @@ class StorageTracker(TorchDispatchMode):
     def _add(self, tensor: torch.Tensor) -> None:
         st = tensor.untyped_storage()
         key = id(st)
-        if key in self.live or key in self.external:
+        live = self.live
+        if key in live or key in self.external:
             return
         nbytes = st.nbytes()
-        part = self.parts.current()
+        stack = self.parts.stack
+        part = stack[-1] if stack else _OTHER
         self.allocations += 1
-        self.live[key] = [nbytes, part, weakref.ref(st, self._freed_callback(key)), self.allocations]
+        live[key] = [nbytes, part, weakref.ref(st, self._freed_callback(key)), self.allocations]
         self.by_part[part] += nbytes
-        self.total += nbytes
-        if self._probe is not None and self.total > self._probe[2]:
-            self._probe[2], self._probe[3], self._probe[4] = self.total, list(self.by_part), part
-        peak = self.peaks[self.phase]
-        if self.total > peak.bytes:
-            peak.bytes = self.total
-            self._peak_counts[self.phase] = list(self.by_part)
-            self._peak_part[self.phase] = part
-            self._peak_seq[self.phase] = self.allocations
+        total = self.total = self.total + nbytes
+        if self._probe is not None and total > self._probe[2]:
+            self._probe[2], self._probe[3], self._probe[4] = total, list(self.by_part), part
+        peak = self._peak
+        if total > peak.bytes:
+            peak.bytes = total
+            phase = self.phase
+            self._peak_counts[phase] = list(self.by_part)
+            self._peak_part[phase] = part
+            self._peak_seq[phase] = self.allocations
 
     def _freed_callback(self, key: int):
         def freed(_ref) -> None:
@@ -238,7 +249,7 @@ class StorageTracker(TorchDispatchMode):
         if self.phase == "decode":
             return
         self.phase = "decode"
-        peak = self.peaks["decode"]
+        peak = self._peak = self.peaks["decode"]
         peak.bytes = self.total
         self._peak_counts["decode"] = list(self.by_part)
         self._peak_part["decode"] = self.parts.current()
