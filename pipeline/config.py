@@ -256,7 +256,7 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"benchmark.path: required for benchmark {cfg.benchmark.name!r}")
     model_path = cfg.model.path
     if model_path == "micro":
-        from pipeline.models.micro import micro_model_dir
+        from pipeline.models.files import micro_model_dir
 
         try:
             micro_model_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +260,16 @@ def test_loads_legacy_uitars_file_layout(tiny_model_dir, tmp_path):
     assert image_prompt(lm.processor).count("<|image_pad|>") == 1
     n, grid = count_image_pads(lm, 800, 600)
     assert grid == [1, 42, 58] and n == 21 * 29  # 812x588 after smart_resize
+
+
+def test_cli_and_job_validation_start_without_transformers():
+    """`starkv-eval --help` and a job's validation (micro path included) must not pay transformers' import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.cli import build_parser; build_parser(); "
+            "from pipeline.config import load_config, validate; validate(load_config('jobs/smoke.yaml')); "
+            "print(sorted(m for m in ('transformers', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -27,7 +27,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    from pipeline.models.micro import MICRO_DIR
+    from pipeline.models.files import MICRO_DIR
 
     p = sub.add_parser("train-micro", help="train the micro GUI agent from scratch (CPU; the shipped recipe by default)")
     p.add_argument("--output", default=str(MICRO_DIR),

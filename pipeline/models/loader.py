@@ -17,7 +17,7 @@ import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.image_utils import SizeDict
 
-from pipeline.models.micro import micro_model_dir, read_manifest
+from pipeline.models.files import micro_model_dir, read_manifest
 from pipeline.models.processor import Qwen2_5_VLImageOnlyProcessor
 from pipeline.models.tiny import DEFAULT_SEED, ensure_tiny_model, read_marker
 

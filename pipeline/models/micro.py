@@ -27,19 +27,17 @@ from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLFo
 
 from pipeline.agent.prompts import render_prompt
 from pipeline.benchmarks.launcher import CELL, COLOURS, GRID
+from pipeline.models.files import MANIFEST_FILE, MICRO_DIR, micro_model_dir, read_manifest
 from pipeline.models.tiny import (
     VISION_SIZES,
     build_config,
     build_tokenizer,
     init_model,
     make_processor,
-    read_json_file,
     special_token_ids,
 )
 
 MICRO_RECIPE_VERSION = 1
-MICRO_DIR = Path(__file__).resolve().parent / "micro_agent"
-MANIFEST_FILE = "micro_manifest.json"
 MICRO_MIN_PIXELS = 56 * 56
 MICRO_MAX_PIXELS = 64 * 28 * 28  # a 224 x 224 screen; launcher screens (168 x 168) are never resized
 MICRO_VOCAB_SIZE = 1024
@@ -84,21 +82,8 @@ def init_micro(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
     return model, make_processor(tokenizer, MICRO_MIN_PIXELS, MICRO_MAX_PIXELS)
 
 
-def read_manifest(model_dir: str | Path) -> dict | None:
-    """The micro-agent manifest of a folder, or None if it is not a micro-agent folder."""
-    return read_json_file(Path(model_dir) / MANIFEST_FILE)
-
-
 def weights_sha256(model_dir: str | Path) -> str:
     return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
-
-
-def micro_model_dir() -> Path:
-    """The shipped micro agent; a clear error if its weights are missing (e.g. an incomplete checkout)."""
-    if read_manifest(MICRO_DIR) is None or not (MICRO_DIR / "model.safetensors").is_file():
-        raise FileNotFoundError(f"micro agent weights not found in {MICRO_DIR}; rebuild them with "
-                                "`starkv-eval train-micro`")
-    return MICRO_DIR
 
 
 __all__ = ["MANIFEST_FILE", "MICRO_DIR", "MICRO_MAX_PIXELS", "MICRO_MIN_PIXELS", "MICRO_RECIPE_VERSION",

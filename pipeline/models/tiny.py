@@ -23,6 +23,7 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from pipeline.cache import cache_root
+from pipeline.models.files import read_json_file
 from pipeline.models.processor import Qwen2_5_VLImageOnlyProcessor
 
 # Bump when the recipe changes so cached builds are rebuilt.
@@ -270,15 +271,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
     return out
 
 
-def read_json_file(path: Path) -> dict | None:
-    """A JSON object from ``path``; None when the file is missing or unreadable (an incomplete build)."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def read_marker(model_dir: str | Path) -> dict | None:
