@@ -40,6 +40,12 @@ def mode_label(prefill_mode: str) -> str:
     return MODE_LABELS[prefill_mode]
 
 
+def shares_prefill(prefill_mode: str) -> bool:
+    """Whether units of a sweep may share a step's prefill: not a chunked one, which compresses per unit as
+    it goes (the one rule both the work split in ``pipeline.run`` and ``pipeline.sweep`` follow)."""
+    return mode_label(prefill_mode) == "exact"
+
+
 @dataclass
 class ChunkTrace:
     """What one chunk left in the cache: prompt tokens so far and each layer's cache length after the cut."""

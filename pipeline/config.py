@@ -271,10 +271,12 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"model.vision_per_image: must be true or false, got {cfg.model.vision_per_image!r}")
     if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:
         raise ConfigError(f"model.mlp_chunk_tokens: must be an integer >= 0 (0: off), got {cfg.model.mlp_chunk_tokens!r}")
-    from pipeline.chunked_prefill import PREFILL_MODES
+    from pipeline.chunked_prefill import mode_label
 
-    if cfg.model.prefill_mode not in PREFILL_MODES:
-        raise ConfigError(f"model.prefill_mode: expected one of {', '.join(PREFILL_MODES)}, got {cfg.model.prefill_mode!r}")
+    try:
+        mode_label(cfg.model.prefill_mode)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     agent = cfg.agent
     if agent.image_slots is not None and (isinstance(agent.image_slots, bool) or not isinstance(agent.image_slots, int)
                                           or agent.image_slots < 1):

@@ -227,6 +227,8 @@ def _work_items(cfg: JobConfig, run_id: str, episodes: list[Episode], done: set,
     """The work still to do: with ``ray.shared_prefill`` one item per episode listing its pending units (they
     run in lockstep on one actor, sharing prefills), else one item per (unit, episode). Finished
     (unit, episode) pairs are skipped either way, so a resumed sweep reruns only the missing units."""
+    from pipeline.chunked_prefill import shares_prefill
+
     items: list[dict] = []
     for ep in episodes:
         pending = []
@@ -235,8 +237,7 @@ def _work_items(cfg: JobConfig, run_id: str, episodes: list[Episode], done: set,
                 result.skipped_units += 1
             else:
                 pending.append([comp.display, float(budget)])
-        # a chunked prefill (model.prefill_mode) compresses per unit as it goes: nothing to share
-        share = cfg.ray.shared_prefill and cfg.model.prefill_mode == "full"
+        share = cfg.ray.shared_prefill and shares_prefill(cfg.model.prefill_mode)
         groups = [pending] if share else [[u] for u in pending]
         for units in (g for g in groups if g):
             items.append({"run_id": run_id, "units": units, "steps": len(ep.steps), "episode_id": ep.episode_id,

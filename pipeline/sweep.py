@@ -20,6 +20,7 @@ import torch
 from pipeline.accounting import track_step
 from pipeline.agent.step_prompt import StepHistory
 from pipeline.benchmarks.base import Episode, Step
+from pipeline.chunked_prefill import shares_prefill
 from pipeline.evaluate import EpisodeRunner, Unit, _PhaseTimer, guarded, open_screenshot, step_error
 from pipeline.faults import inject as inject_fault
 from pipeline.memory import peak_memory
@@ -57,7 +58,7 @@ def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compres
     """Rows of every unit (in ``units`` order) for ``episode``; each compressor instance is its unit's own."""
     if len({id(c) for c, _ in units}) != len(units):
         raise ValueError("run_sweep needs one compressor instance per unit (episode state is per unit)")
-    share = share and runner.prefill_mode == "full"  # a chunked prefill compresses as it goes: nothing to share
+    share = share and shares_prefill(runner.prefill_mode)
     members = [Member(unit, comp, StepHistory.for_agent(runner.agent)) for comp, unit in units]
     for m in members:
         m.compressor.reset()  # state never leaks across episodes (or actors)
