@@ -62,6 +62,11 @@ def step_messages(benchmark: Benchmark, agent: AgentConfig, history_cfg: History
     # "Step k:\n<text>" after its screenshot when that is inside the image window (build_messages).
     in_prompt = kind in PREVIOUS_ACTIONS_KINDS and agent.image_slots <= 1
     prev = [text for _, text in history.texts][-history.text_window:] if in_prompt else None
+    own = step.meta.get("prompt_previous_actions")  # a record's own history (Mind2Web blocks layout)
+    if in_prompt and isinstance(own, list):
+        prev = list(own)
+    if step.meta.get("scroll_lines"):  # "Scroll down." per scroll so far in this step (pipeline.agent.views)
+        prev = [*(prev or []), *step.meta["scroll_lines"]]
     # AndroidControl low level: "## User Goal" carries the goal, "## User Instruction" the step instruction
     goal = episode.goal or None if kind == "androidcontrol" and step.meta.get("level") == "low" else None
     prompt = render_prompt(kind, instruction, family=agent.prompt_family, language=agent.language,
