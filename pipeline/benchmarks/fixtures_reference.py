@@ -55,9 +55,13 @@ def default_androidcontrol_steps() -> list[dict[str, Any]]:
 def write_androidcontrol_steps(root: str | Path, records: list[dict[str, Any]] | None = None,
                                sizes: dict[str, tuple[int, int]] | None = None,
                                skip_images: frozenset[str] | set[str] = frozenset(),
-                               file_name: str = "500_steps.json") -> Path:
+                               file_name: str = "500_steps.json",
+                               sample: set[tuple[int, int]] | None = None) -> Path:
     """Write ``records`` as ``<root>/<file_name>``, their screenshots under ``<root>/<episode>/<k>.png`` and
-    ``android_control_test.json``; returns the steps file. ``sizes`` maps episode id to (W, H)."""
+    ``android_control_test.json``; returns the steps file. ``sizes`` maps episode id to (W, H).
+
+    ``sample``: ``(episode_id, step_index)`` pairs written to the steps file (the driver's sparse sample);
+    every record still goes into ``android_control_test.json`` with its screenshot."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     records = default_androidcontrol_steps() if records is None else records
@@ -86,6 +90,8 @@ def write_androidcontrol_steps(root: str | Path, records: list[dict[str, Any]] |
                                   "actions": [r.get("action") for r in recs],
                                   "step_instructions": [r.get("step_instruction") for r in recs]}})
     (root / "android_control_test.json").write_text(json.dumps(index), encoding="utf-8")
+    if sample is not None:
+        records = [r for r in records if isinstance(r, dict) and (r.get("episode_id"), r.get("step_index")) in sample]
     path = root / file_name
     path.write_text(json.dumps(records, indent=1), encoding="utf-8")
     return path
