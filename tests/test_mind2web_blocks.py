@@ -22,7 +22,7 @@ from pipeline.benchmarks.base import Step
 from pipeline.benchmarks.fixtures_reference import write_mind2web_blocks
 from pipeline.benchmarks.mind2web import Mind2Web
 from pipeline.config import AgentConfig
-from pipeline.evaluate import EpisodeRunner, Unit
+from pipeline.evaluate import EpisodeRunner, Unit, rows_to_table
 from tests.helpers_model import ScriptedOutputs
 
 
@@ -156,6 +156,7 @@ def test_multi_call_steps_run_end_to_end_through_the_runner(loaded, tmp_path: Pa
     assert [(f["ele_hit"], f["op_f1"]) for f in fields] == [(1, 1.0), (0, 0.0), (1, 1.0)]
     assert [r["correct"] for r in rows] == [True, False, True]
     assert rows[1]["action_type"] == "scroll" and rows[0]["generated_tokens"] >= 4  # summed over 4 calls
+    assert rows_to_table(rows).column("model_calls").to_pylist() == [4, 5, 1]  # the Parquet schema has it
     # t1: a1 1, a2 0, one padded step 0 -> 1/3; t2: 1 -> macro (1/3 + 1) / 2 for all three metrics
     metrics = bench.aggregate(rows)
     assert metrics["num_padded_steps"] == 1 and metrics["num_steps"] == 3
