@@ -109,3 +109,25 @@ def test_context_frames_reach_the_prompt_without_calls_or_rows(loaded, tmp_path:
     positions = [text.index(t) for t in turns]
     assert positions == sorted(positions) and text.count("<|vision_start|>") == 4
     assert "## Previous Actions\n\n" in text  # the driver leaves the section empty with history frames
+
+
+def test_one_screenshot_mode_uses_the_records_previous_actions(tmp_path: Path):
+    """The driver's default mode (no history frames): one screenshot, "## Previous Actions" = the sampled
+    record's own ``previous_actions`` (with reference), not the earlier loaded steps (none here)."""
+    from PIL import Image
+
+    from pipeline.agent.history import HistoryConfig
+    from pipeline.agent.step_prompt import StepHistory, step_messages
+
+    write_androidcontrol_steps(tmp_path, sample={(501, 3)})
+    prompts = {}
+    for protocol in ("official", "reference"):
+        bench = AndroidControlBenchmark(str(tmp_path), protocol=protocol)
+        (episode,) = bench.load()
+        agent = AgentConfig(image_slots=1).resolved(bench)
+        messages, images = step_messages(bench, agent, HistoryConfig(image_slots=1), episode, episode.steps[0],
+                                         Image.new("RGB", (8, 8)), StepHistory.for_agent(agent))
+        prompts[protocol] = messages[-1]["content"][-1]["text"]
+        assert len(images) == 1
+    assert "## Previous Actions\nTap the search bar\nType hello\nOpen the Notes app\n" in prompts["reference"]
+    assert "## Previous Actions\n\n" in prompts["official"]  # official: the loaded steps' texts (none)
