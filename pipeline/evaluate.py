@@ -23,6 +23,7 @@ from pipeline.agent.coords import smart_resize
 from pipeline.agent.history import HistoryConfig
 from pipeline.agent.parser import parse_action
 from pipeline.agent.step_prompt import StepHistory, step_messages
+from pipeline.agent.views import ScrollViews
 from pipeline.benchmarks.base import Benchmark, Episode, Step
 from pipeline.chunked_prefill import chunked_generate, mode_label
 from pipeline.config import AgentConfig
@@ -30,6 +31,7 @@ from pipeline.faults import inject as inject_fault
 from pipeline.lowmem import chunked_mlp, pixels_in_model_dtype, vision_per_image
 from pipeline.memory import peak_memory
 from pipeline.models.loader import LoadedModel
+from pipeline.multicall import run_views
 from starkv import Attachment, Compressor, PromptLayout, attach
 
 
@@ -161,6 +163,7 @@ class EpisodeRunner:
             **MemoryAccount().row_fields(),
             "decode_s": 0.0, "compress_s": 0.0, "prefill_shared": False, "error": None,
             "meta_json": json.dumps(step.meta, default=str), "actor_pid": os.getpid(), "mode": self.mode,
+            "model_calls": 0,
         }
 
     def _run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
@@ -176,6 +179,8 @@ class EpisodeRunner:
             return row, None, ""
         def work() -> str:
             inject_fault(row["step_key"])  # test-only; a no-op unless STARKV_FAULT_* is set
+            if ScrollViews.of(step) is not None:  # the model may scroll to other screenshots (pipeline.multicall)
+                return run_views(self, episode, step, image, compressor, unit, history, row)
             return self._generate_and_score(episode, step, image, compressor, unit, history, row)
 
         return row, image, guarded(work, row)
@@ -240,8 +245,8 @@ class EpisodeRunner:
         output_text = loaded.processor.tokenizer.decode(new_tokens, skip_special_tokens=False)
         for special in ("<|im_end|>", "<|endoftext|>"):
             output_text = output_text.replace(special, "")
-        row.update(generated_tokens=int(new_tokens.numel()), raw_output=output_text)
-        width, height = image.size
+        row.update(generated_tokens=int(new_tokens.numel()), raw_output=output_text, model_calls=1)
+        width, height = step.meta.get("frame_size") or image.size  # frame_size: pipeline.agent.views
         resized_h, resized_w = smart_resize(height, width, min_pixels=loaded.min_pixels, max_pixels=loaded.max_pixels)
         action = parse_action(output_text, image_size=(width, height), resized_size=(resized_w, resized_h))
         row["action_type"] = action.action_type
@@ -282,6 +287,8 @@ def _row_schema():
         ("compress_s", f), ("prefill_shared", b),
         # "exact", or "approx_chunked" for model.prefill_mode chunked_compress (an approximation)
         ("mode", s),
+        # model calls the step took: 1, more when the model scrolled to other screenshots (pipeline.multicall)
+        ("model_calls", i),
     ])
 
 

@@ -6,7 +6,9 @@ the same text (always with ground-truth history; with model history until their 
 one prefill (``starkv.shared``); each then selects with its own compressor (its own episode state),
 gathers its own cache and decodes from the shared first token. Rows are the rows of a per-unit run, one
 per unit and step, plus ``prefill_shared`` and ``compress_s``. Units whose compressor opts out
-(``Compressor.shares_prefill``), or a unit alone with its prompt, run the per-unit step unchanged.
+(``Compressor.shares_prefill``), or a unit alone with its prompt, run the per-unit step unchanged, and so
+does every unit on a step that may take several model calls (``pipeline.multicall``: the calls after the
+first follow the unit's own output).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from pipeline.accounting import track_step
 from pipeline.agent.step_prompt import StepHistory
+from pipeline.agent.views import ScrollViews
 from pipeline.benchmarks.base import Episode, Step
 from pipeline.chunked_prefill import shares_prefill
 from pipeline.evaluate import EpisodeRunner, Unit, _PhaseTimer, guarded, open_screenshot, step_error
@@ -68,6 +71,13 @@ def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compres
 
 
 def _sweep_step(runner: EpisodeRunner, episode: Episode, step: Step, members: list[Member], share: bool) -> None:
+    if ScrollViews.of(step) is not None:  # later calls follow each unit's own output: never shared
+        for m in members:
+            row, image, output = runner._run_step(episode, step, m.compressor, m.unit, m.history)
+            m.rows.append(row)
+            if image is not None:
+                m.history.add(step, image, output, runner.agent.history_source)
+        return
     rows = {m: runner._base_row(episode, step, m.unit) for m in members}
     outputs: dict[Member, str] = {}
     image = None

@@ -61,3 +61,31 @@ class Recording(Compressor):
         idx = self.inner.select(ctx)
         self.kept[ctx.layer_idx] = idx.clone()
         return idx
+
+
+class ScriptedOutputs:
+    """The text of every model call is ``script(chat text of that call)``; everything else is real.
+
+    The model still runs each call (prefill, compression at the unit's budget, decode); only the decoded
+    text the parser reads is replaced, because a tiny random model never writes a scroll or a click on
+    purpose. ``calls`` keeps ``(chat text, images)`` per call, in order."""
+
+    def __init__(self, runner, script):
+        self.runner, self.script, self.calls = runner, script, []
+
+    def __enter__(self):
+        tokenizer = self.runner.loaded.processor.tokenizer
+        prompt = self.runner._prompt
+
+        def recorded(*args, **kwargs):
+            text, images = prompt(*args, **kwargs)
+            self.calls.append((text, images))
+            return text, images
+
+        self.runner._prompt = recorded
+        tokenizer.decode = lambda *args, **kwargs: self.script(self.calls[-1][0])
+        return self
+
+    def __exit__(self, *exc):
+        del self.runner._prompt
+        del self.runner.loaded.processor.tokenizer.decode

@@ -9,20 +9,20 @@ import pytest
 import yaml
 
 from pipeline.benchmarks.base import get_benchmark
-from pipeline.benchmarks.fixtures import write_mind2web, write_screenspot_pro, write_screenspot_v2
+from pipeline.benchmarks.fixtures import write_screenspot_pro, write_screenspot_v2
 from pipeline.benchmarks.fixtures_episodes import write_agentnet
-from pipeline.benchmarks.fixtures_reference import write_androidcontrol_steps
+from pipeline.benchmarks.fixtures_reference import write_androidcontrol_steps, write_mind2web_blocks
 from pipeline.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # benchmark -> writer of a fixture in the layout the reference driver reads (AndroidControl: the drivers'
-# own per-step JSON; the others read the official layout; Mind2Web's blocks layout is not supported)
+# own per-step JSON; Mind2Web: GUI-KV's blocks layout; the others read the official layout)
 WRITERS = {
     "screenspot_v2": lambda root: write_screenspot_v2(root, per_cell=1),
     "screenspot_pro": lambda root: write_screenspot_pro(root, per_type=1),
     "androidcontrol": write_androidcontrol_steps,
     "agentnetbench": write_agentnet,
-    "mind2web": lambda root: write_mind2web(root),
+    "mind2web": write_mind2web_blocks,
 }
 
 
@@ -52,6 +52,10 @@ def test_parity_job_loads_a_fixture_in_the_drivers_layout(name, tmp_path):
     episodes = list(bench.load())
     steps = [s for e in episodes for s in e.steps]
     assert steps and all(s.error is None for s in steps), [s.error for s in steps if s.error][:3]
+    if name == "mind2web":  # the blocks protocol: block 0 first, up to 5 calls
+        assert all(s.meta["views"][0] == s.image_path and s.meta["max_calls"] == 5 for s in steps)
+    if name == "androidcontrol":  # history frames from android_control_test.json beside the steps file
+        assert all(isinstance(s.meta.get("context"), list) for s in steps)
 
 
 def test_every_test_named_in_the_parity_doc_exists():

@@ -206,3 +206,26 @@ def test_hidden_rows_instead_of_norms(setup, monkeypatch):
     for rows_a, rows_b in zip(per_unit, shared):
         assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b]
         assert all(r["prefill_shared"] for r in rows_b)
+
+
+def test_multi_call_steps_run_per_unit_in_a_sweep(tiny_model_dir, tmp_path):
+    """Mind2Web blocks steps (several model calls: the calls after the first follow the unit's own output)
+    are never shared: the sweep's rows equal the per-unit runs', call counts included."""
+    from pipeline.benchmarks.fixtures_reference import write_mind2web_blocks
+    from pipeline.benchmarks.mind2web import Mind2Web
+    from tests.helpers_model import ScriptedOutputs
+    from tests.test_mind2web_blocks import script_for
+
+    write_mind2web_blocks(tmp_path)
+    bench = Mind2Web(str(tmp_path), protocol="reference")
+    episode = dataclasses.replace(bench.load()[0], steps=bench.load()[0].steps[:1])  # a1: 4 calls
+    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
+    runner = EpisodeRunner(loaded, bench, AgentConfig(), max_new_tokens=2, memory_accounting=False)
+    specs = [("snapkv", "snapkv", {}), ("starkv", "starkv", {"mi_profile_steps": 1, "mi_ramp_steps": 1})]
+    with ScriptedOutputs(runner, script_for(loaded)):
+        per_unit = [runner.run(episode, comp, unit) for comp, unit in _units(specs, (30.0,))]
+        shared = run_sweep(runner, episode, _units(specs, (30.0,)))
+    for rows_a, rows_b in zip(per_unit, shared):
+        assert [{k: r[k] for k in (*SAME, "model_calls")} for r in rows_a] == \
+               [{k: r[k] for k in (*SAME, "model_calls")} for r in rows_b]
+        assert [r["model_calls"] for r in rows_b] == [4] and not any(r["prefill_shared"] for r in rows_b)

@@ -45,23 +45,51 @@ class StepHistory:
     def add(self, step: Step, image: Image, model_output: str, source: str) -> None:
         """Record a step that ran: its screenshot and its text (the model's output or the ground truth)."""
         own = _VISION_TOKENS.sub("", model_output) if source == "model" else ""
+        self.add_frame(step.step_index + 1, image, own if own.strip() else (step.history_text or step.instruction))
+
+    def add_frame(self, number: int, image: Image, text: str) -> None:
+        """Record a past step by its 1-based number, screenshot and text (also context-only frames)."""
         keep = max(self.image_window, self.text_window)
         self.images = [*self.images, image][-keep:]
-        self.texts = [*self.texts, (step.step_index + 1, own if own.strip() else (step.history_text or step.instruction))][-keep:]
+        self.texts = [*self.texts, (number, text)][-keep:]
         first_image = len(self.images) - self.image_window
         self.images = [im if i >= first_image else None for i, im in enumerate(self.images)]
 
 
+def context_history(agent: AgentConfig, step: Step) -> StepHistory | None:
+    """The history of a step that carries context-only frames (``meta["context"]``: earlier steps of its
+    episode that are not run, e.g. AndroidControl's ``android_control_test.json``), else None."""
+    frames = step.meta.get("context")
+    if frames is None:
+        return None
+    from pipeline.evaluate import open_screenshot  # (evaluate imports this module)
+
+    history = StepHistory.for_agent(agent)
+    for frame in frames:
+        history.add_frame(int(frame["step_index"]) + 1, open_screenshot(frame["image_path"]), frame["text"])
+    return history
+
+
 def step_messages(benchmark: Benchmark, agent: AgentConfig, history_cfg: HistoryConfig, episode: Episode,
                   step: Step, image: Image, history: StepHistory) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Chat messages and images (in placeholder order) for ``step``; ``agent`` is already resolved."""
+    """Chat messages and images (in placeholder order) for ``step``; ``agent`` is already resolved.
+
+    A step with context frames (``context_history``) shows those as its past steps instead of the
+    episode's earlier run steps, when past steps are shown as screenshots (image_slots > 1)."""
     kind = benchmark.prompt_kind
     instruction = step.instruction or episode.goal
     # With one screenshot, kinds that have a "## Previous Actions" section get the past texts there
     # (GUI-KV AndroidControl default mode, Mind2Web); otherwise each past step is an assistant turn
     # "Step k:\n<text>" after its screenshot when that is inside the image window (build_messages).
     in_prompt = kind in PREVIOUS_ACTIONS_KINDS and agent.image_slots <= 1
+    if not in_prompt:
+        history = context_history(agent, step) or history
     prev = [text for _, text in history.texts][-history.text_window:] if in_prompt else None
+    own = step.meta.get("prompt_previous_actions")  # a record's own history (Mind2Web blocks layout)
+    if in_prompt and isinstance(own, list):
+        prev = list(own)
+    if step.meta.get("scroll_lines"):  # "Scroll down." per scroll so far in this step (pipeline.agent.views)
+        prev = [*(prev or []), *step.meta["scroll_lines"]]
     # AndroidControl low level: "## User Goal" carries the goal, "## User Instruction" the step instruction
     goal = episode.goal or None if kind == "androidcontrol" and step.meta.get("level") == "low" else None
     prompt = render_prompt(kind, instruction, family=agent.prompt_family, language=agent.language,

@@ -56,9 +56,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
+from pipeline.benchmarks.androidcontrol_context import (
+    DEFAULT_CONTEXT_FRAMES,
+    attach_context,
+    read_episode_index,
+)
 from pipeline.benchmarks.androidcontrol_reference import driver_size, score_reference
 from pipeline.benchmarks.androidcontrol_steps import (
     DEFAULT_STEPS_FILE,
+    EPISODE_INDEX_FILE,
     build_step_episodes,
     read_steps_file,
 )
@@ -362,8 +368,11 @@ class AndroidControlBenchmark(Benchmark):
     "all" / None keeps every episode; TFRecords only), ``metric`` ("common" | "guikv"), ``protocol``
     ("official" | "reference": the STaR-KV / GUI-KV driver's rules, ``androidcontrol_reference``; implies
     metric guikv), ``dataset_file`` (default ``500_steps.json``), ``images_dir`` (screenshots of the JSON
-    layout; default the JSON file's folder), ``cache_dir``, ``verify_crc`` (default True),
-    ``invert_scroll`` (default False).
+    layout; default the JSON file's folder), ``episodes_file`` (the driver's ``android_control_test.json``:
+    each sampled step's earlier steps become context-only history frames, ``androidcontrol_context``;
+    default with protocol reference: that file beside the steps file, if there; ``false`` = none),
+    ``context_frames`` (frames per step, default 4 = the driver's ``--image_slots 5`` minus one),
+    ``cache_dir``, ``verify_crc`` (default True), ``invert_scroll`` (default False).
     """
 
     prompt_kind = "androidcontrol"
@@ -427,9 +436,39 @@ class AndroidControlBenchmark(Benchmark):
             records = read_steps_file(fs, file)
         except ValueError as exc:
             raise BenchmarkDataError(str(exc)) from None
-        return build_step_episodes(records, file=url_of(fs, file), images=images, level=self.level,
-                                   validate_action=validate_action, image_size=_image_size_at,
-                                   benchmark=self.name)
+        episodes = build_step_episodes(records, file=url_of(fs, file), images=images, level=self.level,
+                                       validate_action=validate_action, image_size=_image_size_at,
+                                       benchmark=self.name)
+        if self.protocol == "reference":  # the driver's prompt history is the record's own list
+            for step in (s for e in episodes for s in e.steps):
+                step.meta["prompt_previous_actions"] = list(step.meta.get("previous_actions") or [])
+        index = self._episodes_file(fs, file, images)
+        if index is not None:
+            frames = self.options.get("context_frames", DEFAULT_CONTEXT_FRAMES)
+            if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+                raise ValueError(f"androidcontrol: option context_frames must be a non-negative integer, "
+                                 f"not {frames!r}")
+            attach_context(episodes, read_episode_index(*index), images, frames, url_of(*index))
+        return episodes
+
+    def _episodes_file(self, fs: Any, file: str, images: tuple[Any, str]) -> tuple[Any, str] | None:
+        """The driver's ``android_control_test.json`` (history frames), or None: option ``episodes_file``
+        (a path; ``false`` = none); by default, with protocol reference only, that name beside the steps
+        file or in the images folder when there is one."""
+        named = self.options.get("episodes_file")
+        if named is False:
+            return None
+        if named:
+            efs, path = open_fs(str(named))
+            if not efs.isfile(path):
+                raise BenchmarkDataError(f"androidcontrol: option episodes_file: {url_of(efs, path)} does not exist")
+            return efs, path
+        if self.protocol != "reference":
+            return None
+        for where, folder in ((fs, posixpath.dirname(file)), images):
+            if where.isfile(f"{folder}/{EPISODE_INDEX_FILE}"):
+                return where, f"{folder}/{EPISODE_INDEX_FILE}"
+        return None
 
     def load(self) -> Iterable[Episode]:
         steps_file = self._steps_file()

@@ -11,10 +11,10 @@ records are::
 
 next to ``android_control_test.json`` (the full test episodes, used by the driver only for history
 screenshots) and the images. This module turns such a file into Episodes: records are grouped by
-``episode_id`` (first appearance order) and sorted by ``step_index``, so the runner's teacher-forced
-history is the earlier *loaded* steps of the episode — identical to the driver when the file holds whole
-episodes; for a sparse sample (500 random steps) the skipped steps are missing from the history
-(docs/benchmarks/parity.md).
+``episode_id`` (first appearance order) and sorted by ``step_index``, so without the episode index the
+runner's teacher-forced history is the earlier *loaded* steps of the episode; with it
+(``androidcontrol_context``) every step gets the driver's history frames, the skipped steps of a sparse
+sample included (docs/benchmarks/parity.md).
 
 The driver's ground-truth type ``type_text`` becomes ``input_text`` (text only) or ``type`` (with the
 tap point ``x, y``), the two spellings of the TFRecord data. A record with a missing or malformed field is

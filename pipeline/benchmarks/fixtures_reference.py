@@ -1,5 +1,6 @@
 """Tiny datasets in the reference drivers' own layouts (not the dataset authors'), for parity tests.
 
+Multimodal-Mind2Web: GUI-KV's blocks layout (``cross_<split>_blocks.jsonl`` + block screenshots).
 AndroidControl: the STaR-KV / GUI-KV driver's per-step JSON (``500_steps.json``) with relative screenshot
 paths, an ``accessibility_tree`` on some steps and ``type_text`` ground truth, plus the
 ``android_control_test.json`` episode index the driver reads for history frames. Deterministic output.
@@ -54,9 +55,13 @@ def default_androidcontrol_steps() -> list[dict[str, Any]]:
 def write_androidcontrol_steps(root: str | Path, records: list[dict[str, Any]] | None = None,
                                sizes: dict[str, tuple[int, int]] | None = None,
                                skip_images: frozenset[str] | set[str] = frozenset(),
-                               file_name: str = "500_steps.json") -> Path:
+                               file_name: str = "500_steps.json",
+                               sample: set[tuple[int, int]] | None = None) -> Path:
     """Write ``records`` as ``<root>/<file_name>``, their screenshots under ``<root>/<episode>/<k>.png`` and
-    ``android_control_test.json``; returns the steps file. ``sizes`` maps episode id to (W, H)."""
+    ``android_control_test.json``; returns the steps file. ``sizes`` maps episode id to (W, H).
+
+    ``sample``: ``(episode_id, step_index)`` pairs written to the steps file (the driver's sparse sample);
+    every record still goes into ``android_control_test.json`` with its screenshot."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     records = default_androidcontrol_steps() if records is None else records
@@ -85,6 +90,60 @@ def write_androidcontrol_steps(root: str | Path, records: list[dict[str, Any]] |
                                   "actions": [r.get("action") for r in recs],
                                   "step_instructions": [r.get("step_instruction") for r in recs]}})
     (root / "android_control_test.json").write_text(json.dumps(index), encoding="utf-8")
+    if sample is not None:
+        records = [r for r in records if isinstance(r, dict) and (r.get("episode_id"), r.get("step_index")) in sample]
     path = root / file_name
     path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return path
+
+
+def default_mind2web_blocks() -> list[dict[str, Any]]:
+    """Three records of two tasks in GUI-KV's blocks layout (boxes in block pixels, 400-px-wide blocks).
+
+    Task ``t1`` (``total_steps`` 3, one record missing: padded with 0): ``a1`` CLICK, three blocks (the last
+    one shorter); ``a2`` TYPE "new york", two blocks. Task ``t2``: ``b1`` SELECT "Economy", one block.
+    """
+    return [
+        {"annotation_id": "t1", "action_uid": "a1", "task": "Find flights to New York",
+         "bbox": [[100, 120, 80, 40]], "previous_actions": [], "operation": "CLICK", "value": "",
+         "total_steps": 3},
+        {"annotation_id": "t1", "action_uid": "a2", "task": "Find flights to New York",
+         "bbox": [[50, 50, 200, 30]], "previous_actions": ["[button]  Flights -> CLICK"], "operation": "TYPE",
+         "value": "new york", "total_steps": 3},
+        {"annotation_id": "t2", "action_uid": "b1", "task": "Book an economy seat",
+         "bbox": [[20, 200, 120, 30], [150, 200, 60, 30]], "previous_actions": ["[link]  Book -> CLICK"],
+         "operation": "SELECT", "value": "Economy", "total_steps": 1},
+    ]
+
+
+DEFAULT_BLOCKS = {"t1_a1": [(400, 300), (400, 300), (400, 200)], "t1_a2": [(400, 300), (400, 300)],
+                  "t2_b1": [(400, 300)]}
+
+
+def write_mind2web_blocks(root: str | Path, records: list[dict[str, Any]] | None = None,
+                          blocks: dict[str, list[tuple[int, int]]] | None = None, split: str = "task") -> Path:
+    """Write ``records`` as ``<root>/cross_<split>_blocks.jsonl`` and each step's blocks as
+    ``<root>/cross_<split>/<annotation_id>_<action_uid>/<k>.png``; returns the JSONL file.
+
+    ``blocks`` maps ``"<annotation_id>_<action_uid>"`` to the (W, H) of each block (default: one 400×300
+    block; an empty list writes none). Block 0 draws the target box, the others a shade of their own."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    records = default_mind2web_blocks() if records is None else records
+    sizes = {**DEFAULT_BLOCKS, **(blocks or {})}
+    lines = []
+    for rec in records:
+        lines.append(json.dumps(rec))
+        if not isinstance(rec, dict):
+            continue
+        key = f"{rec.get('annotation_id')}_{rec.get('action_uid')}"
+        folder = root / f"cross_{split}" / key
+        boxes = rec.get("bbox") if isinstance(rec.get("bbox"), list) else []
+        first = boxes[0] if boxes and isinstance(boxes[0], list) and len(boxes[0]) == 4 else None
+        for k, size in enumerate(sizes.get(key, [(400, 300)])):
+            folder.mkdir(parents=True, exist_ok=True)
+            box = (first[0], first[1], first[0] + first[2], first[1] + first[3]) if first and k == 0 else None
+            (folder / f"{k}.png").write_bytes(screenshot_png(size, box=box, shade=k))
+    path = root / f"cross_{split}_blocks.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import posixpath
 import re
 import string
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.agent.actions import ParsedAction
+from pipeline.benchmarks.androidcontrol import _image_size_at
 from pipeline.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
@@ -47,6 +49,12 @@ from pipeline.benchmarks.base import (
     Step,
     StepScore,
     register_benchmark,
+)
+from pipeline.benchmarks.mind2web_blocks import (
+    SPLIT_NAMES,
+    blocks_file_name,
+    build_block_episodes,
+    split_of_file,
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
 from pipeline.benchmarks.screenspot_v2 import cache_root, row_fields, row_meta, valid_size
@@ -72,6 +80,12 @@ class Mind2Web(Benchmark):
     full page; N = crop each screenshot to the N-pixel page block holding the target's centre, blocks
     aligned at multiples of N, the last one ending at the page bottom).
 
+    Second input format, GUI-KV's blocks layout (``mind2web_blocks``): ``path`` naming a ``.jsonl`` file,
+    or a folder holding ``blocks_file`` (default ``cross_<task|website|domain>_blocks.jsonl`` from
+    ``split``); block screenshots under ``images_dir`` (default the file's folder). Each step starts at
+    block 0 and the model may scroll between blocks, at most 5 calls (``pipeline.agent.views``); tasks
+    with fewer records than their ``total_steps`` are padded with 0 in the aggregate, as the driver does.
+
     Multi-step with teacher-forced ground-truth history: GUI-KV's ``mind2web`` prompt (type / scroll /
     select / click) with the earlier actions under ``## Previous Actions``.
     """
@@ -83,12 +97,27 @@ class Mind2Web(Benchmark):
     default_image_slots = 1
     system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
     # reference: GUI-KV's scoring rules (punctuation-free Op.F1; left_double / right_single / long_press
-    # raise in the driver and score 0). Its blocks protocol (start at block 0, up to 5 scrolls) needs a
-    # multi-call step in the runner and is not implemented (docs/benchmarks/parity.md).
+    # raise in the driver and score 0). Its blocks protocol (start at block 0, up to 5 model calls with
+    # scrolls between blocks) comes with its blocks layout (mind2web_blocks, docs/benchmarks/parity.md).
     protocols = ("official", "reference")
+
+    def _blocks_file(self, split: str) -> tuple[Any, str] | None:
+        """``(filesystem, file)`` when ``path`` is the GUI-KV blocks JSONL or a folder holding it."""
+        fs, path = open_fs(self.path)
+        if fs.isfile(path):
+            return (fs, path) if path.endswith(".jsonl") else None
+        name = self.options.get("blocks_file") or (blocks_file_name(split) if split in SPLIT_NAMES else None)
+        return (fs, f"{path}/{name}") if name and fs.isfile(f"{path}/{name}") else None
 
     def load(self) -> Iterable[Episode]:
         split = str(self.options.get("split", "test_task"))
+        blocks = None if self.options.get("dataset_id") else self._blocks_file(split)
+        if blocks is not None:
+            fs, file = blocks
+            explicit = self.options.get("images_dir")
+            images = open_fs(str(explicit)) if explicit else (fs, posixpath.dirname(file))
+            name = split_of_file(file) or SPLIT_NAMES.get(split, split)
+            return build_block_episodes(fs, file, images, name, _image_size_at, benchmark=self.name)
         viewport = self.options.get("viewport_height")
         viewport = int(viewport) if viewport else None
         cache = cache_root(self.options) / "mind2web"
@@ -153,18 +182,29 @@ class Mind2Web(Benchmark):
         """``ele_acc``, ``op_f1``, ``step_sr``: macro over tasks (the reported Mind2Web numbers);
         ``*_micro``: over steps; ``task_sr``: tasks with every step successful; ``accuracy`` =
         ``step_sr``. Reads ``correct``, ``error``, fields ``ele_hit`` / ``op_f1`` and meta
-        ``annotation_id``. Error rows count as 0 everywhere."""
+        ``annotation_id``. Error rows count as 0 everywhere; in the blocks layout a task with fewer rows
+        than its ``total_steps`` gets the missing steps as 0 (``num_padded_steps``; in macro and micro)."""
         per_task: dict[str, list[tuple[float, float, float]]] = {}
+        totals: dict[str, int] = {}
         for r in rows:
             fields = row_fields(r)
             ok = not r.get("error")
             ele = float(bool(fields.get("ele_hit"))) if ok else 0.0
             f1 = float(fields.get("op_f1") or 0.0) if ok else 0.0
             step = float(bool(r.get("correct"))) if ok else 0.0
-            task = str(row_meta(r).get("annotation_id") or r.get("episode_id") or "unknown")
+            meta = row_meta(r)
+            task = str(meta.get("annotation_id") or r.get("episode_id") or "unknown")
             per_task.setdefault(task, []).append((ele, f1, step))
+            if isinstance(meta.get("total_steps"), int):  # blocks layout: the driver's total per task
+                totals[task] = meta["total_steps"]
+        padded = 0
+        for task, total in totals.items():  # the driver pads a task's missing steps with 0
+            missing = max(0, total - len(per_task[task]))
+            per_task[task] += [(0.0, 0.0, 0.0)] * missing
+            padded += missing
         out: dict[str, float] = {"num_steps": float(len(rows)), "num_tasks": float(len(per_task)),
-                                 "num_errors": float(sum(1 for r in rows if r.get("error")))}
+                                 "num_errors": float(sum(1 for r in rows if r.get("error"))),
+                                 "num_padded_steps": float(padded)}
         names = ("ele_acc", "op_f1", "step_sr")
         all_steps = [v for vals in per_task.values() for v in vals]
         for j, name in enumerate(names):
