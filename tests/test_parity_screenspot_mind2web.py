@@ -123,6 +123,18 @@ def test_mind2web_op_f1_drops_punctuation_tokens():
     assert off.fields["op_f1"] == pytest.approx(8 / 9) and ref.fields["op_f1"] == 1.0
 
 
+def test_mind2web_click_value_counts_for_the_driver():
+    # GT CLICK with value "Submit": official "CLICK" vs "CLICK" -> 1; the driver joins op and value for every
+    # op: pred {click} vs GT {click, submit} -> P = 1, R = 1/2 -> F1 = 2/3, so the step fails
+    step = _m2w_step("CLICK", "Submit")
+    click = ParsedAction("click", point=(0.15, 0.125))
+    off = Mind2Web("unused").score(step, click, (1000, 1000))
+    ref = Mind2Web("unused", protocol="reference").score(step, click, (1000, 1000))
+    assert off.fields["op_f1"] == 1.0 and off.correct
+    assert ref.fields["op_f1"] == pytest.approx(2 / 3) and ref.fields["ele_hit"] == 1 and not ref.correct
+    assert Mind2Web("unused", protocol="reference").score(_m2w_step("CLICK", ""), click, (1000, 1000)).correct
+
+
 def test_mind2web_double_right_click_and_long_press_score_zero():
     step = _m2w_step("CLICK", "")
     for kind in ("left_double", "right_single", "long_press"):

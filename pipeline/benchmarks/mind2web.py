@@ -162,8 +162,12 @@ class Mind2Web(Benchmark):
             return StepScore(False, 0.0, reason=f"{action.action_type} raises in the reference driver: 0",
                              fields={**zero, "pred_op": action.action_type.upper()})
         pred_op, pred_value = map_action(action)
-        f1_of = driver_token_f1 if self.protocol == "reference" else token_f1
-        f1 = f1_of(op_string(pred_op, pred_value), op_string(gt_op, gt_value))
+        if self.protocol == "reference":  # the driver joins "op value" for every op (a CLICK's value counts)
+            pred_str, gt_str = f"{pred_op} {pred_value}".strip(), f"{gt_op} {gt_value}".strip()
+            f1 = driver_token_f1(pred_str, gt_str)
+        else:
+            pred_str, gt_str = op_string(pred_op, pred_value), op_string(gt_op, gt_value)
+            f1 = token_f1(pred_str, gt_str)
         size = valid_size(image_size) or valid_size(step.meta.get("image_size"))
         hit = False
         if action.point is not None and size is not None:
@@ -173,7 +177,7 @@ class Mind2Web(Benchmark):
         if not hit:
             reasons.append("no point" if action.point is None else "point outside the target element")
         if f1 < 1.0:
-            reasons.append(f"operation {op_string(pred_op, pred_value)!r} vs {op_string(gt_op, gt_value)!r}")
+            reasons.append(f"operation {pred_str!r} vs {gt_str!r}")
         return StepScore(success, 1.0 if success else 0.0, reason="; ".join(reasons),
                          fields={"ele_hit": int(hit), "op_f1": f1, "op_match": int(pred_op == gt_op),
                                  "pred_op": pred_op})
