@@ -17,6 +17,7 @@ class FullCache(Compressor):
     """Keeps every token whatever the budget (the no-op compressor)."""
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
+    budget_free: ClassVar[bool] = True  # every budget keeps everything: a sweep decodes it once per step
 
     @property
     def uniform_layers(self) -> bool:

@@ -161,7 +161,7 @@ class EpisodeRunner:
             "reason": "", "prompt_tokens": 0, "kept_tokens": 0, "generated_tokens": 0, "num_images": 0,
             "kv_bytes": 0, "kv_bytes_full": 0, "peak_mem_bytes": 0, "mem_device": "", "prefill_s": 0.0,
             **MemoryAccount().row_fields(),
-            "decode_s": 0.0, "compress_s": 0.0, "prefill_shared": False, "error": None,
+            "decode_s": 0.0, "compress_s": 0.0, "prefill_shared": False, "decode_shared": False, "error": None,
             "meta_json": json.dumps(step.meta, default=str), "actor_pid": os.getpid(), "mode": self.mode,
             "model_calls": 0,
         }
@@ -283,8 +283,9 @@ def _row_schema():
         ("weights_bytes", i), ("peak_above_weights_bytes", i), ("peak_prefill_bytes", i),
         ("peak_decode_bytes", i), ("peak_phase", s), ("peak_part", s), ("peak_breakdown_json", s),
         # shared sweeps (pipeline.sweep): prefill_s is then the one prefill the units shared, compress_s the
-        # unit's own selection and gather (inside prefill_s when not shared), decode_s its own decode
-        ("compress_s", f), ("prefill_shared", b),
+        # unit's own selection and gather (inside prefill_s when not shared), decode_s its own decode --
+        # or, with decode_shared, the one decode of a budget-free unit (full) the sweep ran at another budget
+        ("compress_s", f), ("prefill_shared", b), ("decode_shared", b),
         # "exact", or "approx_chunked" for model.prefill_mode chunked_compress (an approximation)
         ("mode", s),
         # model calls the step took: 1, more when the model scrolled to other screenshots (pipeline.multicall)

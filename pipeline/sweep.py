@@ -28,6 +28,7 @@ from pipeline.evaluate import EpisodeRunner, Unit, _PhaseTimer, guarded, open_sc
 from pipeline.faults import inject as inject_fault
 from pipeline.memory import peak_memory
 from starkv import Compressor
+from starkv.budget import capacity
 from starkv.shared import PrefillRecord, compress_record, record_prefill, replay_prefill
 
 #: processor inputs only the vision tower reads (it ran once, in the shared prefill)
@@ -123,10 +124,31 @@ def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: lis
         for m in group:
             rows[m]["error"] = message
         return
+    decoded: dict[type, Member] = {}  # budget-free compressor class -> the unit that decoded it this step
     for m in group:
         rows[m].update(prompt_tokens=rows[group[0]]["prompt_tokens"], num_images=rows[group[0]]["num_images"])
+        donor = decoded.get(type(m.compressor)) if m.compressor.budget_free else None
+        if donor is not None:
+            outputs[m] = guarded(lambda m=m, donor=donor: _copy_decode(rows[donor], outputs[donor], m, rows[m]),
+                                 rows[m])
+            continue
         outputs[m] = guarded(lambda m=m: unit_from_prefill(runner, step, image, prefill, m.compressor, m.unit,
                                                            rows[m]), rows[m])
+        if m.compressor.budget_free and rows[m]["error"] is None:
+            decoded[type(m.compressor)] = m
+
+
+#: the columns that name a unit; every other column of a budget-free unit's row is its donor's
+UNIT_COLUMNS = ("run_id", "compressor", "budget", "model", "unit_key", "step_key")
+
+
+def _copy_decode(donor_row: dict[str, Any], donor_output: str, member: Member, row: dict[str, Any]) -> str:
+    """A budget-free unit's step is the same computation as ``donor_row``'s (same compressor class, same
+    prompt, the same uncompressed cache): take its results instead of decoding again. Times and memory are
+    the one decode's, as ``prefill_s`` is the one prefill's; ``decode_shared`` says so."""
+    capacity(1, member.unit.budget)  # a budget the unit itself would reject still fails, naming it
+    row.update({k: v for k, v in donor_row.items() if k not in UNIT_COLUMNS}, decode_shared=True)
+    return donor_output
 
 
 def shared_prefill(runner: EpisodeRunner, text: str, images: list, compressors: list[Compressor],

@@ -84,6 +84,9 @@ class Compressor:
     #: False when selection depends on more than its ``LayerContext`` and the instance's own state (global
     #: RNG, the moment it runs inside the forward, ...): its units then never share a prefill.
     shares_prefill: ClassVar[bool] = True
+    #: True when the kept cache never depends on the budget or on episode state (the full cache): in a shared
+    #: sweep its units at different budgets are one computation, decoded once per step (``pipeline.sweep``).
+    budget_free: ClassVar[bool] = False
 
     @property
     def uniform_layers(self) -> bool:

@@ -139,6 +139,34 @@ def test_share_off_and_opt_out_run_per_unit(setup, monkeypatch):
         assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b]
 
 
+def test_full_cache_at_several_budgets_decodes_once_per_step(setup, monkeypatch):
+    """The full cache is budget-free: a sweep decodes it once per step and its other budgets take that
+    decode's results (rows equal to their own per-unit runs, ``decode_shared`` set, memory the same)."""
+    loaded, bench, episode = setup
+    episode = dataclasses.replace(episode, steps=episode.steps[:2])
+    runner = EpisodeRunner(loaded, bench, AgentConfig(image_slots=2), max_new_tokens=3)
+    specs = [("full", "full", {}), ("snapkv", "snapkv", {})]
+    per_unit = [runner.run(episode, comp, unit) for comp, unit in _units(specs)]
+    calls = []
+    inner = runner._generate
+    monkeypatch.setattr(runner, "_generate", lambda *a, **kw: calls.append(1) or inner(*a, **kw))
+    shared = run_sweep(runner, episode, _units(specs))
+    # per step: the shared prefill, one full-cache decode for both budgets, snapkv's two decodes
+    assert len(calls) == len(episode.steps) * 4
+    for rows_a, rows_b in zip(per_unit, shared):
+        assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b]
+    assert [[r["decode_shared"] for r in rows] for rows in shared] == [[False, False], [True, True],
+                                                                        [False, False], [False, False]]
+    memory = ("peak_above_weights_bytes", "peak_decode_bytes", "peak_breakdown_json", "decode_s", "prefill_s")
+    for a, b in zip(shared[0], shared[1]):
+        assert {k: a[k] for k in memory} == {k: b[k] for k in memory}
+        assert (a["budget"], b["budget"]) == BUDGETS and a["unit_key"] != b["unit_key"]
+    # a budget the unit itself rejects still fails by name, although it would have nothing to decode
+    bad = run_sweep(runner, episode, [(starkv.build("full"), Unit("r", "full", 15.0, "tiny")),
+                                      (starkv.build("full"), Unit("r", "full", 0.0, "tiny"))])
+    assert all(r["error"] is None for r in bad[0]) and all("budget" in (r["error"] or "") for r in bad[1])
+
+
 def test_one_compressor_instance_per_unit(setup):
     loaded, bench, episode = setup
     runner = EpisodeRunner(loaded, bench, AgentConfig(image_slots=1), max_new_tokens=2)
