@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
+#: Ray's own start-up and scheduler log lines: a run shows them only with --verbose
+RAY_CHATTER = ("Total Progress", "Running Dataset", "Starting execution", "Started a local Ray instance",
+               "Execution plan", "Progress bars disabled")
 
 
 def step_row(run_id: str, compressor: str, budget: float, step: int, **values: Any) -> dict[str, Any]:

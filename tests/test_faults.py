@@ -30,7 +30,7 @@ from pipeline.run import run_job
 from pipeline.tracking import Tracker
 from tests.helpers_mlflow import wait_healthy
 from tests.helpers_procs import session_procs, wait_session_gone
-from tests.helpers_runs import small_synthetic_job
+from tests.helpers_runs import RAY_CHATTER, small_synthetic_job
 
 BIN = Path(sys.executable).parent
 JOB = small_synthetic_job("faults")
@@ -96,6 +96,17 @@ def reference(tmp_path_factory):
     rows = read_rows(work / "out" / run_id / "rows")
     return {"work": work, "job": job, "out": work / "out", "run_id": run_id, "proc": proc, "uri": uri,
             "seconds": seconds, "rows": rows}
+
+
+@pytest.mark.slow
+def test_cli_run_shows_progress_not_ray_scheduler_logs(reference):
+    """stdout is a pipe here, as in CI or `ray job logs`: one progress display, none of Ray's own logs."""
+    out = reference["proc"].stdout + reference["proc"].stderr
+    progress = [line for line in out.splitlines() if line.startswith("[starkv-eval] progress:")]
+    assert progress and progress[-1].startswith(f"[starkv-eval] progress: episodes {EPISODES}/{EPISODES} · "
+                                                f"steps {STEPS}/{STEPS} ·")
+    assert "steps/s" in progress[-1] and "ETA" in progress[-1]
+    assert not [c for c in RAY_CHATTER if c in out], out[-3000:]
 
 
 @pytest.mark.slow
