@@ -77,7 +77,7 @@ from pipeline.benchmarks.base import (
     register_benchmark,
     row_dict,
 )
-from pipeline.benchmarks.storage import open_fs, url_of
+from pipeline.benchmarks.storage import image_size_at, open_fs, url_of
 from pipeline.benchmarks.tfrecord import ExampleDecodeError, TFRecordError, iter_records, parse_example
 from pipeline.cache import cache_root
 
@@ -190,19 +190,6 @@ def _load_splits(fs: Any, folder: str, split: str | None) -> set[str] | None:
         keys = sorted(data) if isinstance(data, dict) else []
         raise BenchmarkDataError(f"androidcontrol: {file} has no list for split {split!r} (splits: {keys})")
     return {str(v) for v in data[split]}
-
-
-def _image_size_at(fs: Any, path: str) -> tuple[int, int] | str:
-    """Size from the image header of ``path`` on ``fs``, or why it cannot be read (a problem string)."""
-    try:
-        from PIL import Image
-
-        with fs.open(path, "rb") as fh, Image.open(fh) as im:
-            return int(im.size[0]), int(im.size[1])
-    except FileNotFoundError:
-        return "does not exist"
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad sample, not a crash
-        return f"is unreadable ({type(exc).__name__}: {exc})"
 
 
 def _write_cached(path: Path, data: bytes) -> None:
@@ -437,7 +424,7 @@ class AndroidControlBenchmark(Benchmark):
         except ValueError as exc:
             raise BenchmarkDataError(str(exc)) from None
         episodes = build_step_episodes(records, file=url_of(fs, file), images=images, level=self.level,
-                                       validate_action=validate_action, image_size=_image_size_at,
+                                       validate_action=validate_action, image_size=image_size_at,
                                        benchmark=self.name)
         if self.protocol == "reference":  # the driver's prompt history is the record's own list
             for step in (s for e in episodes for s in e.steps):

@@ -41,7 +41,6 @@ from typing import Any
 from PIL import Image
 
 from pipeline.agent.actions import ParsedAction
-from pipeline.benchmarks.androidcontrol import _image_size_at
 from pipeline.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
@@ -58,7 +57,7 @@ from pipeline.benchmarks.mind2web_blocks import (
 )
 from pipeline.benchmarks.scoring import normalize_box, point_in_box
 from pipeline.benchmarks.screenspot_v2 import cache_root, row_fields, row_meta, valid_size
-from pipeline.benchmarks.storage import open_fs, url_of
+from pipeline.benchmarks.storage import image_size_at, open_fs, url_of
 
 SPLITS = ("train", "test_task", "test_website", "test_domain")
 REQUIRED_COLUMNS = ("annotation_id", "action_uid", "confirmed_task", "operation", "pos_candidates", "screenshot")
@@ -117,7 +116,7 @@ class Mind2Web(Benchmark):
             explicit = self.options.get("images_dir")
             images = open_fs(str(explicit)) if explicit else (fs, posixpath.dirname(file))
             name = split_of_file(file) or SPLIT_NAMES.get(split, split)
-            return build_block_episodes(fs, file, images, name, _image_size_at, benchmark=self.name)
+            return build_block_episodes(fs, file, images, name, image_size_at, benchmark=self.name)
         viewport = self.options.get("viewport_height")
         viewport = int(viewport) if viewport else None
         cache = cache_root(self.options) / "mind2web"

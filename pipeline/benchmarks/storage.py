@@ -32,3 +32,16 @@ def is_local(fs: Any) -> bool:
 def url_of(fs: Any, path: str) -> str:
     """What goes into ``Step.image_path``: a plain resolved path locally, a full URL elsewhere."""
     return str(Path(path).resolve()) if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def image_size_at(fs: Any, path: str) -> tuple[int, int] | str:
+    """Size from the image header of ``path`` on ``fs``, or why it cannot be read (a problem string)."""
+    try:
+        from PIL import Image
+
+        with fs.open(path, "rb") as fh, Image.open(fh) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        return "does not exist"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad sample, not a crash
+        return f"is unreadable ({type(exc).__name__}: {exc})"
