@@ -19,10 +19,10 @@ without an ``episode_id`` are ignored (the driver skips them).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.benchmarks.androidcontrol_steps import read_steps_file
 from pipeline.benchmarks.base import BenchmarkDataError, Episode
 from pipeline.benchmarks.storage import url_of
 
@@ -46,13 +46,9 @@ def read_episode_index(fs: Any, file: str) -> dict[str, IndexEpisode]:
     """``episode_id -> IndexEpisode`` of the index file; BenchmarkDataError naming it when unreadable."""
     name = url_of(fs, file)
     try:
-        with fs.open(file, "rb") as fh:
-            rows = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BenchmarkDataError(f"androidcontrol: {name} is not readable JSON: {exc}") from exc
-    if not isinstance(rows, list):
-        raise BenchmarkDataError(f"androidcontrol: {name} holds a {type(rows).__name__}, expected a list of "
-                                 f"{{'episode': {{...}}}} entries")
+        rows = read_steps_file(fs, file, holds="{'episode': {...}} entries")
+    except ValueError as exc:
+        raise BenchmarkDataError(str(exc)) from None
     out: dict[str, IndexEpisode] = {}
     for i, row in enumerate(rows):
         ep = row.get("episode") if isinstance(row, dict) else None

@@ -77,8 +77,9 @@ def a11y_nodes(raw: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
     return out or None, None
 
 
-def read_steps_file(fs: Any, file: str) -> list[Any]:
-    """The JSON list in ``file``; raises ValueError naming the file when it is not one."""
+def read_steps_file(fs: Any, file: str, holds: str = "step records") -> list[Any]:
+    """The JSON list in ``file`` (the drivers' steps file, or their episode index); ValueError naming the
+    file when it is not one. ``holds`` names what the list should hold, for the message."""
     name = url_of(fs, file)
     try:
         with fs.open(file, "rb") as fh:
@@ -86,7 +87,7 @@ def read_steps_file(fs: Any, file: str) -> list[Any]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"androidcontrol: {name} is not readable JSON: {exc}") from exc
     if not isinstance(data, list):
-        raise ValueError(f"androidcontrol: {name} holds a {type(data).__name__}, expected a list of step records")
+        raise ValueError(f"androidcontrol: {name} holds a {type(data).__name__}, expected a list of {holds}")
     return data
 
 
