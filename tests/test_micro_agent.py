@@ -112,6 +112,34 @@ def test_train_micro_continues_from_a_folder_on_the_later_phases(tmp_path):
     with pytest.raises(ValueError, match="start_phase 3"):
         train_micro(tmp_path / "c", TrainConfig(steps=1, start_phase=3), progress=False)
 
+def test_recipe_runs_its_stages_in_one_command(tmp_path):
+    """``train-micro --recipe`` chains the stages: each continues from the previous one's written weights,
+    and the same stages run again give the same weights (deterministic on CPU, one thread)."""
+    from pipeline.training.micro import SHIPPED_STAGES, train_recipe
+
+    small = {"batch_size": 2, "eval_every": 0, "eval_episodes": 1, "max_steps": 3}
+    stages = ({**small, "steps": 3, "stop_after": 2}, {**small, "steps": 4, "start_phase": 2, "seed": 1})
+    lines: list[str] = []
+    results = train_recipe(tmp_path / "m", stages, threads=1, progress=False, log=lines.append)
+    assert [r.steps_done for r in results] == [2, 4] and results[0].out_dir == tmp_path / "m.stage1"
+    first, last = read_manifest(tmp_path / "m.stage1"), read_manifest(tmp_path / "m")
+    assert last["continued_from"]["weights_sha256"] == first["weights_sha256"]
+    assert last["train_config"]["init_from"] == str(tmp_path / "m.stage1")
+    assert sum("stage" in line for line in lines) == 2
+    again = train_recipe(tmp_path / "n", stages, threads=1, progress=False, log=lambda *_: None)
+    assert read_manifest(again[-1].out_dir)["weights_sha256"] == last["weights_sha256"]
+    # the shipped recipe is the one the shipped manifest records, stage by stage
+    shipped = read_manifest(MICRO_DIR)
+    assert shipped["steps_done"] == SHIPPED_STAGES[1]["stop_after"]
+    assert shipped["continued_from"]["steps_done"] == SHIPPED_STAGES[0]["stop_after"]
+    for key in ("start_phase", "steps", "lr", "seed"):
+        assert shipped["train_config"][key] == SHIPPED_STAGES[1][key], key
+    from pipeline.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match="--recipe shipped fixes every stage's settings; drop --steps"):
+        cli_main(["train-micro", "--recipe", "shipped", "--steps", "3", "--output", str(tmp_path / "x")])
+
+
 # --- the shipped weights --------------------------------------------------------------------------
 
 

@@ -7,8 +7,21 @@ from pathlib import Path
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from pipeline.training.micro import TrainConfig, train_micro
+    from pipeline.training.micro import TrainConfig, train_micro, train_recipe
 
+    if args.recipe == "shipped":
+        given = [n for n in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "time_limit_s",
+                             "init_from", "start_phase", "stop_after") if getattr(args, n) is not None]
+        if given:
+            raise SystemExit(f"starkv-eval train-micro: --recipe shipped fixes every stage's settings; drop "
+                             f"{', '.join('--' + n.replace('_', '-') for n in given)}")
+        results = train_recipe(args.output, threads=args.threads, progress=not args.quiet)
+        last = results[-1]
+        print(f"[train-micro] recipe 'shipped': {len(results)} stages, "
+              f"{sum(r.steps_done for r in results)} steps in {sum(r.wall_s for r in results) / 60:.1f} min; "
+              f"wrote {last.out_dir}: final loss {last.final_loss:.4f}, held-out accuracy "
+              f"{last.heldout_accuracy:.3f} on {last.heldout_steps} steps")
+        return 0
     cfg = TrainConfig()
     for name in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "threads", "time_limit_s",
                  "init_from", "start_phase", "stop_after"):
@@ -38,7 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="weights init and training-episode stream")
     p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (0: only at the end)")
     p.add_argument("--eval-episodes", type=int, help="held-out episodes per evaluation")
-    p.add_argument("--threads", type=int, help="torch threads (default: the recipe's 2)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the recipe's 1)")
     p.add_argument("--time-limit-s", type=float, help="stop after an evaluation once this wall time has passed")
     p.add_argument("--init-from", metavar="DIR",
                    help="continue from this micro-agent folder's weights (e.g. the shipped one) instead of a random init")
@@ -46,5 +59,8 @@ def add_parser(sub) -> None:
                    help="skip the curriculum's phases before this one (0: one icon, 1: short episodes, 2: full)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after step N of the --steps schedule (replays a run that --time-limit-s stopped)")
+    p.add_argument("--recipe", choices=("shipped",),
+                   help="'shipped': replay the shipped weights' two stages in one command (stage 1 kept beside "
+                        "--output as <name>.stage1)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd)

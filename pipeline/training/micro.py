@@ -275,6 +275,36 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
     return result
 
 
+#: The shipped weights' recipe, stage by stage: changes to ``TrainConfig()``'s defaults. Stage 1 is the
+#: default curriculum (its run was stopped by a time limit after step 4,436); stage 2 continues from
+#: stage 1's weights on the last phase only (full episodes with history) with a new stream seed, stopped
+#: after step 4,098 of a 5,000-step schedule. ``--recipe shipped`` replays both in one command.
+SHIPPED_STAGES: tuple[dict[str, Any], ...] = (
+    {"stop_after": 4436},
+    {"start_phase": 2, "steps": 5000, "lr": 1e-3, "seed": 1, "stop_after": 4098},
+)
+
+
+def train_recipe(out_dir: str | os.PathLike, stages: tuple[dict[str, Any], ...] = SHIPPED_STAGES, *,
+                 threads: int | None = None, progress: bool = True, log: Any = print) -> list[TrainResult]:
+    """Run ``stages`` in order, each continuing from the previous one's weights (kept beside ``out_dir`` as
+    ``<name>.stage<k>``); the last writes ``out_dir``. Returns every stage's result."""
+    out = Path(out_dir)
+    results: list[TrainResult] = []
+    previous: Path | None = None
+    for k, changes in enumerate(stages, start=1):
+        cfg = TrainConfig(**changes)
+        if threads is not None:
+            cfg.threads = threads
+        if previous is not None:
+            cfg.init_from = str(previous)
+        target = out if k == len(stages) else out.parent / f"{out.name}.stage{k}"
+        log(f"[train-micro] stage {k}/{len(stages)}: {changes} -> {target}")
+        results.append(train_micro(target, cfg, progress=progress, log=log))
+        previous = target
+    return results
+
+
 def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: TrainResult,
           init_manifest: dict | None = None) -> None:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -349,4 +379,4 @@ class _progress:
             self.bar.close()
 
 
-__all__ = ["TrainConfig", "TrainResult", "heldout_accuracy", "train_micro"]
+__all__ = ["SHIPPED_STAGES", "TrainConfig", "TrainResult", "heldout_accuracy", "train_micro", "train_recipe"]
