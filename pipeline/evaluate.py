@@ -145,11 +145,16 @@ class EpisodeRunner:
         rows: list[dict[str, Any]] = []
         history = StepHistory.for_agent(self.agent)
         for step in episode.steps:
-            row, image, output_text = self._run_step(episode, step, compressor, unit, history)
-            rows.append(row)
-            if image is not None:
-                history.add(step, image, output_text, self.agent.history_source)
+            rows.append(self.run_step(episode, step, compressor, unit, history))
         return rows
+
+    def run_step(self, episode: Episode, step: Step, compressor: Compressor, unit: Unit,
+                 history: StepHistory) -> dict[str, Any]:
+        """One step's row; the step joins ``history`` when its screenshot could be opened."""
+        row, image, output_text = self._run_step(episode, step, compressor, unit, history)
+        if image is not None:
+            history.add(step, image, output_text, self.agent.history_source)
+        return row
 
     def _base_row(self, episode: Episode, step: Step, unit: Unit) -> dict[str, Any]:
         return {

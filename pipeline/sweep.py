@@ -74,10 +74,7 @@ def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compres
 def _sweep_step(runner: EpisodeRunner, episode: Episode, step: Step, members: list[Member], share: bool) -> None:
     if ScrollViews.of(step) is not None:  # later calls follow each unit's own output: never shared
         for m in members:
-            row, image, output = runner._run_step(episode, step, m.compressor, m.unit, m.history)
-            m.rows.append(row)
-            if image is not None:
-                m.history.add(step, image, output, runner.agent.history_source)
+            m.rows.append(runner.run_step(episode, step, m.compressor, m.unit, m.history))
         return
     rows = {m: runner._base_row(episode, step, m.unit) for m in members}
     outputs: dict[Member, str] = {}

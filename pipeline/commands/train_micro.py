@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: TrainConfig fields a flag may set (``--recipe shipped`` fixes all of them but ``threads``)
+_SETTINGS = ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "threads", "time_limit_s",
+             "init_from", "start_phase", "stop_after")
+
 
 def _cmd(args: argparse.Namespace) -> int:
     from pipeline.training.micro import TrainConfig, train_micro, train_recipe
 
     if args.recipe == "shipped":
-        given = [n for n in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "time_limit_s",
-                             "init_from", "start_phase", "stop_after") if getattr(args, n) is not None]
+        given = [n for n in _SETTINGS if n != "threads" and getattr(args, n) is not None]
         if given:
             raise SystemExit(f"starkv-eval train-micro: --recipe shipped fixes every stage's settings; drop "
                              f"{', '.join('--' + n.replace('_', '-') for n in given)}")
@@ -23,8 +26,7 @@ def _cmd(args: argparse.Namespace) -> int:
               f"{last.heldout_accuracy:.3f} on {last.heldout_steps} steps")
         return 0
     cfg = TrainConfig()
-    for name in ("steps", "batch_size", "lr", "seed", "eval_every", "eval_episodes", "threads", "time_limit_s",
-                 "init_from", "start_phase", "stop_after"):
+    for name in _SETTINGS:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
