@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="weights init and training-episode stream")
     p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps (0: only at the end)")
     p.add_argument("--eval-episodes", type=int, help="held-out episodes per evaluation")
-    p.add_argument("--threads", type=int, help="torch threads (default: the recipe's 1)")
+    p.add_argument("--threads", type=int, help="torch threads (default: TrainConfig's 1; --recipe shipped: its 2, the count a bit-for-bit replay needs)")
     p.add_argument("--time-limit-s", type=float, help="stop after an evaluation once this wall time has passed")
     p.add_argument("--init-from", metavar="DIR",
                    help="continue from this micro-agent folder's weights (e.g. the shipped one) instead of a random init")
