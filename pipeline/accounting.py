@@ -332,6 +332,11 @@ class track_step:  # noqa: N801 - used like a function in a with statement
         """Storages the step hands on (call inside the block, before it ends)."""
         self.kept.extend(tensors)
 
+    def start_decode(self) -> None:
+        """From now on peaks count for decode, for a block whose decode does not start with a prefill forward
+        (a batched decode after the units' own selections)."""
+        self.tracker.start_decode()
+
     def __enter__(self) -> MemoryAccount:
         self.account.tracked = self  # so the block can call keep() through the account
         model = self.model

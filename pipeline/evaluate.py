@@ -134,6 +134,9 @@ class EpisodeRunner:
         self.prefill_mode, self.mode = prefill_mode, mode_label(prefill_mode)  # pipeline.chunked_prefill
         self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.lowmem
         self.memory_accounting = memory_accounting  # off only to measure what the accounting costs
+        # a shared sweep decodes its units as the rows of one batch where that is exact (pipeline.row_decode);
+        # off only to measure what it saves
+        self.batch_decode = True
         self.benchmark = benchmark
         self.agent = agent = agent.resolved(benchmark)  # unset fields take the benchmark's protocol defaults
         self.max_new_tokens = max_new_tokens
@@ -289,7 +292,9 @@ def _row_schema():
         ("peak_decode_bytes", i), ("peak_phase", s), ("peak_part", s), ("peak_breakdown_json", s),
         # shared sweeps (pipeline.sweep): prefill_s is then the one prefill the units shared, compress_s the
         # unit's own selection and gather (inside prefill_s when not shared), decode_s its own decode --
-        # or, with decode_shared, the one decode of a budget-free unit (full) the sweep ran at another budget
+        # or, with decode_shared, a decode several units shared: the batch its unit decoded in as one row
+        # (pipeline.row_decode; its time and decode peak are the batch's) or the one decode of a
+        # budget-free unit (full) the sweep ran at another budget
         ("compress_s", f), ("prefill_shared", b), ("decode_shared", b),
         # "exact", or "approx_chunked" for model.prefill_mode chunked_compress (an approximation)
         ("mode", s),

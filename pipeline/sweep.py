@@ -3,9 +3,12 @@
 A step's prefill is the same for every compressor and budget: each layer's attention runs on the full
 cache and compression only changes what is stored afterwards. So the units whose prompt for the step is
 the same text (always with ground-truth history; with model history until their outputs diverge) get
-one prefill (``starkv.shared``); each then selects with its own compressor (its own episode state),
-gathers its own cache and decodes from the shared first token. Rows are the rows of a per-unit run, one
-per unit and step, plus ``prefill_shared`` and ``compress_s``. Units whose compressor opts out
+one prefill (``starkv.shared``); each then selects with its own compressor (its own episode state) and
+gathers its own cache, and the units decode from the shared first token as the rows of one batch
+(``pipeline.row_decode``, exact: a layer whose batched product is not bit-for-bit the per-row one runs
+row by row; batches hold at most one full cache's worth of budgets). Rows are the
+rows of a per-unit run, one per unit and step, plus ``prefill_shared``, ``compress_s`` and
+``decode_shared``. Units whose compressor opts out
 (``Compressor.shares_prefill``), or a unit alone with its prompt, run the per-unit step unchanged, and so
 does every unit on a step that may take several model calls (``pipeline.multicall``: the calls after the
 first follow the unit's own output).
@@ -27,6 +30,7 @@ from pipeline.chunked_prefill import shares_prefill
 from pipeline.evaluate import EpisodeRunner, Unit, _PhaseTimer, guarded, open_screenshot, step_error
 from pipeline.faults import inject as inject_fault
 from pipeline.memory import peak_memory
+from pipeline.row_decode import decode_rows, greedy_setup
 from starkv import Compressor
 from starkv.budget import capacity
 from starkv.shared import PrefillRecord, compress_record, record_prefill, replay_prefill
@@ -55,6 +59,7 @@ class SharedPrefill:
     peak_bytes: int
     mem_device: str
     account: Any  # MemoryAccount of the prefill, or None without accounting
+    rope_deltas: torch.Tensor | None = None  # the prompt's M-RoPE offset (decode positions of a batched decode)
 
 
 def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compressor, Unit]],
@@ -121,18 +126,34 @@ def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: lis
         for m in group:
             rows[m]["error"] = message
         return
-    decoded: dict[type, Member] = {}  # budget-free compressor class -> the unit that decoded it this step
     for m in group:
         rows[m].update(prompt_tokens=rows[group[0]]["prompt_tokens"], num_images=rows[group[0]]["num_images"])
-        donor = decoded.get(type(m.compressor)) if m.compressor.budget_free else None
+    # a budget-free compressor (full) computes the same thing at every budget: one of its units decodes
+    own: list[Member] = []
+    copies: list[Member] = []
+    classes: set[type] = set()
+    for m in group:
+        if m.compressor.budget_free and type(m.compressor) in classes:
+            copies.append(m)
+            continue
+        classes.add(type(m.compressor))
+        own.append(m)
+    for batch in decode_batches(own) if runner.batch_decode else [[m] for m in own]:
+        if len(batch) > 1 and batchable(runner, prefill):
+            _decode_batch(runner, step, image, prefill, batch, rows, outputs)
+            continue
+        for m in batch:
+            outputs[m] = guarded(lambda m=m: unit_from_prefill(runner, step, image, prefill, m.compressor, m.unit,
+                                                               rows[m]), rows[m])
+    for m in copies:
+        donor = next((d for d in own if type(d.compressor) is type(m.compressor) and rows[d]["error"] is None), None)
         if donor is not None:
             outputs[m] = guarded(lambda m=m, donor=donor: _copy_decode(rows[donor], outputs[donor], m, rows[m]),
                                  rows[m])
             continue
         outputs[m] = guarded(lambda m=m: unit_from_prefill(runner, step, image, prefill, m.compressor, m.unit,
                                                            rows[m]), rows[m])
-        if m.compressor.budget_free and rows[m]["error"] is None:
-            decoded[type(m.compressor)] = m
+        own.append(m)  # decoded itself: the donor of the class's later units
 
 
 #: the columns that name a unit; every other column of a budget-free unit's row is its donor's
@@ -162,8 +183,10 @@ def shared_prefill(runner: EpisodeRunner, text: str, images: list, compressors: 
         runner._generate(inputs, 1)  # the one forward is the prefill; its first token is every unit's
         if account is not None:
             account.tracked.keep(record.tensors())  # the records are this step's memory until the units finish
+    rope_deltas = getattr(getattr(loaded.model, "model", None), "rope_deltas", None)
     return SharedPrefill(inputs=inputs, record=record, prefill_s=timer.prefill_s, peak_bytes=peak.peak_bytes,
-                         mem_device=peak.device, account=account)
+                         mem_device=peak.device, account=account,
+                         rope_deltas=None if rope_deltas is None else rope_deltas.clone())
 
 
 def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, compressor: Compressor,
@@ -189,3 +212,87 @@ def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedP
                prefill_s=prefill.prefill_s, compress_s=att.compress_s, decode_s=timer.prefill_s + timer.decode_s,
                prefill_shared=True)
     return runner._finish(step, image, out, int(prefill.inputs["input_ids"].shape[1]), row)
+
+
+#: the KV a batched decode may hold, in percent of one full cache: the units' budgets (100 for a budget-free
+#: one) add up to at most this per batch, so the batch never holds more than the records already do
+BATCH_CACHE_PERCENT = 100.0
+
+
+def decode_batches(members: list[Member], limit: float = BATCH_CACHE_PERCENT) -> list[list[Member]]:
+    """Consecutive units packed into batches whose budgets add up to at most ``limit`` percent."""
+    batches: list[list[Member]] = []
+    total = 0.0
+    for m in members:
+        share = 100.0 if m.compressor.budget_free else min(100.0, float(m.unit.budget))
+        if not batches or total + share > limit:
+            batches.append([])
+            total = 0.0
+        batches[-1].append(m)
+        total += share
+    return batches
+
+
+def batchable(runner: EpisodeRunner, prefill: SharedPrefill) -> bool:
+    """Whether this prompt's units can decode as the rows of one batch (M-RoPE offset known, and
+    ``generate``'s greedy settings readable from this transformers)."""
+    if prefill.rope_deltas is None:
+        return False
+    try:  # generate's own greedy settings (logits processors, end tokens) for this model
+        greedy_setup(runner.loaded.model, prefill.inputs["input_ids"], runner.max_new_tokens,
+                     runner.loaded.processor.tokenizer.pad_token_id)
+    except Exception:  # noqa: BLE001 - a transformers without that internal: decode per unit
+        return False
+    return True
+
+
+def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, members: list[Member],
+                  rows: dict[Member, dict[str, Any]], outputs: dict[Member, str]) -> None:
+    """Each unit selects and gathers its own cache (``compress_s``), then all decode as one batch
+    (``pipeline.row_decode``: every unit's tokens exactly as alone). ``decode_s`` and the decode-phase
+    memory are the batch's, the same in each of its rows (``decode_shared``), as ``prefill_s`` is the
+    shared prefill's: the records and every unit's cache are live together."""
+    loaded = runner.loaded
+    inputs = {k: v for k, v in prefill.inputs.items() if k not in PIXEL_INPUTS}
+    prompt_ids = prefill.inputs["input_ids"]
+    tracked = (track_step(loaded.model, inputs, held=prefill.record.tensors()) if runner.memory_accounting
+               else contextlib.nullcontext())
+    ready: list[tuple[Member, Any, list]] = []
+    tokens: list[list[int]] = []
+    with torch.inference_mode(), peak_memory(loaded.device) as peak, tracked as account:
+        for m in members:
+            def select(m=m) -> str:
+                att, holders = compress_record(loaded.model, prefill.record, m.compressor, m.unit.budget)
+                ready.append((m, att, [(h.keys, h.values) for h in holders]))
+                return ""
+            guarded(select, rows[m])  # a unit whose selection fails says so in its row; the others decode
+        if account is not None:
+            account.tracked.start_decode()
+        caches = [cache for _, _, cache in ready]
+        error = None
+        with runner._model_contexts(), _PhaseTimer(loaded.model, loaded.device) as timer:
+            try:
+                tokens = decode_rows(loaded.model, prompt_ids, prefill.record.output.logits[:, -1, :],
+                                     prefill.rope_deltas, caches, runner.max_new_tokens,
+                                     loaded.processor.tokenizer.pad_token_id)
+            except Exception as err:  # the decode every unit of the batch shared failed: each row says so
+                error = step_error(err)
+        del caches
+        ready = [(m, att, None) for m, att, _ in ready]  # the caches die with the decode
+    merged = None
+    if account is not None:
+        merged = account.with_prefill_of(prefill.account) if prefill.account is not None else account
+    for (m, att, _), new in zip(ready, tokens or [None] * len(ready)):
+        row = rows[m]
+        if merged is not None:
+            row.update(merged.row_fields())
+        row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
+                   peak_mem_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
+                   prefill_s=prefill.prefill_s, compress_s=att.compress_s, decode_s=timer.prefill_s + timer.decode_s,
+                   prefill_shared=True, decode_shared=len(ready) > 1)
+        if error is not None:
+            row["error"] = error
+            continue
+        out = torch.cat([prompt_ids.cpu(), torch.tensor([new], dtype=prompt_ids.dtype)], dim=1)
+        outputs[m] = guarded(lambda row=row, out=out: runner._finish(step, image, out, int(prompt_ids.shape[1]), row),
+                             row)

@@ -1,7 +1,8 @@
 """``bench sweep``: wall time of one sweep run per unit vs with shared prefills, and a 7B prediction.
 
 Both runs go through the pipeline's own step code (``EpisodeRunner.run`` per unit, ``pipeline.sweep``
-shared) on the same model, episodes and units in one process, and their rows are compared for equality.
+shared: one prefill per step, the units' decodes batched where exact) on the same model, episodes and
+units in one process, and their rows are compared for equality.
 The prediction for UI-TARS-7B on ScreenSpot-Pro times one 7B-sized decoder layer (random weights) on this
 machine: its prefill over the prompt, a compressor's selection, and one decode step over the compressed
 cache; a step per unit costs ``P + U`` (``P`` = layers × prefill, ``U`` = layers × (selection + tokens ×
@@ -34,16 +35,19 @@ class SweepTiming:
     shared_s: float
     speedup: float
     identical: bool
+    batch_decode: bool  # the shared sweep decoded its units as one batch (where exact)
     prefill_share: float  # of a per-unit step's model time (prefill / (prefill + decode)), measured
     mean_prefill_s: float
     mean_compress_s: float
     mean_decode_s: float
 
 
-def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting: bool = True) -> SweepTiming:
+def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting: bool = True,
+                    batch_decode: bool = True) -> SweepTiming:
     """Run the job's units over its first ``episodes`` episodes per unit, then shared; time both.
 
     ``memory_accounting`` as in runs (on); off shows the ratio without the accounting's per-op cost.
+    ``batch_decode`` as in runs (on): the shared sweep decodes its units as one batch (``pipeline.row_decode``).
     """
     from pipeline.evaluate import EpisodeRunner, Unit
     from pipeline.models.loader import ModelSpec, load_model
@@ -57,6 +61,7 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting
     eps = load_episodes(cfg, bench)[:episodes]
     runner = EpisodeRunner(loaded, bench, cfg.agent, m.max_new_tokens, mlp_chunk_tokens=m.mlp_chunk_tokens,
                            vision_per_image=m.vision_per_image, memory_accounting=memory_accounting)
+    runner.batch_decode = batch_decode
     specs = cfg.units()
 
     def units():
@@ -83,6 +88,7 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting
     return SweepTiming(
         units=len(specs), episodes=len(eps), steps=sum(len(e.steps) for e in eps), per_unit_s=per_unit_s,
         shared_s=shared_s, speedup=per_unit_s / shared_s, identical=view(per_unit) == view(shared),
+        batch_decode=batch_decode,
         prefill_share=prefill / (prefill + decode) if prefill + decode else 0.0,
         mean_prefill_s=statistics.fmean(r["prefill_s"] for r in flat_shared) if flat_shared else 0.0,
         mean_compress_s=statistics.fmean(r["compress_s"] for r in flat_shared) if flat_shared else 0.0,

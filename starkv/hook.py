@@ -95,8 +95,9 @@ _wrap_count: dict[str, int] = {}
 _wrap_saved: dict[str, tuple[bool, Any]] = {}
 
 
-def _install_query_capture(attn_implementation: str) -> None:
-    """Wrap the attention function used by the text decoder so it stashes queries for flagged modules."""
+def install_attention_wrapper(attn_implementation: str) -> None:
+    """Wrap (counted: one wrapper per implementation) the attention function of the text decoder: it stashes
+    queries for flagged modules at prefill, and runs a batched decode's rows one by one (``_starkv_rows``)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
@@ -111,6 +112,9 @@ def _install_query_capture(attn_implementation: str) -> None:
         inner = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
 
         def capturing_attention(module, query, key, value, attention_mask, **kwargs):
+            rows = getattr(module, "_starkv_rows", None)  # a batched decode of several units (pipeline.row_decode)
+            if rows is not None:
+                return rows.attend(inner, module, query, kwargs)
             slot = getattr(module, "_starkv_capture", None)
             if slot is not None and slot.rows and query.shape[-2] > 1:
                 slot.queries = query[..., -slot.rows :, :].detach()
@@ -126,10 +130,10 @@ def detach_capture(layers, handles: list, attn_implementation: str) -> None:
     for layer in layers:
         if hasattr(layer.self_attn, "_starkv_capture"):
             del layer.self_attn._starkv_capture
-    _remove_query_capture(attn_implementation)
+    remove_attention_wrapper(attn_implementation)
 
 
-def _remove_query_capture(attn_implementation: str) -> None:
+def remove_attention_wrapper(attn_implementation: str) -> None:
     from transformers.modeling_utils import AttentionInterface
 
     with _wrap_lock:
@@ -329,7 +333,7 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
     layers = decoder_layers(model)
     attachment = Attachment(model=model, compressor=compressor, budget=budget, layout=layout)
     impl = check_decodable(model, compressor)
-    _install_query_capture(impl)
+    install_attention_wrapper(impl)
     handles = []
     try:
         for i, layer in enumerate(layers):

@@ -26,11 +26,11 @@ from starkv.budget import capacity
 from starkv.compressor import HIDDEN_NEEDS, Compressor
 from starkv.hook import (
     Attachment,
-    _install_query_capture,
     _QueryCapture,
     check_decodable,
     decoder_layers,
     detach_capture,
+    install_attention_wrapper,
     layer_compressor,
 )
 from starkv.layout import PromptLayout
@@ -112,7 +112,7 @@ def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayou
     record = PrefillRecord(layout=layout)
     length = layout.prompt_length
     handles = []
-    _install_query_capture(impl)
+    install_attention_wrapper(impl)
     try:
         for i, layer in enumerate(layers):
             slot = _QueryCapture()

@@ -63,3 +63,4 @@ def memory_copy():
     for path in made:
         if fs.exists(path):
             fs.rm(path, recursive=True)
+

@@ -15,11 +15,11 @@ import torch
 
 import starkv
 import starkv.hook as hook
-from pipeline.benchmarks.synthetic import SyntheticBenchmark, generate_synthetic
 from pipeline.config import AgentConfig
 from pipeline.evaluate import EpisodeRunner, Unit
 from pipeline.models.loader import ModelSpec, load_model
 from pipeline.sweep import run_sweep
+from tests.tiny_setup import tiny_episode
 
 SAME = ("prompt_tokens", "num_images", "kept_tokens", "kv_bytes", "kv_bytes_full", "generated_tokens",
         "raw_output", "prediction", "action_type", "correct", "score", "reason", "error", "step_key")
@@ -39,11 +39,7 @@ def _specs() -> list[tuple[str, str, dict]]:
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    root = generate_synthetic(tmp_path_factory.mktemp("sweep") / "syn", num_episodes=1, min_steps=5, max_steps=5,
-                              seed=5, resolutions=((320, 240),))
-    bench = SyntheticBenchmark(str(root))
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    return loaded, bench, bench.load()[0]
+    return tiny_episode(tiny_model_dir, tmp_path_factory.mktemp("sweep"), steps=5, seed=5)
 
 
 @pytest.fixture
@@ -97,6 +93,8 @@ def test_shared_sweep_equals_per_unit_runs(setup, kept, slots):
         assert all(r["prefill_shared"] for r in rows_b) and not any(r["prefill_shared"] for r in rows_a)
         assert _same_indices(kept[id(ca)], kept[id(cb)]), unit.key
         assert any(i is not None for i in kept[id(cb)]) or unit.compressor == "full", unit.key
+    # the units decoded as rows of batches (pipeline.row_decode): the equality above covers that path
+    assert sum(r["decode_shared"] for rows in shared for r in rows) > len(shared)
     # one prefill per step: the units' prefill times are one figure per step
     for step in range(len(episode.steps)):
         assert len({rows[step]["prefill_s"] for rows in shared}) == 1
@@ -151,12 +149,13 @@ def test_full_cache_at_several_budgets_decodes_once_per_step(setup, monkeypatch)
     inner = runner._generate
     monkeypatch.setattr(runner, "_generate", lambda *a, **kw: calls.append(1) or inner(*a, **kw))
     shared = run_sweep(runner, episode, _units(specs))
-    # per step: the shared prefill, one full-cache decode for both budgets, snapkv's two decodes
-    assert len(calls) == len(episode.steps) * 4
+    # per step: the shared prefill and one full-cache decode (alone: a budget-free unit fills a decode batch,
+    # pipeline.sweep.decode_batches) for both budgets; snapkv's two budgets decode as one batch of rows
+    assert len(calls) == len(episode.steps) * 2
     for rows_a, rows_b in zip(per_unit, shared):
         assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b]
     assert [[r["decode_shared"] for r in rows] for rows in shared] == [[False, False], [True, True],
-                                                                        [False, False], [False, False]]
+                                                                        [True, True], [True, True]]
     memory = ("peak_above_weights_bytes", "peak_decode_bytes", "peak_breakdown_json", "decode_s", "prefill_s")
     for a, b in zip(shared[0], shared[1]):
         assert {k: a[k] for k in memory} == {k: b[k] for k in memory}

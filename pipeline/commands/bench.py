@@ -86,7 +86,8 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
         return 2
     echo = (lambda *_: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
     timing = None if args.predict_only else run_sweep_bench(cfg, args.episodes, echo=echo,
-                                                                    memory_accounting=not args.no_accounting)
+                                                                    memory_accounting=not args.no_accounting,
+                                                                    batch_decode=not args.no_batch_decode)
     prediction = None
     if args.predict_7b or args.predict_only:
         prediction = predict_7b([c.name for c in cfg.compressors], budget=min(cfg.budgets), device=args.device,
@@ -156,6 +157,8 @@ def add_parser(sub) -> None:
     sw.add_argument("--max-new-tokens", type=int, help="override model.max_new_tokens")
     sw.add_argument("--no-accounting", action="store_true",
                     help="without the exact memory accounting (runs have it on; it costs per op, mostly in decode)")
+    sw.add_argument("--no-batch-decode", action="store_true",
+                    help="the shared sweep decodes unit by unit instead of as one batch of rows (shows what batching saves)")
     sw.add_argument("--predict-7b", action="store_true",
                     help="also time one UI-TARS-7B-sized layer (prefill over 16,544 tokens: ~1.5 min on CPU) and "
                          "predict the ScreenSpot-Pro speedup")
