@@ -272,9 +272,10 @@ def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefi
         error = None
         with runner._model_contexts(), _PhaseTimer(loaded.model, loaded.device) as timer:
             try:
-                tokens = decode_rows(loaded.model, prompt_ids, prefill.record.output.logits[:, -1, :],
-                                     prefill.rope_deltas, caches, runner.max_new_tokens,
-                                     loaded.processor.tokenizer.pad_token_id)
+                if caches:  # else every unit's selection failed: nothing to decode
+                    tokens = decode_rows(loaded.model, prompt_ids, prefill.record.output.logits[:, -1, :],
+                                         prefill.rope_deltas, caches, runner.max_new_tokens,
+                                         loaded.processor.tokenizer.pad_token_id)
             except Exception as err:  # the decode every unit of the batch shared failed: each row says so
                 error = step_error(err)
         del caches
