@@ -129,14 +129,14 @@ class EpisodeRunner:
 
     def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int,
                  memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True,
-                 prefill_mode: str = "full") -> None:
+                 prefill_mode: str = "full", batch_decode: bool = True) -> None:
         self.loaded = loaded
         self.prefill_mode, self.mode = prefill_mode, mode_label(prefill_mode)  # pipeline.chunked_prefill
         self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.lowmem
         self.memory_accounting = memory_accounting  # off only to measure what the accounting costs
         # a shared sweep decodes its units as the rows of one batch where that is exact (pipeline.row_decode);
         # off only to measure what it saves
-        self.batch_decode = True
+        self.batch_decode = batch_decode
         self.benchmark = benchmark
         self.agent = agent = agent.resolved(benchmark)  # unset fields take the benchmark's protocol defaults
         self.max_new_tokens = max_new_tokens

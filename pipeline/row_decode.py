@@ -85,9 +85,14 @@ def _row_linear_forwards(model) -> Iterator[None]:
         if "forward" in vars(mod):  # someone else's instance forward: leave that layer alone
             continue
 
-        def forward(x, mod=mod):
-            if x.dim() == 3 and x.shape[1] == 1 and x.shape[0] > 1:
-                if _exact(mod, x.shape[0]):
+        verdicts: dict[int, bool] = {}  # rows -> exact, for this layer during this decode
+
+        def forward(x, mod=mod, exact=verdicts):
+            rows = x.shape[0]
+            if x.dim() == 3 and x.shape[1] == 1 and rows > 1:
+                if exact.get(rows) is None:
+                    exact[rows] = _exact(mod, rows)
+                if exact[rows]:
                     return _row_linear(x, mod.weight, mod.bias)
                 return _per_row(x, mod.weight, mod.bias)
             return F.linear(x, mod.weight, mod.bias)
@@ -159,10 +164,11 @@ def greedy_setup(model, prompt_ids: torch.Tensor, max_new_tokens: int, pad_token
 
 def decode_rows(model, prompt_ids: torch.Tensor, first_logits: torch.Tensor, rope_deltas: torch.Tensor,
                 caches: list[list[tuple[torch.Tensor, torch.Tensor]]], max_new_tokens: int,
-                pad_token_id: int | None) -> list[list[int]]:
+                greedy: tuple[Any, set[int]]) -> list[list[int]]:
     """Greedy tokens of every row: ``first_logits`` (the shared prefill's last-position logits) give the
-    first token, then each row decodes from its own per-layer ``(keys, values)``."""
-    processors, eos = greedy_setup(model, prompt_ids, max_new_tokens, pad_token_id)
+    first token, then each row decodes from its own per-layer ``(keys, values)``. ``greedy``:
+    :func:`greedy_setup`'s (logits processors, end tokens) for this prompt."""
+    processors, eos = greedy
 
     def pick(ids: torch.Tensor, logits: torch.Tensor) -> list[int]:
         scores = logits.to(copy=True, dtype=torch.float32)

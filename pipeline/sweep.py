@@ -138,9 +138,10 @@ def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: lis
             continue
         classes.add(type(m.compressor))
         own.append(m)
-    for batch in decode_batches(own) if runner.batch_decode else [[m] for m in own]:
-        if len(batch) > 1 and batchable(runner, prefill):
-            _decode_batch(runner, step, image, prefill, batch, rows, outputs)
+    greedy = greedy_settings(runner, prefill) if runner.batch_decode and len(own) > 1 else None
+    for batch in decode_batches(own) if greedy is not None else [[m] for m in own]:
+        if len(batch) > 1:
+            _decode_batch(runner, step, image, prefill, batch, rows, outputs, greedy)
             continue
         for m in batch:
             outputs[m] = guarded(lambda m=m: unit_from_prefill(runner, step, image, prefill, m.compressor, m.unit,
@@ -204,13 +205,7 @@ def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedP
                 _PhaseTimer(loaded.model, loaded.device) as timer:
             out = runner._generate(inputs, runner.max_new_tokens)
         del holders  # the unit's cache dies with its decode, as in a per-unit step
-    if account is not None:
-        merged = account.with_prefill_of(prefill.account) if prefill.account is not None else account
-        row.update(merged.row_fields())
-    row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
-               peak_mem_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
-               prefill_s=prefill.prefill_s, compress_s=att.compress_s, decode_s=timer.prefill_s + timer.decode_s,
-               prefill_shared=True)
+    _fill_unit_row(row, prefill, att, account, peak, timer.prefill_s + timer.decode_s)
     return runner._finish(step, image, out, int(prefill.inputs["input_ids"].shape[1]), row)
 
 
@@ -233,21 +228,34 @@ def decode_batches(members: list[Member], limit: float = BATCH_CACHE_PERCENT) ->
     return batches
 
 
-def batchable(runner: EpisodeRunner, prefill: SharedPrefill) -> bool:
-    """Whether this prompt's units can decode as the rows of one batch (M-RoPE offset known, and
-    ``generate``'s greedy settings readable from this transformers)."""
+def greedy_settings(runner: EpisodeRunner, prefill: SharedPrefill) -> tuple[Any, set[int]] | None:
+    """``generate``'s greedy settings (logits processors, end tokens) for this prompt when its units can
+    decode as the rows of one batch; None when they cannot (M-RoPE offset unknown, or a transformers
+    without that internal): then each decodes alone."""
     if prefill.rope_deltas is None:
-        return False
-    try:  # generate's own greedy settings (logits processors, end tokens) for this model
-        greedy_setup(runner.loaded.model, prefill.inputs["input_ids"], runner.max_new_tokens,
-                     runner.loaded.processor.tokenizer.pad_token_id)
-    except Exception:  # noqa: BLE001 - a transformers without that internal: decode per unit
-        return False
-    return True
+        return None
+    try:
+        return greedy_setup(runner.loaded.model, prefill.inputs["input_ids"], runner.max_new_tokens,
+                            runner.loaded.processor.tokenizer.pad_token_id)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _fill_unit_row(row: dict[str, Any], prefill: SharedPrefill, att, account, peak, decode_s: float,
+                   **extra: Any) -> None:
+    """A unit's columns after its decode from a shared prefill (alone or in a batch): its selection's
+    figures, memory with the shared prefill's peak, the shared prefill's time and the decode's."""
+    if account is not None:
+        merged = account.with_prefill_of(prefill.account) if prefill.account is not None else account
+        row.update(merged.row_fields())
+    row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
+               peak_mem_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
+               prefill_s=prefill.prefill_s, compress_s=att.compress_s, decode_s=decode_s, prefill_shared=True,
+               **extra)
 
 
 def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, members: list[Member],
-                  rows: dict[Member, dict[str, Any]], outputs: dict[Member, str]) -> None:
+                  rows: dict[Member, dict[str, Any]], outputs: dict[Member, str], greedy: tuple[Any, set[int]]) -> None:
     """Each unit selects and gathers its own cache (``compress_s``), then all decode as one batch
     (``pipeline.row_decode``: every unit's tokens exactly as alone). ``decode_s`` and the decode-phase
     memory are the batch's, the same in each of its rows (``decode_shared``), as ``prefill_s`` is the
@@ -257,40 +265,32 @@ def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefi
     prompt_ids = prefill.inputs["input_ids"]
     tracked = (track_step(loaded.model, inputs, held=prefill.record.tensors()) if runner.memory_accounting
                else contextlib.nullcontext())
-    ready: list[tuple[Member, Any, list]] = []
+    selected: list[tuple[Member, Any]] = []
+    caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     tokens: list[list[int]] = []
     with torch.inference_mode(), peak_memory(loaded.device) as peak, tracked as account:
         for m in members:
             def select(m=m) -> str:
                 att, holders = compress_record(loaded.model, prefill.record, m.compressor, m.unit.budget)
-                ready.append((m, att, [(h.keys, h.values) for h in holders]))
+                selected.append((m, att))
+                caches.append([(h.keys, h.values) for h in holders])
                 return ""
             guarded(select, rows[m])  # a unit whose selection fails says so in its row; the others decode
         if account is not None:
             account.tracked.start_decode()
-        caches = [cache for _, _, cache in ready]
         error = None
         with runner._model_contexts(), _PhaseTimer(loaded.model, loaded.device) as timer:
             try:
                 if caches:  # else every unit's selection failed: nothing to decode
                     tokens = decode_rows(loaded.model, prompt_ids, prefill.record.output.logits[:, -1, :],
-                                         prefill.rope_deltas, caches, runner.max_new_tokens,
-                                         loaded.processor.tokenizer.pad_token_id)
+                                         prefill.rope_deltas, caches, runner.max_new_tokens, greedy)
             except Exception as err:  # the decode every unit of the batch shared failed: each row says so
                 error = step_error(err)
-        del caches
-        ready = [(m, att, None) for m, att, _ in ready]  # the caches die with the decode
-    merged = None
-    if account is not None:
-        merged = account.with_prefill_of(prefill.account) if prefill.account is not None else account
-    for (m, att, _), new in zip(ready, tokens or [None] * len(ready)):
+        caches.clear()  # the units' caches die with the decode, inside the accounted block
+    for (m, att), new in zip(selected, tokens or [None] * len(selected)):
         row = rows[m]
-        if merged is not None:
-            row.update(merged.row_fields())
-        row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
-                   peak_mem_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
-                   prefill_s=prefill.prefill_s, compress_s=att.compress_s, decode_s=timer.prefill_s + timer.decode_s,
-                   prefill_shared=True, decode_shared=len(ready) > 1)
+        _fill_unit_row(row, prefill, att, account, peak, timer.prefill_s + timer.decode_s,
+                       decode_shared=len(selected) > 1)
         if error is not None:
             row["error"] = error
             continue

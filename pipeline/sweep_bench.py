@@ -60,8 +60,8 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting
     bench = make_benchmark(cfg)
     eps = load_episodes(cfg, bench)[:episodes]
     runner = EpisodeRunner(loaded, bench, cfg.agent, m.max_new_tokens, mlp_chunk_tokens=m.mlp_chunk_tokens,
-                           vision_per_image=m.vision_per_image, memory_accounting=memory_accounting)
-    runner.batch_decode = batch_decode
+                           vision_per_image=m.vision_per_image, memory_accounting=memory_accounting,
+                           batch_decode=batch_decode)
     specs = cfg.units()
 
     def units():

@@ -63,4 +63,3 @@ def memory_copy():
     for path in made:
         if fs.exists(path):
             fs.rm(path, recursive=True)
-

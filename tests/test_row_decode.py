@@ -19,7 +19,14 @@ from pipeline.agent.step_prompt import StepHistory
 from pipeline.config import AgentConfig
 from pipeline.evaluate import EpisodeRunner, Unit, open_screenshot
 from pipeline.row_decode import decode_rows, rows_exact
-from pipeline.sweep import Member, decode_batches, run_sweep, shared_prefill, unit_from_prefill
+from pipeline.sweep import (
+    Member,
+    decode_batches,
+    greedy_settings,
+    run_sweep,
+    shared_prefill,
+    unit_from_prefill,
+)
 from starkv.shared import compress_record
 from tests.tiny_setup import tiny_episode
 
@@ -72,8 +79,7 @@ def _step_tokens(runner: EpisodeRunner, episode, step_index: int = 1):
             caches.append([(h.keys, h.values) for h in holders])
             kept.append([h.keys.shape[-2] for h in holders])
         rows = decode_rows(loaded.model, prefill.inputs["input_ids"], prefill.record.output.logits[:, -1, :],
-                           prefill.rope_deltas, caches, runner.max_new_tokens,
-                           loaded.processor.tokenizer.pad_token_id)
+                           prefill.rope_deltas, caches, runner.max_new_tokens, greedy_settings(runner, prefill))
     tokenizer = loaded.processor.tokenizer
     batched = [tokenizer.decode(r, skip_special_tokens=False) for r in rows]
     own = [r["raw_output"] for r in alone]
