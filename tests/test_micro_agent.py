@@ -112,6 +112,7 @@ def test_train_micro_continues_from_a_folder_on_the_later_phases(tmp_path):
     with pytest.raises(ValueError, match="start_phase 3"):
         train_micro(tmp_path / "c", TrainConfig(steps=1, start_phase=3), progress=False)
 
+
 def test_recipe_runs_its_stages_in_one_command(tmp_path):
     """``train-micro --recipe`` chains the stages: each continues from the previous one's written weights,
     and the same stages run again give the same weights (deterministic on CPU at a given thread count)."""
