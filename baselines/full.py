@@ -14,7 +14,16 @@ from starkv.context import LayerContext
 @register("full")
 @dataclass
 class FullCache(Compressor):
-    """Keeps every token whatever the budget (the no-op compressor)."""
+    """Keeps every token whatever the budget (the no-op compressor).
+
+    No paper: the uncompressed reference point every budget is compared against.
+
+    Parameters
+    ----------
+    window_size : int
+        Observation window W (8); it never changes the kept cache here and is inherited so the full
+        cache accepts the same config fields as every other method.
+    """
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
     budget_free: ClassVar[bool] = True  # every budget keeps everything: a sweep decodes it once per step

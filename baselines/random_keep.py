@@ -23,6 +23,8 @@ _MASK63 = (1 << 63) - 1
 class RandomKeep(ScorerCompressor):
     """Uniform random scores per KV head, reproducible from ``seed``.
 
+    No paper: a sanity floor that every scoring method has to beat.
+
     Parameters
     ----------
     window_size : int

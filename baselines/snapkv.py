@@ -23,7 +23,14 @@ from starkv.scoring import group_mean, window_scores
 class SnapKV(ScorerCompressor):
     """Observation-window attention, pooled, one index set per KV head.
 
-    Fields: ``window_size`` observation window W (8); ``kernel_size`` avg-pool kernel (5).
+    Paper: https://arxiv.org/abs/2404.14469
+
+    Parameters
+    ----------
+    window_size : int
+        Observation window W (8): its queries vote for the past tokens, and it is always kept.
+    kernel_size : int
+        Average-pool kernel of the window scores (5), so neighbours of a salient token are kept as a cluster.
     """
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it

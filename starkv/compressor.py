@@ -69,6 +69,14 @@ class Compressor:
 
     Stateful methods keep their state on the instance and clear it in ``reset()``, which the pipeline
     calls at every episode start.
+
+    No paper: the interface every method implements.
+
+    Parameters
+    ----------
+    window_size : int
+        Observation window W (8): the last W prompt tokens, always kept and used as queries by the
+        scoring methods.
     """
 
     window_size: int = 8
@@ -129,6 +137,13 @@ class ScorerCompressor(Compressor):
     """A compressor defined by a score per past token: keep the top-k past tokens plus the window.
 
     ``score`` returns (H_kv, P) for per-KV-head selection or (1, P) for one index set shared by all heads.
+
+    No paper: the shared top-k plumbing of the scoring methods.
+
+    Parameters
+    ----------
+    window_size : int
+        Observation window W (8), always kept on top of the top-k past tokens.
     """
 
     def score(self, ctx: LayerContext) -> torch.Tensor:

@@ -63,15 +63,65 @@ def best_group(groups: torch.Tensor) -> torch.Tensor:
 class StarKV(ScorerCompressor):
     """STaR-KV with the reference (repro-script) settings; each module can be switched off for ablations.
 
-    Fields: ``window_size`` W (8), ``kernel_size`` avg-pool kernel (5); spatial boost ``alpha`` (2.0),
-    ``spatial_tau`` (3.5); MI prior ``mi_grid`` cells per side (12), ``mi_bins`` rank bins (16),
-    ``mi_decay`` EMA decay (0.9), ``mi_lambda`` final strength (0.5), ``mi_profile_steps`` N (5; ≤ 0 makes
-    the prior a no-op), ``mi_ramp_steps`` R (10), ``mi_tau`` group softmax temperature (1.0); temporal
-    ``temporal_rho`` pattern EMA (0.9), ``temporal_delta`` δ (0.1), ``temporal_eps`` ε (0),
-    ``temporal_min`` d_min (0), ``temporal_warmup`` calls without discount (0); entropy temperature range
-    ``entropy_min``/``entropy_max`` (0.75/1.25) and ``entropy_smooth`` (0). Switches ``spatial_boost``,
-    ``mi_prior``, ``temporal``, ``entropy`` turn a module off. Unlike the reference, 0 for λ, decay or
-    τ_MI is taken literally (the reference silently replaces 0 by its default).
+    Paper: https://arxiv.org/abs/2606.01790
+
+    Parameters
+    ----------
+    window_size : int
+        Observation window W (8): its queries score the past tokens, and it is always kept.
+    kernel_size : int
+        Average-pool kernel of the window scores (5), so neighbours of a salient token are kept together.
+    alpha : float
+        Weight α of the hidden-state-norm spatial boost on the current screenshot (2.0).
+    spatial_tau : float
+        Softmax temperature τ_s of the spatial boost, dividing the standardised norms (3.5).
+    mi_grid : int
+        Cells per side of the grid laid over the current screenshot for the spatial MI (12).
+    mi_bins : int
+        Equal-frequency value bins of a group's attention in the MI estimate (16).
+    mi_decay : float
+        EMA decay of each group's MI over the steps of an episode (0.9), smoothing the group weights.
+    mi_lambda : float
+        Final strength λ of the MI prior (0.5).
+    mi_profile_steps : int
+        Calls N that only profile the MI before the prior acts (5); ≤ 0 makes the prior a no-op.
+    mi_ramp_steps : int
+        Calls R over which λ_eff ramps linearly up to ``mi_lambda`` after the profiling (10; ≤ 0 uses N).
+    mi_tau : float
+        Softmax temperature τ_MI turning the normalised MI EMA into group weights (1.0).
+    temporal_rho : float
+        EMA decay ρ of each group's attention pattern over the current screenshot (0.9), the reference
+        its stability is measured against.
+    temporal_delta : float
+        Discount rate δ per frame of age (0.1): how fast older screenshots lose score.
+    temporal_eps : float
+        Floor ε of the stability factor φ (0), so that unstable groups may still discount history.
+    temporal_min : float
+        Floor d_min of the discount factor (0), so that old screenshots keep at least that share of their score.
+    temporal_warmup : int
+        Calls per layer without discount (0), letting the pattern EMA settle first.
+    entropy_min : float
+        Temperature T at zero normalised attention entropy (0.75).
+    entropy_max : float
+        Temperature T at maximal normalised attention entropy (1.25).
+    entropy_smooth : float
+        EMA weight of the previous step's temperature (0 = no smoothing).
+    spatial_boost : bool
+        Apply the spatial boost (True); False switches the module off for ablations.
+    mi_prior : bool
+        Apply the spatial-MI prior (True); False switches the module off for ablations.
+    temporal : bool
+        Apply the temporal discount (True); False switches the module off for ablations.
+    entropy : bool
+        Apply the entropy temperature ``score^(1/T)`` (True); kept for fidelity only (see Notes).
+    entropy_adaptive_budget : bool
+        Extension (False): split the layers' total budget in proportion to each layer's temperature,
+        which makes the compressor layer-adaptive (see :meth:`layer_weight`).
+
+    Notes
+    -----
+    Unlike the reference, 0 for λ, decay or τ_MI is taken literally (the reference silently replaces 0 by
+    its default).
 
     Entropy: the faithful mode applies ``score^(1/T)``, a strictly increasing map of non-negative scores
     with k fixed, so it **cannot change the kept set** (spec §1.9); it is kept for fidelity only.
