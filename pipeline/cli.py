@@ -10,7 +10,7 @@ import warnings
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.run import run_job
+    from pipeline.run.job import run_job
 
     cfg = load_config(args.config)
     if args.run_id:
@@ -21,7 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from pipeline.sync import sync_output
+    from pipeline.tracking.sync import sync_output
 
     synced = sync_output(args.output, tracking_uri=args.tracking_uri)
     return 0 if synced else 1
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
-    from pipeline.store import LeaseHeld, StoreError
+    from pipeline.results.store import LeaseHeld, StoreError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starkv-eval: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        from pipeline.benchmarks.base import BenchmarkDataError
+        from pipeline.benchmarks.common.base import BenchmarkDataError
 
         if isinstance(err, BenchmarkDataError):
             print(f"starkv-eval: benchmark data error: {err}", file=sys.stderr)

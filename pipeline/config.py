@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,36 @@ class ConfigError(ValueError):
     """A job config that cannot run; the message names the field."""
 
 
+class PrefillMode(str, Enum):
+    """How a step's prompt is prefilled (``model.prefill_mode``).
+
+    ``full`` is exact; ``chunked_compress`` compresses the cache after each history screenshot while it
+    prefills (an approximation, ``pipeline.step.chunked_prefill``), so its units cannot share a prefill.
+    """
+
+    FULL = "full"
+    CHUNKED_COMPRESS = "chunked_compress"
+
+    @classmethod
+    def parse(cls, value: str | PrefillMode) -> PrefillMode:
+        """The mode named by ``value``; ValueError naming the option otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"model.prefill_mode: expected one of {', '.join(m.value for m in cls)}, "
+                             f"got {value!r}") from None
+
+    @property
+    def label(self) -> str:
+        """The ``mode`` column of rows and params: ``exact`` or ``approx_chunked``."""
+        return "exact" if self is PrefillMode.FULL else "approx_chunked"
+
+    @property
+    def shares_prefill(self) -> bool:
+        """Whether a sweep's units may share a step's prefill (not a chunked one, which compresses per unit)."""
+        return self is PrefillMode.FULL
+
+
 @dataclass
 class ModelConfig:
     path: str = "tiny"
@@ -24,12 +55,12 @@ class ModelConfig:
     device: str = "auto"
     max_new_tokens: int = 32
     #: run each decoder MLP over at most this many prompt tokens at a time in prefill (0: off); lowers the
-    #: peak, same tokens and kept sets (pipeline.lowmem)
+    #: peak, same tokens and kept sets (pipeline.memory.lowmem)
     mlp_chunk_tokens: int = 0
     #: encode the screenshots one at a time in the vision tower (same features; lower peak)
     vision_per_image: bool = True
     #: ``full`` (exact) or ``chunked_compress``: an opt-in approximation that compresses the cache after
-    #: each history screenshot during prefill, so it never holds the whole prompt (pipeline.chunked_prefill)
+    #: each history screenshot during prefill, so it never holds the whole prompt (pipeline.step.chunked_prefill)
     prefill_mode: str = "full"
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -90,7 +121,7 @@ class RayConfig:
     torch_threads: int | None = None
     object_store_memory: int = 512 * 1024 * 1024
     #: run all (compressor, budget) units of an episode on one actor, one prefill per step shared by the
-    #: units whose prompt is the same (pipeline.sweep); the rows are identical either way, so it is not
+    #: units whose prompt is the same (pipeline.step.sweep); the rows are identical either way, so it is not
     #: part of the run id. false: one work item per (unit, episode), each with its own prefills
     shared_prefill: bool = True
 
@@ -192,7 +223,7 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> JobConfig:
         source=source,
     )
     validate(cfg)
-    from pipeline.benchmarks.base import get_benchmark
+    from pipeline.benchmarks.common.base import get_benchmark
 
     cfg.agent = cfg.agent.resolved(get_benchmark(cfg.benchmark.name))  # logged and fingerprinted as run
     return cfg
@@ -223,7 +254,7 @@ def import_plugins(plugins: list[str]) -> None:
 def validate(cfg: JobConfig) -> None:
     """Every check that can fail before a model is loaded or a Ray cluster is started."""
     import starkv
-    from pipeline.benchmarks.base import get_benchmark
+    from pipeline.benchmarks.common.base import get_benchmark
 
     import_plugins(cfg.plugins)
     for i, b in enumerate(cfg.budgets):
@@ -271,10 +302,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"model.vision_per_image: must be true or false, got {cfg.model.vision_per_image!r}")
     if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:
         raise ConfigError(f"model.mlp_chunk_tokens: must be an integer >= 0 (0: off), got {cfg.model.mlp_chunk_tokens!r}")
-    from pipeline.chunked_prefill import mode_label
-
     try:
-        mode_label(cfg.model.prefill_mode)
+        PrefillMode.parse(cfg.model.prefill_mode)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     agent = cfg.agent

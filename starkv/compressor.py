@@ -93,7 +93,7 @@ class Compressor:
     #: RNG, the moment it runs inside the forward, ...): its units then never share a prefill.
     shares_prefill: ClassVar[bool] = True
     #: True when the kept cache never depends on the budget or on episode state (the full cache): in a shared
-    #: sweep its units at different budgets are one computation, decoded once per step (``pipeline.sweep``).
+    #: sweep its units at different budgets are one computation, decoded once per step (``pipeline.step.sweep``).
     budget_free: ClassVar[bool] = False
 
     @property

@@ -42,7 +42,7 @@ class LayerStat:
 
 @dataclass(frozen=True)
 class ChunkState:
-    """Set by a chunked prefill (``pipeline.chunked_prefill``) while one prompt chunk runs.
+    """Set by a chunked prefill (``pipeline.step.chunked_prefill``) while one prompt chunk runs.
 
     The cache then holds the kept tokens of earlier chunks plus this chunk: the hook compresses all of it
     to the capacity of ``prefix_length`` prompt tokens (the prompt so far). Between chunks every layer
@@ -112,7 +112,7 @@ def install_attention_wrapper(attn_implementation: str) -> None:
         inner = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
 
         def capturing_attention(module, query, key, value, attention_mask, **kwargs):
-            rows = getattr(module, "_starkv_rows", None)  # a batched decode of several units (pipeline.row_decode)
+            rows = getattr(module, "_starkv_rows", None)  # a batched decode of several units (pipeline.step.row_decode)
             if rows is not None:
                 return rows.attend(inner, module, query, kwargs)
             slot = getattr(module, "_starkv_capture", None)

@@ -75,17 +75,17 @@ class ScriptedOutputs:
 
     def __enter__(self):
         tokenizer = self.runner.loaded.processor.tokenizer
-        prompt = self.runner._prompt
+        prompt = self.runner.prompt
 
         def recorded(*args, **kwargs):
             text, images = prompt(*args, **kwargs)
             self.calls.append((text, images))
             return text, images
 
-        self.runner._prompt = recorded
+        self.runner.prompt = recorded
         tokenizer.decode = lambda *args, **kwargs: self.script(self.calls[-1][0])
         return self
 
     def __exit__(self, *exc):
-        del self.runner._prompt
+        del self.runner.prompt
         del self.runner.loaded.processor.tokenizer.decode

@@ -28,7 +28,7 @@ def write_run_folder(output: Path, run_id: str, config: dict[str, Any], rows: li
     """``<output>/<run_id>/config.json`` + ``rows/part-0.parquet`` (config also in the Parquet metadata)."""
     import pyarrow.parquet as pq
 
-    from pipeline.evaluate import rows_to_table
+    from pipeline.metrics.rows import rows_to_table
 
     run_dir = output / run_id
     (run_dir / "rows").mkdir(parents=True)

@@ -5,7 +5,7 @@ The GUI-KV Multimodal-Mind2Web driver shows block 0 of a step's page and lets th
 up when that block exists (it stays put at the first / last block and for any other direction) and calls
 the model again on the new block, at most ``max_calls`` (5) calls in all. Any other output ends the step
 and is scored; a step whose 5th call is still a scroll is scored on that scroll. This module holds those
-rules and nothing else: ``pipeline.multicall`` runs the calls.
+rules and nothing else: ``pipeline.step.multicall`` runs the calls.
 
 A loader declares such a step with ``meta["views"]`` (screenshot paths, block 0 first, ``image_path`` is
 block 0), ``meta["max_calls"]`` and optionally ``meta["frame_size"]`` (the size the driver parses and
@@ -22,7 +22,7 @@ from pipeline.agent.parser import COORDINATE_ARGUMENTS, first_argument
 
 if TYPE_CHECKING:
     from pipeline.agent.actions import ParsedAction
-    from pipeline.benchmarks.base import Step
+    from pipeline.benchmarks.common.base import Step
 
 MAX_CALLS = 5  # GUI-KV multimodal_mind2web_eval.py: `max_steps = 5` model calls per step
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.metrics.units import unit_label
+
 
 def _cmd(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.speed import (
+    from pipeline.bench.compress import (
         QUICK_SCENARIOS,
         SCENARIOS,
         Dims,
@@ -41,7 +43,7 @@ def _cmd(args: argparse.Namespace) -> int:
 def _memory_cmd(args: argparse.Namespace) -> int:
     import sys
 
-    from pipeline.memory_bench import MemoryBenchError, format_rows, parse_spec, plot_rows, run_bench
+    from pipeline.bench.memory import MemoryBenchError, format_rows, parse_spec, plot_rows, run_bench
 
     try:  # every option is checked before any work
         spec = parse_spec(args.model, args.screenshots, args.resolution, args.budgets, args.compressors, args.attn,
@@ -49,7 +51,7 @@ def _memory_cmd(args: argparse.Namespace) -> int:
     except MemoryBenchError as err:
         print(f"starkv-eval bench memory: {err}", file=sys.stderr)
         return 2
-    echo = (lambda *_: None) if args.json else (lambda r: print(f"  simulated {r['compressor']}@{r['budget']:g}, "
+    echo = (lambda *_: None) if args.json else (lambda r: print(f"  simulated {unit_label(r['compressor'], r['budget'])}, "
                                                                f"{r['screenshots']} screenshots, "
                                                                f"{r['attn_implementation']}", file=sys.stderr))
     rows = run_bench(spec, echo=echo)
@@ -64,8 +66,8 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
 
     import torch
 
+    from pipeline.bench.sweep import predict_7b, run_sweep_bench, to_json
     from pipeline.config import ConfigError, load_config, parse_config
-    from pipeline.sweep_bench import predict_7b, run_sweep_bench, to_json
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 Exit codes: 0 no regression, 1 at least one regression (or a baseline unit missing from the current run),
 2 bad input (missing path, unknown run id, bad tolerances). The comparison rules are in
-``pipeline.regression``.
+``pipeline.results.regression``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.regression import (
+from pipeline.results.regression import (
     RegressionInputError,
     RegressionReport,
     compare,
@@ -22,8 +22,8 @@ from pipeline.regression import (
     resolve_tolerances,
     size_mismatches,
 )
-from pipeline.run_sources import ResolvedRun, resolve_run
-from pipeline.store import is_url
+from pipeline.results.sources import ResolvedRun, resolve_run
+from pipeline.results.store import is_url
 
 INPUTS = ("run id (starkv run id or MLflow parent run id), Parquet rows folder or file, run folder, output folder "
           "(its only run, or the newest of several), or a YAML/JSON file of expected values "

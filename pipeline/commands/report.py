@@ -15,10 +15,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.mlflow_client import mlflow_client
-from pipeline.plots import write_job_figures
-from pipeline.regression import RegressionInputError
-from pipeline.run_sources import ResolvedRun, find_parent_run, resolve_run, sqlite_missing
+from pipeline.results.plots import write_job_figures
+from pipeline.results.regression import RegressionInputError
+from pipeline.results.sources import ResolvedRun, find_parent_run, resolve_run, sqlite_missing
+from pipeline.tracking.client import mlflow_client
 
 
 def add_parser(subparsers) -> None:

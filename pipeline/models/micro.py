@@ -11,7 +11,7 @@ Choices, and why:
   sections are nearly flat across a screen (a measured plateau in the probe). Measured here on one-icon
   screens: after 575 steps the answer loss was 0.10 with theta 100 and 0.17 with 1e4 (chance 0.24); with
   100 and the wide tinted rim it fell to 0.01-0.04 by 1,000 steps. Positions are also painted into the
-  pixels (see ``pipeline.benchmarks.launcher``).
+  pixels (see ``pipeline.benchmarks.synthetic.launcher``).
 * Digits are single tokens, so coordinates are written digit by digit.
 * Image limits: a 168×168 launcher screen is 6×6 = 36 language-model tokens and is never resized, so
   the click coordinates the agent writes are the screen's own pixels.
@@ -26,7 +26,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from pipeline.agent.prompts import render_prompt
-from pipeline.benchmarks.launcher import CELL, COLOURS, GRID
+from pipeline.benchmarks.synthetic.launcher import CELL, COLOURS, GRID
 from pipeline.models.files import MANIFEST_FILE, MICRO_DIR, micro_model_dir, read_manifest
 from pipeline.models.tiny import (
     VISION_SIZES,

@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from pipeline.agent.parser import parse_action
-from pipeline.benchmarks.launcher import SCREEN_SIZE
+from pipeline.benchmarks.synthetic.launcher import SCREEN_SIZE
 from pipeline.config import AgentConfig
 from pipeline.models.micro import (
     MANIFEST_FILE,
@@ -163,7 +163,7 @@ def heldout_accuracy(model: Any, processor: Any, agent: AgentConfig, episodes: i
                      min_steps: int = 3, max_steps: int = 6) -> dict[str, float]:
     """Greedy answers on held-out episodes (a stream training never draws), scored as the benchmark does:
     the parsed click must fall inside the target icon's box."""
-    from pipeline.benchmarks.launcher import CELL
+    from pipeline.benchmarks.synthetic.launcher import CELL
 
     model.eval()
     hits: dict[str, list[int]] = {}

@@ -1,6 +1,6 @@
 """Training examples for the micro agent: launcher episodes rendered through the evaluation's own prompt code.
 
-Every example is one step of a generated episode, built by ``pipeline.agent.step_prompt`` exactly as
+Every example is one step of a generated episode, built by ``pipeline.step.prompt`` exactly as
 ``EpisodeRunner`` builds it at evaluation time (chat template, UI-TARS computer prompt, past screenshots
 and "Step k:" history turns, teacher-forced history), followed by the answer the agent must write.
 
@@ -19,11 +19,17 @@ from typing import Any
 import torch
 
 from pipeline.agent.history import HistoryConfig
-from pipeline.agent.step_prompt import StepHistory, step_messages
-from pipeline.benchmarks.base import Episode, Step
-from pipeline.benchmarks.launcher import GRID, ICONS_PER_SCREEN, LauncherStep, launcher_episode, launcher_goal
-from pipeline.benchmarks.synthetic import LauncherBenchmark
+from pipeline.benchmarks.common.base import Episode, Step
+from pipeline.benchmarks.synthetic.benchmark import LauncherBenchmark
+from pipeline.benchmarks.synthetic.launcher import (
+    GRID,
+    ICONS_PER_SCREEN,
+    LauncherStep,
+    launcher_episode,
+    launcher_goal,
+)
 from pipeline.config import AgentConfig
+from pipeline.step.prompt import StepHistory, step_messages
 
 TRAIN_STREAM = "micro-train"
 IGNORE_INDEX = -100

@@ -1,0 +1,1 @@
+"""The ``starkv-eval bench`` measurements: selection cost, a step's memory at 7B scale, shared-sweep speed-up."""

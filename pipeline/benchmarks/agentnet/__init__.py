@@ -1,0 +1,1 @@
+"""AgentNetBench: desktop trajectories, per-step scoring and the reference driver's protocol."""

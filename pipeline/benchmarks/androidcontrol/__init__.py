@@ -1,0 +1,1 @@
+"""AndroidControl: TFRecord and driver-JSON loaders, both scorers, the reference drivers' protocol."""

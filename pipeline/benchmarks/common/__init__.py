@@ -1,0 +1,1 @@
+"""What every benchmark shares: the Benchmark interface and registry, storage readers, scoring helpers."""

@@ -1,0 +1,1 @@
+"""ScreenSpot-Pro: grounding on high-resolution professional screenshots."""

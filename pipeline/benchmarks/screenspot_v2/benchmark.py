@@ -1,0 +1,376 @@
+"""ScreenSpot-v2 (OS-Atlas): single-instruction GUI grounding on mobile, desktop and web screenshots.
+
+On-disk format (HF ``OS-Copilot/ScreenSpot-v2``): ``screenspot_{mobile,desktop,web}_v2.json``, each a
+JSON list of ``{"img_filename", "bbox": [x, y, w, h] px, "instruction", "data_type": "text"|"icon",
+"data_source"}``, and the images in ``screenspotv2_image/`` (or the ``screenspotv2_image.zip`` it ships
+as, extracted once into the cache). Scoring is the SeeClick / GUI-KV rule: the predicted point,
+normalised to [0, 1], is correct iff it lies inside the box normalised by the real image size, edges
+included. The helpers at the bottom are shared with ScreenSpot-Pro (same scoring, same error handling).
+Option ``protocol: reference`` applies the STaR-KV / GUI-KV driver's rules: samples with a missing
+screenshot are skipped, the point is the first action input (docs/benchmarks/parity.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
+
+from pipeline.agent.actions import ParsedAction
+from pipeline.agent.parser import COORDINATE_ARGUMENTS, first_argument
+from pipeline.benchmarks.common.base import (
+    Benchmark,
+    BenchmarkDataError,
+    Episode,
+    Step,
+    StepScore,
+    register_benchmark,
+    row_fields,
+    row_meta,
+)
+from pipeline.benchmarks.common.scoring import normalize_box, point_in_box, xywh_to_xyxy
+from pipeline.benchmarks.common.storage import open_fs, url_of
+from pipeline.cache import cache_root as project_cache_root
+
+SPLITS = ("mobile", "desktop", "web")
+DATA_TYPES = ("text", "icon")
+ANNOTATION_TEMPLATE = "screenspot_{split}_v2.json"
+IMAGE_DIR = "screenspotv2_image"
+IMAGE_ZIP = "screenspotv2_image.zip"
+
+# A box may overhang its image by this fraction of the side (annotators clip at the screen edge with a
+# pixel or two of slack); beyond it the box cannot describe this image (wrong image, wrong units).
+BOX_SLACK_FRACTION = 0.01
+
+
+@register_benchmark("screenspot_v2")
+class ScreenSpotV2(Benchmark):
+    """ScreenSpot-v2. ``path``: the folder holding the three JSON files (local path or fsspec URL).
+
+    Options: ``images_dir`` (default ``<path>/screenspotv2_image``, else the extracted zip),
+    ``splits`` (subset of mobile/desktop/web, list or comma string), ``cache_dir`` (where the image zip
+    is extracted; default ``$STARKV_CACHE`` or ``~/.cache/starkv-eval``).
+    """
+
+    prompt_kind = "grounding"
+    # GUI-KV / STaR-KV driver: GROUNDING_DOUBAO, one screenshot, no system turn (the chat template then
+    # inserts its default "You are a helpful assistant.", which is what our default renders too).
+    default_prompt_family = "point"
+    default_image_slots = 1
+    system_prompt = None
+    # reference: the driver skips samples whose screenshot is missing and reads the point from the first
+    # action input (``score_point_in_box``, ``drop_skipped``)
+    protocols = ("official", "reference")
+
+    def load(self) -> Iterable[Episode]:
+        fs, root = open_fs(self.path)
+        splits = _parse_splits(self.options.get("splits"))
+        files = {s: f"{root}/{ANNOTATION_TEMPLATE.format(split=s)}" for s in splits}
+        present = {s: f for s, f in files.items() if fs.isfile(f)}
+        if not present:
+            names = ",".join(splits)
+            raise BenchmarkDataError(f"screenspot_v2: expected screenspot_{{{names}}}_v2.json in {self.path}")
+        images = self._images_dir(fs, root)
+        sizes = ImageSizes()
+        episodes: list[Episode] = []
+        for split, file in present.items():
+            records = read_json_list(fs, file, "screenspot_v2")
+            for i, raw in enumerate(records):
+                step = self._step(images, url_of(fs, file), i, raw, split, sizes)
+                episodes.append(Episode(episode_id=f"{split}_{i:04d}", benchmark=self.name,
+                                        goal=step.instruction, steps=[step], meta=dict(step.meta)))
+        return episodes
+
+    def _images_dir(self, fs: Any, root: str) -> tuple[Any, str]:
+        explicit = self.options.get("images_dir")
+        if explicit:
+            ifs, iroot = open_fs(str(explicit))
+            if not ifs.isdir(iroot):
+                raise BenchmarkDataError(f"screenspot_v2: option images_dir {explicit} is not a folder")
+            return ifs, iroot
+        if fs.isdir(f"{root}/{IMAGE_DIR}"):
+            return fs, f"{root}/{IMAGE_DIR}"
+        if isinstance(fs, LocalFileSystem) and fs.isfile(f"{root}/{IMAGE_ZIP}"):
+            folder = _extract_zip(Path(root) / IMAGE_ZIP, cache_root(self.options) / "screenspot_v2")
+            return LocalFileSystem(), str(folder)
+        # No image folder: every step becomes an error row naming the missing file (the rest still loads).
+        return fs, f"{root}/{IMAGE_DIR}"
+
+    def _step(self, images: tuple[Any, str], file: str, index: int, raw: Any, split: str,
+              sizes: ImageSizes) -> Step:
+        where = f"{file} [{index}]"
+        if not isinstance(raw, dict):
+            return Step(step_index=0, image_path="", meta={"split": split}, error=f"{where}: not a JSON object")
+        problems: list[str] = []
+        data_type = raw.get("data_type") if isinstance(raw.get("data_type"), str) else "unknown"
+        instruction = raw.get("instruction") if isinstance(raw.get("instruction"), str) else ""
+        if not instruction.strip():
+            problems.append("field 'instruction' missing")
+        image_path, image_size = resolve_image(images, raw.get("img_filename"), sizes, problems)
+        bbox_xyxy: list[float] | None = None
+        bbox = raw.get("bbox")
+        if not is_number_list(bbox, 4):
+            problems.append(f"field 'bbox' missing or not 4 numbers (got {bbox!r})")
+        else:
+            x, y, w, h = (float(v) for v in bbox)
+            if w < 0 or h < 0:
+                problems.append(f"field 'bbox' {bbox} has a negative width or height")
+            else:
+                bbox_xyxy = list(xywh_to_xyxy(bbox))
+                if image_size is not None:
+                    problem = box_range_problem(bbox_xyxy, image_size, "bbox")
+                    if problem:
+                        problems.append(problem)
+        meta = {"split": split, "data_type": data_type, "data_source": raw.get("data_source"),
+                "img_filename": raw.get("img_filename"), "image_missing": image_missing(problems),
+                "image_size": list(image_size) if image_size else None,
+                "sample_id": f"{split}_{index:04d}"}
+        return Step(step_index=0, image_path=image_path, instruction=instruction,
+                    target={"bbox": bbox_xyxy, "bbox_xywh": bbox if is_number_list(bbox, 4) else None},
+                    meta=meta, error=f"{where}: {'; '.join(problems)}" if problems else None)
+
+    def score(self, step: Step, action: ParsedAction, image_size: tuple[int, int]) -> StepScore:
+        # Normalise by the image the runner opened (SeeClick / GUI-KV use PIL ``image.size``).
+        return score_point_in_box(step, action, valid_size(image_size) or valid_size(step.meta.get("image_size")),
+                                  first_argument_rule=self.protocol == "reference")
+
+    def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Per split x type accuracy and the two overall numbers.
+
+        ``overall_macro`` is the STaR-KV / GUI-KV driver's overall: (mean over splits of text accuracy +
+        mean over splits of icon accuracy) / 2, a macro average of six cells. ``micro_accuracy`` is
+        correct / all samples (what OS-Atlas-style tables call the average when pooling). ``accuracy``
+        is ``overall_macro`` because the reference numbers this project compares with use it. Rows
+        with ``error`` count as wrong (they are 0 on the official data). ``text_acc`` / ``icon_acc``
+        are the split means that enter ``overall_macro``; ``*_micro`` pool samples.
+        """
+        reference = self.protocol == "reference"
+        run_splits = {str(row_meta(r).get("split", "unknown")) for r in rows}  # before skipped rows go
+        rows = drop_skipped(rows) if reference else rows
+        cells = CellTally()
+        for r in rows:
+            meta = row_meta(r)
+            cells.add((str(meta.get("split", "unknown")), str(meta.get("data_type", "unknown"))), row_correct(r))
+        out = base_counts(rows)
+        splits = sorted({s for s, _ in cells.keys()}, key=_split_order)
+        for split in splits:
+            for dtype in sorted({t for s, t in cells.keys() if s == split}):
+                out[f"{split}_{dtype}_acc"] = cells.acc((split, dtype))
+                out[f"{split}_{dtype}_n"] = float(cells.n((split, dtype)))
+            out[f"{split}_acc"] = cells.acc_where(lambda k, s=split: k[0] == s)
+        type_means: dict[str, float] = {}
+        for dtype in DATA_TYPES:
+            if reference:  # the driver averages every split it ran; a split with no sample of a type gives 0
+                accs = [cells.acc((s, dtype)) for s in sorted(run_splits, key=_split_order)]
+            else:
+                accs = [cells.acc((s, dtype)) for s in splits if cells.n((s, dtype))]
+            if accs:
+                type_means[dtype] = sum(accs) / len(accs)
+                out[f"{dtype}_acc"] = type_means[dtype]
+                out[f"{dtype}_acc_micro"] = cells.acc_where(lambda k, t=dtype: k[1] == t)
+        out["overall_macro"] = sum(type_means.values()) / len(type_means) if type_means else 0.0
+        out["micro_accuracy"] = cells.acc_where(lambda k: True)
+        out["accuracy"] = out["overall_macro"]
+        return out
+
+
+def _parse_splits(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return SPLITS
+    items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s) for s in value]
+    unknown = [s for s in items if s not in SPLITS]
+    if unknown or not items:
+        raise BenchmarkDataError(f"screenspot_v2: option splits {value!r}: expected a subset of {SPLITS}")
+    return tuple(items)
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
+
+
+def _extract_zip(zip_path: Path, cache: Path) -> Path:
+    """Extract the image zip once and return the image folder; extraction goes to a private temporary
+    folder renamed into place, so concurrent loaders never see a half-written one."""
+    key = hashlib.sha1(str(zip_path.resolve()).encode("utf-8")).hexdigest()[:12]
+    target = cache / f"{IMAGE_DIR}_{key}"
+    if not target.is_dir():
+        tmp = cache / f".{target.name}.{os.getpid()}.tmp"
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(tmp)
+            os.replace(tmp, target)
+        except (OSError, zipfile.BadZipFile) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():  # losing the rename race to another loader is fine
+                raise BenchmarkDataError(f"screenspot_v2: cannot extract {zip_path}: {exc}") from exc
+    nested = target / IMAGE_DIR
+    return nested if nested.is_dir() else target
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared by the ScreenSpot family (v2, Pro): file access, validation, scoring, aggregation helpers.
+# ---------------------------------------------------------------------------------------------------
+
+
+def cache_root(options: dict[str, Any]) -> Path:
+    """Writable cache for derived files: option ``cache_dir``, else the project cache (``$STARKV_CACHE``)."""
+    return project_cache_root(options.get("cache_dir"))
+
+
+def read_json_list(fs: Any, file: str, bench: str) -> list[Any]:
+    """A JSON file holding a list; anything else is a data error for the whole benchmark."""
+    try:
+        with fs.open(file, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} is not readable JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} should hold a JSON list of samples")
+    return data
+
+
+class ImageSizes:
+    """``(width, height)`` from image headers (PIL reads only the header), cached per file."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, tuple[int, int] | str] = {}
+
+    def get(self, fs: Any, path: str) -> tuple[int, int] | str:
+        """The size, or a string saying why it could not be read."""
+        key = url_of(fs, path)
+        if key not in self._sizes:
+            try:
+                with fs.open(path, "rb") as fh, Image.open(fh) as img:
+                    self._sizes[key] = (int(img.size[0]), int(img.size[1]))
+            except FileNotFoundError:
+                self._sizes[key] = "not found"
+            except Exception as exc:  # noqa: BLE001  (any decoder failure is a bad sample, not a crash)
+                self._sizes[key] = f"unreadable ({type(exc).__name__}: {exc})"
+        return self._sizes[key]
+
+
+def resolve_image(images: tuple[Any, str], filename: Any, sizes: ImageSizes,
+                  problems: list[str]) -> tuple[str, tuple[int, int] | None]:
+    """Image path (URL form) and size for field ``img_filename`` under the ``(fs, folder)`` ``images``;
+    appends a problem naming the file and the field when it is unusable."""
+    if not isinstance(filename, str) or not filename:
+        problems.append("field 'img_filename' missing")
+        return "", None
+    fs, folder = images
+    full = f"{folder}/{filename}"
+    size = sizes.get(fs, full)
+    if isinstance(size, str):
+        problems.append(f"image file '{url_of(fs, full)}' (field 'img_filename') {size}")
+        return url_of(fs, full), None
+    return url_of(fs, full), size
+
+
+MISSING_IMAGE = "(field 'img_filename') not found"
+
+
+def image_missing(problems: list[str]) -> bool:
+    """Whether the loader's problems say the screenshot file does not exist."""
+    return any(MISSING_IMAGE in p for p in problems)
+
+
+def drop_skipped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Protocol ``reference``: rows whose screenshot is missing are skipped, not counted wrong."""
+    return [r for r in rows if not row_meta(r).get("image_missing")]
+
+
+def is_number_list(value: Any, n: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def box_range_problem(box: Sequence[float], image_size: tuple[int, int], field: str) -> str | None:
+    """Why an ``xyxy`` pixel box cannot belong to an image of ``image_size``, or None when it can."""
+    w, h = image_size
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 < x1 or y2 < y1:
+        return f"field '{field}' {list(box)} has x2 < x1 or y2 < y1"
+    sx, sy = BOX_SLACK_FRACTION * w, BOX_SLACK_FRACTION * h
+    if x1 < -sx or y1 < -sy or x2 > w + sx or y2 > h + sy:
+        return f"field '{field}' {list(box)} lies outside the {w}x{h} image"
+    if max(x2, y2) <= 1.0 and min(w, h) > 2:
+        return f"field '{field}' {list(box)} looks normalised, expected pixels"
+    return None
+
+
+def valid_size(value: Any) -> tuple[int, int] | None:
+    if is_number_list(value, 2) and value[0] > 0 and value[1] > 0:
+        return (int(value[0]), int(value[1]))
+    return None
+
+
+def score_point_in_box(step: Step, action: ParsedAction, image_size: tuple[int, int] | None,
+                       first_argument_rule: bool = False) -> StepScore:
+    """The ScreenSpot rule on ``step.target['bbox']`` (xyxy px). Any action with a point is judged by
+    its point, as the reference drivers take the first action's ``start_box`` whatever its type; no
+    point (unparseable output, ``finished()``) is ``wrong_format``. ``first_argument_rule`` (protocol
+    reference): the drivers read the point from the *first* action input, so a call whose first keyword is
+    not a coordinate (``scroll(direction='up', point=...)``) has no point."""
+    if step.error:
+        return StepScore(False, 0.0, reason=step.error, fields={"hit": 0, "wrong_format": 0})
+    if action.error is not None or action.action_type == "invalid":
+        return StepScore(False, 0.0, reason=action.error or "invalid action", fields={"hit": 0, "wrong_format": 1})
+    if action.point is None:
+        return StepScore(False, 0.0, reason=f"{action.action_type} without a point",
+                         fields={"hit": 0, "wrong_format": 1})
+    if first_argument_rule and action.raw:  # (an action built in code, without model text, is exempt)
+        first = first_argument(action.raw)
+        if first not in COORDINATE_ARGUMENTS:
+            what = f"the first argument ({first!r})" if first else "no keyword argument (positional values are dropped)"
+            return StepScore(False, 0.0, reason=f"the reference driver reads {what} as the point",
+                             fields={"hit": 0, "wrong_format": 1})
+    if image_size is None:
+        return StepScore(False, 0.0, reason="image size unknown", fields={"hit": 0, "wrong_format": 0})
+    box = normalize_box(step.target["bbox"], image_size)
+    hit = point_in_box(action.point, box)
+    reason = "" if hit else (f"point ({action.point[0]:.4f}, {action.point[1]:.4f}) outside box "
+                             f"({box[0]:.4f}, {box[1]:.4f}, {box[2]:.4f}, {box[3]:.4f})")
+    return StepScore(hit, 1.0 if hit else 0.0, reason=reason, fields={"hit": int(hit), "wrong_format": 0})
+
+
+def row_correct(row: dict[str, Any]) -> bool:
+    """Correct and not an error row (errors count as wrong)."""
+    return bool(row.get("correct")) and not row.get("error")
+
+
+def base_counts(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {"num_steps": float(len(rows)), "num_errors": float(sum(1 for r in rows if r.get("error"))),
+            "num_wrong_format": float(sum(1 for r in rows if row_fields(r).get("wrong_format")))}
+
+
+class CellTally:
+    """Correct / total per cell key (e.g. (split, data_type))."""
+
+    def __init__(self) -> None:
+        self._hits: dict[tuple[str, ...], int] = {}
+        self._totals: dict[tuple[str, ...], int] = {}
+
+    def add(self, key: tuple[str, ...], correct: bool) -> None:
+        self._totals[key] = self._totals.get(key, 0) + 1
+        self._hits[key] = self._hits.get(key, 0) + int(correct)
+
+    def keys(self) -> list[tuple[str, ...]]:
+        return list(self._totals)
+
+    def n(self, key: tuple[str, ...]) -> int:
+        return self._totals.get(key, 0)
+
+    def acc(self, key: tuple[str, ...]) -> float:
+        return self._hits.get(key, 0) / self._totals[key] if self._totals.get(key) else 0.0
+
+    def acc_where(self, pred: Any) -> float:
+        keys = [k for k in self._totals if pred(k)]
+        total = sum(self._totals[k] for k in keys)
+        return sum(self._hits[k] for k in keys) / total if total else 0.0

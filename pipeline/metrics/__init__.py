@@ -1,0 +1,1 @@
+"""Per-step metrics declared once (the registry) and the row schema, units and labels built from them."""

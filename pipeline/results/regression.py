@@ -1,0 +1,314 @@
+"""Regression gate: compare two evaluations unit by unit against per-metric tolerances.
+
+Each side is reduced to per (compressor, budget) metrics (``UnitSummary``), whatever it was given as:
+
+* a **run folder** ``<output>/<run_id>/`` (``config.json`` + ``rows/``), its ``rows/`` folder or one of its
+  Parquet files: the rows are summarised again with the benchmark's own ``aggregate()`` (the benchmark
+  is rebuilt from ``config.json``, else from the Parquet metadata); when that is impossible (e.g. the
+  dataset is not mounted here) the run's ``summary.json`` is used instead, with a warning;
+* an **output folder** holding run folders: the only one, or with several the **newest** (latest
+  modification time of its rows, ``summary.json`` or ``config.json``), which is printed;
+* a **YAML (or JSON) file of expected values** ``{units: [{compressor, budget, accuracy, ...}]}``; metric
+  keys are summary metric names (``accuracy``, ``mean_kv_bytes``, ``max_peak_mem_bytes``,
+  ``steps_per_s``, ``errors``) or the check names below; a run's ``summary.json`` has this shape too;
+* an **MLflow run**: the starkv run id (tag ``starkv.run_id``) or the MLflow id of the job's parent run;
+  metrics are read from its child runs (one per unit).
+
+Checks (tolerance keys, in a job's ``regression:`` section or a ``--tolerances`` file; ``null`` turns a
+check off, e.g. CPU peak RSS and throughput, which are noisy on shared machines):
+
+=============  ======================  =========================================================
+key            summary metric          regression when
+=============  ======================  =========================================================
+accuracy       accuracy                current < baseline - tol (absolute, accuracy in [0, 1])
+peak_memory    max_peak_mem_bytes      current > baseline * (1 + tol) (relative increase)
+peak_above_    max_peak_above_weights_ current > baseline * (1 + tol); exact live tensor bytes above the
+weights        bytes                   weights (deterministic on CPU, so tolerance 0 works there)
+kv_bytes       mean_kv_bytes           current > baseline * (1 + tol) (relative increase)
+throughput     steps_per_s             current < baseline * (1 - tol) (relative drop)
+errors         errors                  current > baseline + tol (absolute count of failed steps)
+=============  ======================  =========================================================
+
+A change beyond the tolerance in the good direction is reported as ``IMPROVED``. A unit of the baseline
+missing from the current run is a regression (``MISSING``); a unit only in the current run is ``NEW``.
+A metric absent from the baseline (e.g. an expected-values file giving only accuracy) is not compared.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.metrics.units import unit_label
+from pipeline.results.summary import UnitSummary
+
+MIB = 1024 * 1024
+EPS = 1e-9  # a change exactly at the tolerance is OK despite float rounding
+
+
+class RegressionInputError(ValueError):
+    """An input that cannot be compared (missing path, unreadable run, bad tolerances): exit code 2."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    metric: str
+    higher_is_better: bool
+    relative: bool
+    unit: str  # how values are shown: "fraction", "bytes", "per_s", "count"
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("accuracy", "accuracy", True, False, "fraction"),
+    Check("peak_memory", "max_peak_mem_bytes", False, True, "bytes"),
+    Check("peak_above_weights", "max_peak_above_weights_bytes", False, True, "bytes"),
+    Check("kv_bytes", "mean_kv_bytes", False, True, "bytes"),
+    Check("throughput", "steps_per_s", True, True, "per_s"),
+    Check("errors", "errors", False, False, "count"),
+)
+CHECK_BY_NAME = {c.name: c for c in CHECKS}
+#: Defaults when neither ``--tolerances`` nor the job's ``regression:`` section sets a check.
+DEFAULT_TOLERANCES: dict[str, float | None] = {
+    "accuracy": 0.02, "peak_memory": 0.10, "peak_above_weights": 0.0, "kv_bytes": 0.02, "throughput": 0.30,
+    "errors": 0,
+}
+#: Metric names accepted in expected-values files besides the summary metric names.
+ALIASES = {c.name: c.metric for c in CHECKS}
+
+OK, REGRESSION, IMPROVED, SKIPPED, MISSING, NEW = "OK", "REGRESSION", "IMPROVED", "SKIPPED", "MISSING", "NEW"
+FAILING = (REGRESSION, MISSING)
+
+
+# ----------------------------------------------------------------------------------------- tolerances
+
+def parse_tolerances(data: Any, where: str = "tolerances") -> dict[str, float | None]:
+    """Validate a tolerance mapping (also accepts a whole job YAML: its ``regression:`` section is used)."""
+    if data is None:
+        return {}
+    if isinstance(data, dict) and ("regression" in data or "tolerances" in data):
+        data = data.get("regression", data.get("tolerances")) or {}
+    if not isinstance(data, dict):
+        raise RegressionInputError(f"{where}: expected a mapping of check -> tolerance, got {type(data).__name__}")
+    out: dict[str, float | None] = {}
+    for key, value in data.items():
+        if key not in CHECK_BY_NAME:
+            raise RegressionInputError(f"{where}: unknown check {key!r}; known: {', '.join(CHECK_BY_NAME)}")
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off")):
+            out[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
+            raise RegressionInputError(f"{where}.{key}: expected a number >= 0 or null, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def resolve_tolerances(override: dict[str, float | None] | None,
+                       config_section: dict[str, Any] | None) -> dict[str, float | None]:
+    """``--tolerances`` if given, else the current run's ``regression:`` section, each over the defaults."""
+    chosen = override if override is not None else parse_tolerances(config_section or {}, "regression")
+    return {**DEFAULT_TOLERANCES, **chosen}
+
+
+def load_tolerances(path: str | os.PathLike) -> dict[str, float | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise RegressionInputError(f"tolerances file not found: {path}")
+    try:
+        return parse_tolerances(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as err:
+        raise RegressionInputError(f"{path}: not valid YAML: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------- comparison
+
+@dataclass
+class Comparison:
+    """One line of the regression table."""
+
+    unit: str
+    check: str
+    metric: str
+    baseline: float | None
+    current: float | None
+    delta: float | None  # current - baseline; relative (fraction of baseline) for relative checks
+    tolerance: float | None
+    status: str
+    relative: bool = False
+
+
+def judge(check: Check, baseline: float, current: float, tolerance: float | None) -> tuple[float, str]:
+    """Delta (relative or absolute, as the check is defined) and the status for one metric of one unit."""
+    change = current - baseline
+    if check.relative:
+        if baseline != 0:
+            delta = change / abs(baseline)
+        else:
+            delta = 0.0 if change == 0 else math.copysign(math.inf, change)
+    else:
+        delta = change
+    if tolerance is None:
+        return delta, SKIPPED
+    gain = delta if check.higher_is_better else -delta
+    if gain < -tolerance - EPS:
+        return delta, REGRESSION
+    if gain > tolerance + EPS:
+        return delta, IMPROVED
+    return delta, OK
+
+
+def compare(baseline: list[UnitSummary], current: list[UnitSummary],
+            tolerances: dict[str, float | None]) -> list[Comparison]:
+    """Every check of every unit, units in (compressor, budget) order; see the module docstring."""
+    tol = {**DEFAULT_TOLERANCES, **tolerances}
+    base = {(s.compressor, float(s.budget)): s for s in baseline}
+    cur = {(s.compressor, float(s.budget)): s for s in current}
+    rows: list[Comparison] = []
+    for key in sorted(set(base) | set(cur)):
+        label = unit_label(*key)
+        if key not in cur:
+            rows.append(Comparison(label, "unit", "", None, None, None, None, MISSING))
+            continue
+        if key not in base:
+            rows.append(Comparison(label, "unit", "", None, None, None, None, NEW))
+            continue
+        for check in CHECKS:
+            b = base[key].metrics.get(check.metric)
+            if b is None:
+                continue  # the baseline does not state this metric: nothing to hold the run to
+            c = cur[key].metrics.get(check.metric)
+            t = tol.get(check.name)
+            if c is None:
+                status = SKIPPED if t is None else MISSING
+                rows.append(Comparison(label, check.name, check.metric, float(b), None, None, t, status, check.relative))
+                continue
+            delta, status = judge(check, float(b), float(c), t)
+            rows.append(Comparison(label, check.name, check.metric, float(b), float(c), delta, t, status,
+                                   check.relative))
+    return rows
+
+
+def size_mismatches(baseline: list[UnitSummary], current: list[UnitSummary]) -> list[str]:
+    """Units whose step counts differ (a partial or differently sized run is not like for like)."""
+    cur = {s.key: s for s in current}
+    out = []
+    for b in baseline:
+        c = cur.get(b.key)
+        nb, nc = b.metrics.get("steps"), c.metrics.get("steps") if c else None
+        if nb is not None and nc is not None and nb != nc:
+            out.append(f"{b.key}: {nc:g} steps in the current run vs {nb:g} in the baseline (partial run or "
+                       "different data?)")
+    return out
+
+
+@dataclass
+class RegressionReport:
+    baseline: str
+    current: str
+    tolerances: dict[str, float | None]
+    rows: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        return [r for r in self.rows if r.status in FAILING]
+
+    @property
+    def improvements(self) -> list[Comparison]:
+        return [r for r in self.rows if r.status == IMPROVED]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "current": self.current, "tolerances": self.tolerances,
+                "regressions": len(self.regressions), "improvements": len(self.improvements),
+                "notes": self.notes, "rows": [_jsonable(asdict(r)) for r in self.rows]}
+
+    def format_table(self) -> str:
+        head = ("unit", "metric", "baseline", "current", "delta", "tolerance", "status")
+        body = [(r.unit, r.check, _value(r.check, r.baseline), _value(r.check, r.current),
+                 _delta(r), _tolerance(r), r.status) for r in self.rows]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+        fmt = "  ".join(f"{{:<{w}}}" if i < 2 or i == 6 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        lines = [f"baseline: {self.baseline}", f"current:  {self.current}", "",
+                 fmt.format(*head).rstrip(), "  ".join("-" * w for w in widths)]
+        lines += [fmt.format(*row).rstrip() for row in body]
+        lines.append("")
+        lines += [f"note: {n}" for n in self.notes]
+        n = len(self.regressions)
+        lines.append(f"{n} regression(s), {len(self.improvements)} improvement(s) in {len(self.rows)} comparisons"
+                     + (": " + ", ".join(f"{r.unit} {r.check}" for r in self.regressions) if n else ""))
+        return "\n".join(lines)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _value(check: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    kind = CHECK_BY_NAME[check].unit if check in CHECK_BY_NAME else ""
+    if kind == "bytes":
+        return f"{v / MIB:.3f} MiB"
+    if kind == "per_s":
+        return f"{v:.3f}/s"
+    if kind == "count":
+        return f"{v:g}"
+    return f"{v:.3f}"
+
+
+def _delta(r: Comparison) -> str:
+    if r.delta is None:
+        return "-"
+    if r.relative:
+        return f"{r.delta * 100:+.1f}%" if math.isfinite(r.delta) else ("+inf" if r.delta > 0 else "-inf")
+    return f"{r.delta:+g}" if r.check == "errors" else f"{r.delta:+.3f}"
+
+
+def _tolerance(r: Comparison) -> str:
+    if r.check == "unit":
+        return "-"
+    if r.tolerance is None:
+        return "off"
+    return f"{r.tolerance * 100:g}%" if r.relative else f"{r.tolerance:g}"
+
+
+def log_regression(report: RegressionReport, uri: str, experiment: str,
+                   tags: dict[str, str] | None = None) -> str | None:
+    """Log the comparison as a run tagged ``starkv.kind=regression``; on any failure warn and return None."""
+    if not uri:
+        return None
+    try:
+        from mlflow.entities import Metric, Param, RunTag
+
+        from pipeline.tracking.client import mlflow_client
+
+        client = mlflow_client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=f"regress {report.current}"[:250],
+                                tags={"starkv.kind": "regression", **(tags or {})})
+        rid = run.info.run_id
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = {"regressions": len(report.regressions), "improvements": len(report.improvements),
+                   "comparisons": len(report.rows)}
+        params = {"baseline": report.baseline, "current": report.current,
+                  **{f"tolerance.{k}": str(v) for k, v in report.tolerances.items()}}
+        client.log_batch(rid, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                         params=[Param(k[:250], str(v)[:500]) for k, v in params.items()],
+                         tags=[RunTag("starkv.regression_status", "REGRESSION" if report.regressions else "OK")])
+        client.log_text(rid, report.format_table() + "\n", "regression_table.txt")
+        client.log_dict(rid, report.to_dict(), "regression.json")
+        client.set_terminated(rid, "FINISHED" if not report.regressions else "FAILED")
+        return rid
+    except Exception as err:  # noqa: BLE001 - MLflow is a record, never the gate itself
+        warnings.warn(f"MLflow at {uri} unreachable or failing ({type(err).__name__}: {err}); "
+                      "the regression result above stands", stacklevel=2)
+        return None

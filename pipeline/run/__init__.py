@@ -1,0 +1,1 @@
+"""The Ray job: work items, a pool of model actors, progress and the driver that ties them together."""

@@ -1,0 +1,240 @@
+"""MLflow tracking: one parent run per job, one child per (compressor, budget); never fatal to a run.
+
+Runs are found again by tags (``starkv.run_id``, ``starkv.unit``), so a resumed job or a later
+``starkv-eval sync`` updates the same runs instead of creating duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.results.colours import compressor_colour
+from pipeline.results.summary import UnitSummary
+from pipeline.tracking.artifact_move import relocate_local_store
+from pipeline.tracking.view import (
+    COLOUR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    budget_text,
+    child_note,
+    job_params,
+    parent_metrics,
+    parent_note,
+    readable_metrics,
+    run_mode,
+    unit_slug,
+)
+
+log = logging.getLogger(__name__)
+
+
+def default_tracking_uri(output_dir: str | Path) -> str:
+    """A local sqlite store inside the output folder (absolute, so Ray workers and jobs agree)."""
+    path = Path(output_dir).resolve() / "mlflow.db"
+    return f"sqlite:///{path}"
+
+
+def resolve_tracking_uri(cli_uri: str | None, config_uri: str | None, output_dir: str | Path) -> str:
+    return cli_uri or config_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_dir)
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live beside it (``<folder>/mlartifacts``), not in the process cwd.
+
+    MLflow's default is ``<cwd>/mlruns``, which for a ``ray job submit`` run is the job's temporary working
+    directory: the artifacts would vanish with it. For a tracking server the server decides (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+
+
+def job_tags(cfg, commit: str) -> dict[str, str]:
+    """Tags every run of a job carries, to filter and compare in the MLflow UI."""
+    return {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
+            **cfg.tracking.tags}
+
+
+def git_commit() -> str:
+    """The code version: ``git rev-parse HEAD``, else ``STARKV_GIT_COMMIT`` (set at image build time)."""
+    if os.environ.get("STARKV_GIT_COMMIT"):
+        return os.environ["STARKV_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+class Tracker:
+    """Thin wrapper over the MLflow client; every failure becomes a warning and ``ok`` turns False."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.ok = True
+        self.error = ""
+        self.relocated: list[str] = []
+        self._client = None
+        self._experiment_id = None
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
+    def _fail(self, err: Exception) -> None:
+        self.ok = False
+        self.error = f"{type(err).__name__}: {err}"
+        warnings.warn(f"MLflow at {self.uri} unreachable or failing ({self.error}); results are safe in "
+                      f"Parquet, fill MLflow later with `starkv-eval sync <output>`", stacklevel=3)
+
+    def _ensure(self):
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            from mlflow.tracking import MlflowClient
+
+            self.relocated = relocate_local_store(self.uri)  # a moved output folder: artifacts found again
+            client = MlflowClient(tracking_uri=self.uri)
+            exp = client.get_experiment_by_name(self.experiment)
+            kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            if exp is None:
+                self._experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=local_artifact_location(self.uri), tags=kind)
+            else:
+                self._experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind someone chose by hand stays
+                    client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            self._client = client
+        return self._client
+
+    def _find(self, filter_string: str):
+        client = self._ensure()
+        runs = client.search_runs([self._experiment_id], filter_string=filter_string, max_results=5)
+        return runs[0] if runs else None
+
+    def log_job(self, *, run_id: str, job: dict[str, Any], summaries: list[UnitSummary],
+                tags: dict[str, str], table_text: str, artifacts: list[Path] = (),
+                rows: pa.Table | None = None) -> str | None:
+        """Create or update the parent and child runs; returns the parent MLflow run id (None on failure).
+
+        ``rows`` (the job's step rows) gives every child its own rows and figure as artifacts.
+        """
+        if not self.ok:
+            return None
+        try:
+            client = self._ensure()
+            parent = self._find(f"tags.`starkv.run_id` = '{run_id}' and tags.`starkv.kind` = 'job'")
+            if parent is None:
+                parent = client.create_run(self._experiment_id, run_name=run_id,
+                                           tags={**tags, "starkv.run_id": run_id, "starkv.kind": "job"})
+            pid = parent.info.run_id
+            existing_params = set(parent.data.params) if hasattr(parent, "data") else set()
+            params = {k: v for k, v in job_params(job).items() if k not in existing_params}
+            for chunk in _chunks(params, 90):
+                client.log_batch(pid, params=[_param(k, v) for k, v in chunk.items()])
+            client.set_tag(pid, NOTE_TAG, parent_note(job, summaries, tags.get("git_commit", "unknown")))
+            _log_metrics(client, pid, parent_metrics(summaries))
+            with tempfile.TemporaryDirectory(prefix="starkv-mlflow-") as tmp:
+                for s in summaries:
+                    self._log_child(pid, run_id, job, s, tags, rows, Path(tmp))
+            client.log_text(pid, table_text, "summary_table.txt")
+            for path in artifacts:
+                client.log_artifact(pid, str(path))
+            if parent.info.status != "FINISHED":  # a re-sync keeps the run's first end time (its duration)
+                client.set_terminated(pid, "FINISHED")
+            return pid
+        except Exception as err:  # noqa: BLE001 - tracking must never kill a run
+            self._fail(err)
+            return None
+
+    def _log_child(self, parent_id: str, run_id: str, job: dict[str, Any], s: UnitSummary,
+                   tags: dict[str, str], rows: pa.Table | None, tmp: Path) -> None:
+        client = self._client
+        settings = compressor_params(job, s.compressor)
+        child = self._find(f"tags.`starkv.run_id` = '{run_id}' and tags.`starkv.unit` = '{s.key}'")
+        if child is None:
+            child_tags = {**tags, "mlflow.parentRunId": parent_id, "starkv.run_id": run_id, "starkv.kind": "unit",
+                          "starkv.unit": s.key, "compressor": s.compressor, "budget": f"{s.budget:g}"}
+            child = client.create_run(self._experiment_id, run_name=f"{s.compressor}@{budget_text(s.budget)}",
+                                      tags=child_tags)
+            params = {"budget": budget_text(s.budget), "compressor": s.compressor}
+            params.update(settings)
+            params.update({"model": job["model"]["path"], "benchmark": job["benchmark"]["name"],
+                           "git_commit": tags.get("git_commit", "unknown"), "mode": run_mode(job)})
+            client.log_batch(child.info.run_id, params=[_param(k, v) for k, v in params.items()])
+        cid = child.info.run_id
+        client.set_tag(cid, COLOUR_TAG, compressor_colour(s.compressor))
+        client.set_tag(cid, NOTE_TAG, child_note(job, s, settings))
+        _log_metrics(client, cid, {**readable_metrics(s.metrics), "budget_pct": s.budget})
+        if rows is not None:
+            for path in unit_artifacts(rows, s, tmp / s.key.replace("/", "_")):
+                client.log_artifact(cid, str(path), "rows" if path.suffix == ".parquet" else None)
+        if child.info.status != "FINISHED":
+            client.set_terminated(cid, "FINISHED")
+
+
+def unit_artifacts(rows: pa.Table, s: UnitSummary, folder: Path) -> list[Path]:
+    """The unit's own step rows (Parquet) and its per-step figure, written into ``folder``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.results.unit_plot import plot_unit
+
+    mask = pc.and_(pc.equal(rows["compressor"], s.compressor), pc.equal(rows["budget"], float(s.budget)))
+    mine = rows.filter(mask)
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet = folder / f"{unit_slug(s)}.parquet"
+    pq.write_table(mine, parquet)
+    out = [parquet]
+    try:
+        figure = plot_unit(mine, s.compressor, s.budget, folder / "unit.png")
+        if figure is not None:
+            out.append(figure)
+    except Exception as err:  # noqa: BLE001 - a figure is a view; the rows are what matters
+        log.warning("unit figure of %s not drawn: %s: %s", s.key, type(err).__name__, err)
+    return out
+
+
+def _log_metrics(client, run_id: str, values: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
+
+
+def compressor_params(job: dict[str, Any], label: str) -> dict[str, str]:
+    """Every field of the configured compressor, defaults included (so ablations show in MLflow)."""
+    import starkv
+
+    spec = next((c for c in job["compressors"] if (c.get("label") or c["name"]) == label), None)
+    if spec is None:
+        return {}
+    params = starkv.build(spec["name"], **spec.get("params", {})).params()
+    params["method"] = params.pop("compressor")
+    return {k: str(v) for k, v in params.items()}
+
+
+def _param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key[:250], value)
+
+
+def _chunks(items: dict, size: int):
+    keys = list(items)
+    for i in range(0, len(keys), size):
+        yield {k: items[k] for k in keys[i:i + size]}

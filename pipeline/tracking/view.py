@@ -1,0 +1,193 @@
+"""What a person reads in the MLflow UI: readable metrics, run notes, readable params, headline numbers.
+
+Kept apart from ``tracking`` (which only talks to the store) so a new metric needs one line here: a
+``*_bytes`` metric gets its ``*_mib`` twin automatically, and ``HEADLINE`` lists what the notes and the
+parent run show per unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.results.summary import UnitSummary
+
+MIB = 1024 * 1024
+
+#: experiment tag the MLflow 3 UI reads to choose its layout; this value opens on the Runs table
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: run tags the UI reads: the run's description (markdown) and its colour in tables and charts
+NOTE_TAG = "mlflow.note.content"
+COLOUR_TAG = "mlflow.runColor"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One headline number: the (readable) metric, its column title, and how to print it."""
+
+    metric: str
+    title: str
+    fmt: Callable[[float], str]
+
+
+HEADLINE: tuple[Headline, ...] = (
+    Headline("accuracy", "accuracy", lambda v: f"{v:.3f}"),
+    Headline("max_peak_mem_mib", "peak memory", lambda v: f"{v:,.1f} MiB"),
+    Headline("mean_kv_mib", "KV kept / step", lambda v: f"{v:,.3f} MiB"),
+    Headline("mean_kv_full_mib", "KV full / step", lambda v: f"{v:,.3f} MiB"),
+    Headline("kv_ratio_pct", "KV kept of full", lambda v: f"{v:.1f} %"),
+    Headline("steps_per_s", "steps/s", lambda v: f"{v:.2f}"),
+)
+
+
+def runs_page(experiment_id: str | None, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's Runs table in the MLflow UI.
+
+    MLflow 3.17's UI picks its GenAI or model-training layout from the ``workflowType`` URL parameter (else
+    the browser's last choice, GenAI at first), not from the experiment kind; this link asks for the
+    model-training layout.
+    """
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def budget_text(budget: float) -> str:
+    return f"{budget:g}%"
+
+
+def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The unit's metrics plus MiB twins of every byte count, the KV ratio in percent and the budget."""
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if "_bytes" in key:
+            out[key.replace("_bytes", "") + "_mib"] = float(value) / MIB  # mean_kv_bytes_full -> mean_kv_full_mib
+    if "kv_ratio" in metrics:
+        out["kv_ratio_pct"] = 100.0 * float(metrics["kv_ratio"])
+    return out
+
+
+def unit_slug(s: UnitSummary) -> str:
+    """``snapkv_20pct``: a unit as MLflow allows it in a metric name (no ``@`` or ``%``)."""
+    label = "".join(c if c.isalnum() or c in "_-." else "_" for c in s.compressor)
+    return f"{label}_{s.budget:g}pct"
+
+
+def parent_metrics(summaries: list[UnitSummary]) -> dict[str, float]:
+    """Headline numbers of every unit on the parent run, grouped by metric: ``accuracy/snapkv_20pct``."""
+    out = {}
+    for s in summaries:
+        readable = readable_metrics(s.metrics)
+        for h in HEADLINE:
+            if h.metric in readable:
+                out[f"{h.metric}/{unit_slug(s)}"] = float(readable[h.metric])
+    return out
+
+
+def _cells(s: UnitSummary) -> list[str]:
+    readable = readable_metrics(s.metrics)
+    return [h.fmt(readable[h.metric]) if h.metric in readable else "–" for h in HEADLINE]
+
+
+def summary_markdown(summaries: list[UnitSummary]) -> str:
+    """A markdown table, one row per unit (compressor, budget, headline numbers, steps, errors)."""
+    head = ["compressor", "budget", *(h.title for h in HEADLINE), "steps", "errors"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        counts = [f"{int(s.metrics.get('steps', 0))}", f"{int(s.metrics.get('errors', 0))}"]
+        lines.append("| " + " | ".join([s.compressor, budget_text(s.budget), *_cells(s), *counts]) + " |")
+    return "\n".join(lines)
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    bench = job.get("benchmark") or {}
+    episodes = bench.get("max_episodes") or (bench.get("options") or {}).get("num_episodes")
+    extra = f", {episodes} episodes" if episodes else ""
+    return (f"Job **{job.get('name', '?')}** (run id `{job.get('run_id', '')}`): benchmark "
+            f"**{bench.get('name', '?')}**{extra}, model `{(job.get('model') or {}).get('path', '?')}`.")
+
+
+def parent_note(job: dict[str, Any], summaries: list[UnitSummary], commit: str) -> str:
+    """The parent run's description: the job, the summary table first (the UI folds long notes), then detail."""
+    comps = ", ".join(describe_compressor(c) for c in job.get("compressors") or [])
+    budgets = ", ".join(budget_text(float(b)) for b in job.get("budgets") or [])
+    return "\n".join([
+        f"### {job.get('name', job.get('run_id', 'job'))}: KV-cache compression sweep",
+        _job_line(job),
+        "",
+        summary_markdown(summaries),
+        "",
+        f"Compressors: {comps}. KV budgets: {budgets} of the prompt tokens kept per layer. Code: `{commit}`.",
+        "",
+        "Each child run is one (compressor, budget) with its step rows (`rows/*.parquet`) and a per-step "
+        "figure; `overview.png` here puts accuracy, peak memory and KV bytes vs budget side by side. "
+        "Headline metrics per unit are logged here as `<metric>/<compressor>_<budget>pct`.",
+    ])
+
+
+def headline_sentence(s: UnitSummary) -> str:
+    """``accuracy 0.250 · peak memory 812.0 MiB · ... · 18 steps, 0 errors``: a unit in one line."""
+    readable = readable_metrics(s.metrics)
+    parts = [f"{h.title} {h.fmt(readable[h.metric])}" for h in HEADLINE if h.metric in readable]
+    parts.append(f"{int(s.metrics.get('steps', 0))} steps, {int(s.metrics.get('errors', 0))} errors")
+    return " · ".join(parts)
+
+
+def child_note(job: dict[str, Any], s: UnitSummary, settings: dict[str, str]) -> str:
+    """A child run's description: which compressor at which budget, and its headline numbers."""
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "method") or "defaults"
+    return "\n".join([
+        f"### {s.compressor} at {budget_text(s.budget)} KV budget",
+        f"**{headline_sentence(s)}**",
+        "",
+        _job_line(job),
+        f"Method `{settings.get('method', s.compressor)}` with {shown}.",
+        "",
+        "Artifacts: `rows/` holds this unit's step rows (Parquet), `unit.png` its per-step KV and peak memory.",
+    ])
+
+
+def describe_compressor(spec: dict[str, Any]) -> str:
+    """``snapkv (window_size=8, kernel_size=5)`` from a compressor entry of the job config."""
+    label = spec.get("label") or spec["name"]
+    params = spec.get("params") or {}
+    inner = ", ".join(f"{k}={v}" for k, v in params.items())
+    name = label if label == spec["name"] else f"{label} = {spec['name']}"
+    return f"{name} ({inner})" if inner else name
+
+
+def job_params(job: dict[str, Any]) -> dict[str, str]:
+    """The job config as params a person can read: one per compressor entry, budgets in percent."""
+    out: dict[str, str] = {}
+    for key, value in job.items():
+        if key.startswith("_"):
+            continue
+        if key == "compressors":
+            for spec in value:
+                out[f"compressor.{spec.get('label') or spec['name']}"] = describe_compressor(spec)
+        elif key == "budgets":
+            out["budgets"] = ", ".join(budget_text(float(b)) for b in value)
+        elif isinstance(value, dict):
+            out.update(_flatten(key, value))
+        else:
+            out[key] = str(value)[:500]
+    out["mode"] = run_mode(job)
+    return out
+
+
+def run_mode(job: dict[str, Any]) -> str:
+    """``exact``, or ``approx_chunked`` when the job opts in to the approximate chunked prefill."""
+    from pipeline.config import PrefillMode
+
+    return PrefillMode.parse((job.get("model") or {}).get("prefill_mode", "full")).label
+
+
+def _flatten(prefix: str, data: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(key, v))
+        else:
+            out[key] = str(v)[:500]
+    return out
