@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint mutation venv clean
+.PHONY: demo test test-fast lint mutation venv clean
 
 venv: $(STAMP)
 
@@ -26,12 +26,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q tests
 
+# The inner loop: unit tests only (no Ray cluster, no MLflow server, no CLI subprocess run), under 3 minutes.
+test-fast: $(STAMP)
+	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q -m "not slow" tests
+
 # One-line wrong rules applied to a copy of the packages; each must fail its fast tests (not in `make test`).
 mutation: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) tests/mutation_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf outputs .pytest_cache

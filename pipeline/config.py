@@ -8,9 +8,12 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from pipeline.benchmarks.common.base import Benchmark
 
 
 class ConfigError(ValueError):
@@ -323,3 +326,28 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("ray.num_actors: must be >= 1")
     if cfg.benchmark.max_episodes is not None and cfg.benchmark.max_episodes < 1:
         raise ConfigError("benchmark.max_episodes: must be >= 1")
+
+
+#: launcher/synthetic options that drive the generator, not the loader
+SYNTHETIC_GENERATOR_OPTIONS = ("num_episodes", "seed", "min_steps", "max_steps", "style")
+
+
+def make_benchmark(cfg: JobConfig, path: str | None = None) -> Benchmark:
+    """The configured benchmark at ``path`` (default: the config's).
+
+    The generated benchmarks' (synthetic, launcher) generator options are not loader options; without a
+    path the dataset is generated into a cache folder from them.
+    """
+    from pipeline.benchmarks import get_benchmark
+
+    cls = get_benchmark(cfg.benchmark.name)
+    options = dict(cfg.benchmark.options)
+    path = path or cfg.benchmark.path
+    style = getattr(cls, "generator_style", None)
+    if style is not None:  # a generated benchmark (synthetic, launcher)
+        gen = {"style": style, **{k: options.pop(k) for k in SYNTHETIC_GENERATOR_OPTIONS if k in options}}
+        if path is None:
+            from pipeline.benchmarks.synthetic.benchmark import ensure_synthetic_dataset
+
+            path = str(ensure_synthetic_dataset(**gen))
+    return cls(path, **options)

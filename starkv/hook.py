@@ -66,7 +66,7 @@ class Attachment:
     stats: list[LayerStat] = field(default_factory=list)
     #: seconds spent selecting and gathering (inside the prefill), summed over the layers of the last prefill
     compress_s: float = 0.0
-    _pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
+    pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
 
     @property
     def kv_bytes_full(self) -> int:
@@ -82,7 +82,7 @@ class Attachment:
         return round(sum(s.kept_length for s in self.stats) / len(self.stats)) if self.stats else 0
 
 
-class _QueryCapture:
+class QueryCapture:
     """Per-module slot the attention wrapper fills with the last ``rows`` post-RoPE queries at prefill."""
 
     def __init__(self) -> None:
@@ -97,7 +97,7 @@ _wrap_saved: dict[str, tuple[bool, Any]] = {}
 
 def install_attention_wrapper(attn_implementation: str) -> None:
     """Wrap (counted: one wrapper per implementation) the attention function of the text decoder: it stashes
-    queries for flagged modules at prefill, and runs a batched decode's rows one by one (``_starkv_rows``)."""
+    queries for flagged modules at prefill, and runs a batched decode's rows one by one (``starkv_rows``)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
@@ -106,16 +106,16 @@ def install_attention_wrapper(attn_implementation: str) -> None:
         _wrap_count[attn_implementation] = count + 1
         if count:
             return
-        mapping = AttentionInterface._global_mapping
+        mapping = AttentionInterface._global_mapping  # noqa: SLF001 - transformers' attention-function registry has no public setter
         had = attn_implementation in mapping
         _wrap_saved[attn_implementation] = (had, mapping.get(attn_implementation))
         inner = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
 
         def capturing_attention(module, query, key, value, attention_mask, **kwargs):
-            rows = getattr(module, "_starkv_rows", None)  # a batched decode of several units (pipeline.step.row_decode)
+            rows = getattr(module, "starkv_rows", None)  # a batched decode of several units (pipeline.step.row_decode)
             if rows is not None:
                 return rows.attend(inner, module, query, kwargs)
-            slot = getattr(module, "_starkv_capture", None)
+            slot = getattr(module, "starkv_capture", None)
             if slot is not None and slot.rows and query.shape[-2] > 1:
                 slot.queries = query[..., -slot.rows :, :].detach()
             return inner(module, query, key, value, attention_mask, **kwargs)
@@ -128,8 +128,8 @@ def detach_capture(layers, handles: list, attn_implementation: str) -> None:
     for h in handles:
         h.remove()
     for layer in layers:
-        if hasattr(layer.self_attn, "_starkv_capture"):
-            del layer.self_attn._starkv_capture
+        if hasattr(layer.self_attn, "starkv_capture"):
+            del layer.self_attn.starkv_capture
     remove_attention_wrapper(attn_implementation)
 
 
@@ -142,9 +142,9 @@ def remove_attention_wrapper(attn_implementation: str) -> None:
             return
         had, fn = _wrap_saved.pop(attn_implementation)
         if had:
-            AttentionInterface._global_mapping[attn_implementation] = fn
+            AttentionInterface._global_mapping[attn_implementation] = fn  # noqa: SLF001 - transformers' attention-function registry has no public setter
         else:
-            AttentionInterface._global_mapping.pop(attn_implementation, None)
+            AttentionInterface._global_mapping.pop(attn_implementation, None)  # noqa: SLF001 - transformers' attention-function registry has no public setter
 
 
 def decoder_layers(model) -> list:
@@ -176,7 +176,7 @@ class _LayerHook:
     def __call__(self, module, args, kwargs, output):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         cache = kwargs.get("past_key_values")
-        slot: _QueryCapture = module._starkv_capture
+        slot: QueryCapture = module.starkv_capture
         queries, slot.queries = slot.queries, None
         if cache is None or hidden is None:
             return output
@@ -191,11 +191,11 @@ class _LayerHook:
         if self.layer_idx == 0:
             self.att.compress_s = 0.0
         t0 = time.perf_counter()
-        self._compress(module, hidden, layer, length, queries)
+        self.compress(module, hidden, layer, length, queries)
         self.att.compress_s += time.perf_counter() - t0
         return output
 
-    def _compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0,
+    def compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0,
                  hidden_norms: torch.Tensor | None = None) -> None:
         """Select this layer's kept tokens and gather ``layer.keys``/``layer.values`` in place.
 
@@ -220,7 +220,7 @@ class _LayerHook:
         )
         if self.layer_idx == 0:
             att.stats.clear()
-            att._pending.clear()
+            att.pending.clear()
         if not ctx.plan.compresses:
             comp.on_uncompressed(ctx)
         if comp.layer_adaptive and isinstance(comp, ScorerCompressor) and (chunk is None or chunk.final):
@@ -233,7 +233,7 @@ class _LayerHook:
                                         hidden_norms=None, keys=shape_only, values=shape_only)
             before = _cache_bytes(layer.keys, layer.values)
             kept = self._cut_early(ctx, scores, weight, layer) if scores is not None else None
-            att._pending.append((light, scores, weight, layer, kept, before))
+            att.pending.append((light, scores, weight, layer, kept, before))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
             return
@@ -263,7 +263,7 @@ class _LayerHook:
 
     def _finish_adaptive(self) -> None:
         """Split the total of the uniform capacities over layers by their weights, then gather each layer."""
-        pending = self.att._pending
+        pending = self.att.pending
         length = pending[0][0].length
         caps = allocate_layer_capacities([p[2] for p in pending], [p[0].plan.kept for p in pending], length)
         for (ctx, scores, _, layer, kept, before), cap in zip(pending, caps):
@@ -307,7 +307,7 @@ def allocate_layer_capacities(weights: list[float], uniform: list[int], length: 
 
 def check_decodable(model, compressor: Compressor) -> str:
     """The decoder's attention implementation; raises when it cannot decode what ``compressor`` keeps."""
-    impl = decoder_layers(model)[0].self_attn.config._attn_implementation or "eager"
+    impl = decoder_layers(model)[0].self_attn.config._attn_implementation or "eager"  # noqa: SLF001 - transformers keeps the attention backend only here
     if impl == "eager" and not compressor.uniform_layers:
         # transformers builds one decode mask sized from a single layer's cache; with eager attention that
         # mask no longer fits layers that kept a different number of tokens (sdpa / flash use no mask here)
@@ -338,8 +338,8 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
     try:
         for i, layer in enumerate(layers):
             attn = layer.self_attn
-            slot = _QueryCapture()
-            attn._starkv_capture = slot
+            slot = QueryCapture()
+            attn.starkv_capture = slot
             handles.append(attn.register_forward_pre_hook(_make_row_setter(attachment, slot), with_kwargs=True))
             handles.append(attn.register_forward_hook(_LayerHook(attachment, i, len(layers)), with_kwargs=True))
         yield attachment
@@ -347,7 +347,7 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
         detach_capture(layers, handles, impl)
 
 
-def _make_row_setter(attachment: Attachment, slot: _QueryCapture):
+def _make_row_setter(attachment: Attachment, slot: QueryCapture):
     """Before each attention call, tell the capture how many query rows this compressor needs."""
 
     def pre_hook(module, args, kwargs):

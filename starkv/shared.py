@@ -26,7 +26,7 @@ from starkv.budget import capacity
 from starkv.compressor import HIDDEN_NEEDS, Compressor
 from starkv.hook import (
     Attachment,
-    _QueryCapture,
+    QueryCapture,
     check_decodable,
     decoder_layers,
     detach_capture,
@@ -106,7 +106,7 @@ def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayou
     Run ``generate(..., max_new_tokens=1)`` in the block: its one forward is the shared prefill.
     """
     layers = decoder_layers(model)
-    impl = layers[0].self_attn.config._attn_implementation or "eager"
+    impl = layers[0].self_attn.config._attn_implementation or "eager"  # noqa: SLF001 - transformers keeps the attention backend only here
     rows = sorted({query_rows(c, layout) for c in compressors})
     need = hidden_need(compressors)
     record = PrefillRecord(layout=layout)
@@ -115,8 +115,8 @@ def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayou
     install_attention_wrapper(impl)
     try:
         for i, layer in enumerate(layers):
-            slot = _QueryCapture()
-            layer.self_attn._starkv_capture = slot
+            slot = QueryCapture()
+            layer.self_attn.starkv_capture = slot
             handles.append(layer.self_attn.register_forward_pre_hook(_rows_setter(slot, max(rows)), with_kwargs=True))
             handles.append(layer.self_attn.register_forward_hook(_recorder(record, i, slot, rows, need),
                                                                  with_kwargs=True))
@@ -129,7 +129,7 @@ def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayou
                            f"block's prefill a full {length}-token prompt?")
 
 
-def _rows_setter(slot: _QueryCapture, rows: int):
+def _rows_setter(slot: QueryCapture, rows: int):
     def pre_hook(module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         slot.rows = rows if hidden is not None and hidden.shape[1] > 1 else 0
@@ -138,7 +138,7 @@ def _rows_setter(slot: _QueryCapture, rows: int):
     return pre_hook
 
 
-def _recorder(record: PrefillRecord, layer_idx: int, slot: _QueryCapture, rows: list[int], need: str):
+def _recorder(record: PrefillRecord, layer_idx: int, slot: QueryCapture, rows: list[int], need: str):
     def hook(module, args, kwargs, output):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         cache = kwargs.get("past_key_values")
@@ -194,7 +194,7 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     for i, lr in enumerate(record.layers):
         holder = _Holder(lr.keys, lr.values)
         holders.append(holder)
-        layer_compressor(att, i, len(record.layers))._compress(lr.module, lr.hidden, holder, record.length,
+        layer_compressor(att, i, len(record.layers)).compress(lr.module, lr.hidden, holder, record.length,
                                                               lr.queries[rows], hidden_offset=lr.hidden_offset,
                                                               hidden_norms=lr.hidden_norms)
     att.compress_s = time.perf_counter() - t0

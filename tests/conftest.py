@@ -63,3 +63,16 @@ def memory_copy():
     for path in made:
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+#: fixtures that start a real service (a Ray cluster, an MLflow store or server): their tests are `slow`
+SERVICE_FIXTURES = {"ray_local", "isolated_mlflow", "mlflow_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``make test-fast`` deselects ``slow``: every end-to-end test (tests/e2e/) and every test that starts
+    a service through a fixture is slow, besides those marked by hand."""
+    for item in items:
+        in_e2e = "e2e" in item.path.parts
+        if in_e2e or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

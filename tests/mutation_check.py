@@ -112,7 +112,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            thr = max(72.0, 0.12 * min(w, h))\n",
              ("tests/benchmarks/test_bench_androidcontrol.py",),
              "AndroidControl pixel protocol thr = max(72, 0.10·min(W, H)) -> 0.12"),
-    Mutation("screenspot_box_slack", "pipeline/benchmarks/screenspot_v2/benchmark.py",
+    Mutation("screenspot_box_slack", "pipeline/benchmarks/common/grounding.py",
              "BOX_SLACK_FRACTION = 0.01\n", "BOX_SLACK_FRACTION = 0.03\n",
              ("tests/benchmarks/test_bench_screenspot.py",),
              "ScreenSpot-v2 box slack 1 % -> 3 % of the image"),

@@ -72,7 +72,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device = CPU) -> float:
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device = CPU) -> float:
     fn()  # warm-up (allocations, lazy init, kernel selection)
     times = []
     for _ in range(repeats):
@@ -102,7 +102,7 @@ def make_context(dims: Dims, layout: PromptLayout, budget: float, seed: int = 0,
     )
 
 
-def _select_fn(name: str, ctx: LayerContext) -> Callable[[], object]:
+def select_fn(name: str, ctx: LayerContext) -> Callable[[], object]:
     comp = starkv.build(name)
     if name == "vlcache":  # needs the post-vision query rows, not only the 8-token window
         rows = comp.query_window(ctx.layout, ctx.length)
@@ -135,12 +135,12 @@ def decoder_layer(dims: Dims, dtype=torch.float32, device: torch.device = CPU) -
                                num_attention_heads=dims.num_heads, num_key_value_heads=dims.num_kv_heads,
                                num_hidden_layers=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                                      "mrope_section": _mrope_section(dims.head_dim)})
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = "sdpa"  # noqa: SLF001 - transformers keeps the attention backend only here
     layer = Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval().to(device=device, dtype=dtype)
     return layer, Qwen2_5_VLRotaryEmbedding(cfg).to(device)
 
 
-def _layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
+def layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
                       device: torch.device = CPU) -> float:
     """One Qwen2.5-VL decoder layer's prefill forward (sdpa attention, random weights) at ``length`` tokens."""
     layer, rotary = decoder_layer(dims, dtype, device)
@@ -152,7 +152,7 @@ def _layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32
         def forward():
             return layer(hidden, attention_mask=None, position_ids=pos, position_embeddings=emb)
 
-        return _median_ms(forward, repeats, device) if repeats > 0 else 0.0
+        return median_ms(forward, repeats, device) if repeats > 0 else 0.0
 
 
 def run_compress_bench(scenarios: dict[str, Scenario] | None = None, dims: Dims = Dims(), budget: float = 20.0,
@@ -173,15 +173,15 @@ def run_compress_bench(scenarios: dict[str, Scenario] | None = None, dims: Dims 
             for name in names:
                 if name == "full":
                     continue
-                rep.selection_ms[name] = _median_ms(_select_fn(name, ctx), repeats, dev)
+                rep.selection_ms[name] = median_ms(select_fn(name, ctx), repeats, dev)
                 echo(f"  [{key}] {name:<13} selection {rep.selection_ms[name]:9.2f} ms")
             start, end = layout.current_image
             image_scores = torch.rand(dims.num_kv_heads, end - start, device=dev)
-            rep.mi_step_ms = _median_ms(lambda s=image_scores: mi_mod.spatial_mi(s), repeats, dev)
+            rep.mi_step_ms = median_ms(lambda s=image_scores: mi_mod.spatial_mi(s), repeats, dev)
             echo(f"  [{key}] MI step        {rep.mi_step_ms:9.2f} ms per layer ({end - start} image tokens)")
         if layer_repeats > 0:
             echo(f"  [{key}] measuring one decoder layer prefill at {layout.prompt_length} tokens ...")
-            rep.layer_prefill_ms = _layer_prefill_ms(dims, layout.prompt_length, layer_repeats, dt, dev)
+            rep.layer_prefill_ms = layer_prefill_ms(dims, layout.prompt_length, layer_repeats, dt, dev)
             rep.selection_over_layer = {n: t / rep.layer_prefill_ms for n, t in rep.selection_ms.items()}
         if "starkv" in rep.selection_ms and "snapkv" in rep.selection_ms:
             rep.starkv_over_snapkv = rep.selection_ms["starkv"] / rep.selection_ms["snapkv"]

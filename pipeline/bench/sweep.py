@@ -49,9 +49,10 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting
     ``memory_accounting`` as in runs (on); off shows the ratio without the accounting's per-op cost.
     ``batch_decode`` as in runs (on): the shared sweep decodes its units as one batch (``pipeline.step.row_decode``).
     """
+    from pipeline.config import make_benchmark
     from pipeline.metrics.units import Unit
     from pipeline.models.loader import ModelSpec, load_model
-    from pipeline.run.job import load_episodes, make_benchmark
+    from pipeline.run.job import load_episodes
     from pipeline.step.engine import EpisodeRunner
     from pipeline.step.sweep import run_sweep
 
@@ -129,10 +130,10 @@ def predict_7b(compressors: list[str], prompt_tokens: int = 16_544, budget: floa
     from pipeline.bench.compress import (
         Dims,
         Scenario,
-        _layer_prefill_ms,
-        _median_ms,
-        _select_fn,
+        layer_prefill_ms,
         make_context,
+        median_ms,
+        select_fn,
     )
 
     dims, dev, dt = Dims(), torch.device(device), getattr(torch, dtype)
@@ -142,13 +143,13 @@ def predict_7b(compressors: list[str], prompt_tokens: int = 16_544, budget: floa
     selection = {}
     with torch.inference_mode():
         for name in compressors:
-            selection[name] = 0.0 if name == "full" else _median_ms(_select_fn(name, ctx), 3, dev) / 1e3
+            selection[name] = 0.0 if name == "full" else median_ms(select_fn(name, ctx), 3, dev) / 1e3
             echo(f"  selection {name}: {selection[name] * 1e3:.1f} ms per layer")
     kept = starkv.kept_length(layout.prompt_length, budget)
     decode_s = _layer_decode_ms(dims, kept, new_tokens, dt, dev) / 1e3
     echo(f"  one layer decode step over {kept} cached tokens: {decode_s * 1e3:.2f} ms")
     echo(f"  one layer prefill over {layout.prompt_length} tokens (slow on CPU) ...")
-    prefill_layer = _layer_prefill_ms(dims, layout.prompt_length, 1, dt, dev) / 1e3
+    prefill_layer = layer_prefill_ms(dims, layout.prompt_length, 1, dt, dev) / 1e3
     layers = 28
     prefill = layers * prefill_layer
     unit = layers * (statistics.fmean(selection.values()) + new_tokens * decode_s)

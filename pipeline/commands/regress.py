@@ -22,8 +22,8 @@ from pipeline.results.regression import (
     resolve_tolerances,
     size_mismatches,
 )
-from pipeline.results.sources import ResolvedRun, resolve_run
 from pipeline.results.store import is_url
+from pipeline.tracking.sources import ResolvedRun, resolve_run
 
 INPUTS = ("run id (starkv run id or MLflow parent run id), Parquet rows folder or file, run folder, output folder "
           "(its only run, or the newest of several), or a YAML/JSON file of expected values "

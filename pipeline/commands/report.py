@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pipeline.results.plots import write_job_figures
 from pipeline.results.regression import RegressionInputError
-from pipeline.results.sources import ResolvedRun, find_parent_run, resolve_run, sqlite_missing
 from pipeline.tracking.client import mlflow_client
+from pipeline.tracking.sources import ResolvedRun, find_parent_run, resolve_run, sqlite_missing
 
 
 def add_parser(subparsers) -> None:

@@ -62,12 +62,12 @@ class MemoryAccount:
     held_bytes: int = 0  # storages someone else held through the block (a sweep's records), in every peak
     tracked: Any = None  # the live track_step while its block runs (to call keep())
     _phases: dict[str, PhasePeak] | None = None
-    _settle: Any = None
+    settle: Any = None
 
     def _get(self, phase: str) -> PhasePeak:
         if self._phases is None:
-            self._phases = self._settle() if self._settle is not None else {}
-            self._settle = None
+            self._phases = self.settle() if self.settle is not None else {}
+            self.settle = None
         return self._phases.get(phase) or PhasePeak()
 
     @property
@@ -127,7 +127,7 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 def _fresh_returns(func) -> bool:
     """True when no return of the op aliases an input (its outputs are new allocations)."""
-    return all(r.alias_info is None for r in func._schema.returns)
+    return all(r.alias_info is None for r in func._schema.returns)  # noqa: SLF001 - torch op schemas have no public accessor
 
 
 class _PartStack:
@@ -416,4 +416,4 @@ class track_step:  # noqa: N801 - used like a function in a with statement
         keep = {id(t.untyped_storage()) for t in self.kept}
         self.kept = []
         self.account.tracked = None
-        self.account._settle = lambda: tracker.finish(base, keep, held)
+        self.account.settle = lambda: tracker.finish(base, keep, held)

@@ -36,12 +36,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 #: Tensors with more elements than this never get a real shadow (only metadata-sized ones do).
 SHADOW_NUMEL_LIMIT = 1 << 20
-_SCALAR = torch.ops.aten._local_scalar_dense.default
+_SCALAR = torch.ops.aten._local_scalar_dense.default  # noqa: SLF001 - the aten op has no public alias
 
 
 def _writes(func) -> list[int]:
     """Positions of the arguments an op writes to (in-place / out=)."""
-    return [i for i, a in enumerate(func._schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+    return [i for i, a in enumerate(func._schema.arguments) if a.alias_info is not None and a.alias_info.is_write]  # noqa: SLF001 - torch op schemas have no public accessor
 
 
 class ShadowMode(TorchDispatchMode):
@@ -130,7 +130,7 @@ def build_fake_model(config, dtype: torch.dtype, attn_implementation: str):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     with torch.device("cpu"):  # built in its dtype: no .to() (it cannot swap fake parameters)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype,
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype,  # noqa: SLF001 - transformers builds an unweighted model only through this
                                                                 attn_implementation=attn_implementation)
     return model.eval()
 
@@ -148,7 +148,7 @@ def real_rope_index(model, session: FakeSession) -> Iterator[None]:
     shadows = session.shadows
 
     def real(value):  # tensors without a shadow (pixel values, embeddings) are no position metadata
-        return shadows._real(value) if isinstance(value, torch.Tensor) else value
+        return shadows._real(value) if isinstance(value, torch.Tensor) else value  # noqa: SLF001 - FakeTensor shadows expose the real tensor only here
 
     def get_rope_index(*args, **kwargs):
         args, kwargs = pytree.tree_map(real, (args, kwargs))

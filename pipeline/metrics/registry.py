@@ -286,3 +286,57 @@ register_derived(Derived("episodes", lambda _ok, rows: float(len({r["episode_id"
 register_derived(Derived("kv_ratio", _kv_ratio))
 register_derived(Derived("steps_per_s", _steps_per_s,
                          check=Check("throughput", "steps_per_s", True, True, 0.30, "per_s")))
+
+
+# ------------------------------------------------------------------- what the consumers read, in their order
+
+#: The order of a unit's summary metrics (``summarize``'s dict, so ``summary.json``) as it was before the
+#: registry; summaries registered later follow in registration order (metrics, then derived figures).
+SUMMARY_ORDER: tuple[str, ...] = (
+    "steps", "errors", "episodes", "mean_peak_mem_bytes", "max_peak_mem_bytes", "max_peak_above_weights_bytes",
+    "mean_peak_above_weights_bytes", "max_peak_prefill_bytes", "max_peak_decode_bytes", "weights_bytes",
+    "mean_kv_bytes", "mean_kv_bytes_full", "kv_ratio", "mean_prompt_tokens", "mean_kept_tokens", "mean_prefill_s",
+    "mean_decode_s", "steps_per_s", "shared_prefill_steps", "accuracy",
+)
+#: Summary metrics a benchmark's own ``aggregate()`` may state (its figure wins; the registry's only fills in).
+BENCHMARK_FIRST: frozenset[str] = frozenset({"accuracy"})
+#: The regression gate's order of checks (the rows of its table); checks registered later follow.
+CHECK_ORDER: tuple[str, ...] = ("accuracy", "peak_memory", "peak_above_weights", "kv_bytes", "throughput", "errors")
+
+
+def _ordered(items: list[tuple[str, Any]], order: tuple[str, ...]) -> list[tuple[str, Any]]:
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(items, key=lambda item: rank.get(item[0], len(rank)))  # stable: the rest keep their order
+
+
+def summary_sources() -> list[tuple[str, Metric | Derived]]:
+    """Every summary metric with what computes it (a ``Metric``: its ``summary[name]`` aggregation of its
+    column; a ``Derived``: its ``compute``), in ``SUMMARY_ORDER`` then registration order."""
+    items: list[tuple[str, Metric | Derived]] = [(name, m) for m in COLUMNS for name in m.summary]
+    items += [(d.name, d) for d in DERIVED]
+    return _ordered(items, SUMMARY_ORDER)
+
+
+def checks() -> list[Check]:
+    """Every declared regression check, in ``CHECK_ORDER`` then registration order."""
+    found = [(c.name, c) for c in (*(m.check for m in COLUMNS), *(d.check for d in DERIVED)) if c is not None]
+    return [c for _, c in _ordered(found, CHECK_ORDER)]
+
+
+def table_columns() -> list[TableColumn]:
+    """Every declared terminal-table column, by ``order`` (ties in registration order)."""
+    cols = [c for owner in (*COLUMNS, *DERIVED) for c in owner.columns]
+    return sorted(cols, key=lambda c: c.order)
+
+
+def plot_specs() -> list[tuple[Metric | Derived, PlotSpec]]:
+    """Every declared budget plot with its declaring metric, in registration order (metrics, then derived)."""
+    return [(owner, owner.plot) for owner in (*COLUMNS, *DERIVED) if owner.plot is not None]
+
+
+def summary_unit(name: str) -> str:
+    """The unit of summary metric ``name`` (its column's; empty for derived figures and unknown names)."""
+    for m in COLUMNS:
+        if name in m.summary:
+            return "" if m.summary[name] == "count_true" else m.unit
+    return ""

@@ -1,4 +1,5 @@
-"""Per (compressor, budget) aggregates from the step rows: accuracy, memory, throughput."""
+"""Per (compressor, budget) aggregates from the step rows (accuracy, memory, throughput), as the metric registry
+(``pipeline.metrics.registry``) declares them, and the terminal table of them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.benchmarks.common.base import Benchmark
+from pipeline.metrics.registry import AGGREGATIONS, BENCHMARK_FIRST, Derived, summary_sources, table_columns
 from pipeline.metrics.units import unit_label
 
 
@@ -23,12 +25,26 @@ class UnitSummary:
         return unit_label(self.compressor, self.budget)
 
 
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else 0.0
+def _unit_metrics(ok: list[dict[str, Any]], items: list[dict[str, Any]]) -> dict[str, float]:
+    """Every registered summary metric of one unit's rows, in the registry's summary order.
+
+    A column missing from a row (rows written before the column existed) or null counts as 0.
+    """
+    out: dict[str, float] = {}
+    for name, source in summary_sources():
+        if isinstance(source, Derived):
+            out[name] = float(source.compute(ok, items))
+            continue
+        how = source.summary[name]
+        values = [r.get(source.name) or 0 for r in (items if how == "mean_all" else ok)]
+        out[name] = AGGREGATIONS[how](values)
+    return out
 
 
 def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
-    """One summary per unit, in (compressor, budget) order; benchmark metrics come from its aggregate()."""
+    """One summary per unit, in (compressor, budget) order: the benchmark's aggregate() first (its
+    ``num_steps`` as ``bench_num_steps``), then every summary metric of the registry
+    (``pipeline.metrics.registry``); a benchmark's own figure wins for ``BENCHMARK_FIRST`` (accuracy)."""
     if table.num_rows == 0:
         return []
     rows = table.to_pylist()
@@ -40,49 +56,30 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
         for r in items:
             r["meta"] = json.loads(r.get("meta_json") or "{}")
         ok = [r for r in items if not r.get("error")]
-        model_s = sum(r["prefill_s"] + r["decode_s"] for r in ok)
         metrics = {f"bench_{k}" if k == "num_steps" else k: float(v) for k, v in benchmark.aggregate(items).items()}
-        metrics.update(
-            steps=float(len(items)),
-            errors=float(len(items) - len(ok)),
-            episodes=float(len({r["episode_id"] for r in items})),
-            mean_peak_mem_bytes=_mean([r["peak_mem_bytes"] for r in ok]),
-            max_peak_mem_bytes=float(max((r["peak_mem_bytes"] for r in ok), default=0)),
-            max_peak_above_weights_bytes=float(max((r.get("peak_above_weights_bytes") or 0 for r in ok), default=0)),
-            mean_peak_above_weights_bytes=_mean([r.get("peak_above_weights_bytes") or 0 for r in ok]),
-            max_peak_prefill_bytes=float(max((r.get("peak_prefill_bytes") or 0 for r in ok), default=0)),
-            max_peak_decode_bytes=float(max((r.get("peak_decode_bytes") or 0 for r in ok), default=0)),
-            weights_bytes=float(max((r.get("weights_bytes") or 0 for r in ok), default=0)),
-            mean_kv_bytes=_mean([r["kv_bytes"] for r in ok]),
-            mean_kv_bytes_full=_mean([r["kv_bytes_full"] for r in ok]),
-            kv_ratio=(sum(r["kv_bytes"] for r in ok) / max(1, sum(r["kv_bytes_full"] for r in ok))),
-            mean_prompt_tokens=_mean([r["prompt_tokens"] for r in ok]),
-            mean_kept_tokens=_mean([r["kept_tokens"] for r in ok]),
-            mean_prefill_s=_mean([r["prefill_s"] for r in ok]),
-            mean_decode_s=_mean([r["decode_s"] for r in ok]),
-            steps_per_s=(len(ok) / model_s) if model_s > 0 else 0.0,
-            # steps whose prefill was shared by the sweep's units (pipeline.step.sweep): their peaks are the sweep's
-            shared_prefill_steps=float(sum(1 for r in ok if r.get("prefill_shared"))),
-        )
-        metrics.setdefault("accuracy", _mean([1.0 if r["correct"] else 0.0 for r in items]))
+        for name, value in _unit_metrics(ok, items).items():
+            if name in BENCHMARK_FIRST:
+                metrics.setdefault(name, value)
+            else:
+                metrics[name] = value
         out.append(UnitSummary(comp, budget, metrics))
     return out
 
 
+#: widths of the table's two identity columns; a metric column is as wide as its title plus two
+COMPRESSOR_WIDTH, BUDGET_WIDTH = 14, 8
+
+
 def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
-    """A small fixed-width table for the terminal and the MLflow artifact."""
-    head = f"{'compressor':<14}{'budget%':>8}{'steps':>7}{'err':>5}{'accuracy':>10}{'KV kept MiB':>13}" \
-           f"{'KV full MiB':>13}{'peak>W MiB':>12}{'peak MiB':>10}{'prefill ms':>12}{'decode ms':>11}"
+    """A small fixed-width table for the terminal and the MLflow artifact: a column per registered
+    ``TableColumn`` (``pipeline.metrics.registry``), by its ``order``."""
+    columns = table_columns()
+    head = f"{'compressor':<{COMPRESSOR_WIDTH}}{'budget%':>{BUDGET_WIDTH}}" + "".join(
+        f"{c.title:>{len(c.title) + 2}}" for c in columns)
     lines = [head, "-" * len(head)]
-    mib = 1024 * 1024
     for s in summaries:
-        m = s.metrics
-        lines.append(
-            f"{s.compressor:<14}{s.budget:>8g}{int(m['steps']):>7}{int(m['errors']):>5}{m['accuracy']:>10.3f}"
-            f"{m['mean_kv_bytes'] / mib:>13.3f}{m['mean_kv_bytes_full'] / mib:>13.3f}"
-            f"{m.get('max_peak_above_weights_bytes', 0) / mib:>12.2f}"
-            f"{m['max_peak_mem_bytes'] / mib:>10.1f}{m['mean_prefill_s'] * 1e3:>12.1f}{m['mean_decode_s'] * 1e3:>11.1f}"
-        )
+        cells = "".join(f"{s.metrics.get(c.summary, 0) * c.scale:>{len(c.title) + 2}{c.fmt}}" for c in columns)
+        lines.append(f"{s.compressor:<{COMPRESSOR_WIDTH}}{s.budget:>{BUDGET_WIDTH}g}" + cells)
     lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; peak: "
                  + (mem_device or "device-level figure") + ")")
     if any(s.metrics.get("shared_prefill_steps", 0) > 0 for s in summaries):

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmarks.common.base import Benchmark, Episode, get_benchmark
-from pipeline.config import JobConfig, PrefillMode, parse_config
+from pipeline.benchmarks.common.base import Benchmark, Episode
+from pipeline.config import JobConfig, PrefillMode, make_benchmark, parse_config
 from pipeline.metrics.units import unit_label
 from pipeline.results.parquet import drop_unreadable, read_rows
 from pipeline.results.store import StoreError, open_store
@@ -47,28 +47,6 @@ class RunResult:
     mlflow_parent_id: str | None = None
     skipped_units: int = 0
     ran_units: int = 0
-
-
-SYNTHETIC_GENERATOR_OPTIONS = ("num_episodes", "seed", "min_steps", "max_steps", "style")
-
-
-def make_benchmark(cfg: JobConfig, path: str | None = None) -> Benchmark:
-    """The configured benchmark at ``path`` (default: the config's).
-
-    The generated benchmarks' (synthetic, launcher) generator options are not loader options; without a
-    path the dataset is generated into a cache folder from them.
-    """
-    cls = get_benchmark(cfg.benchmark.name)
-    options = dict(cfg.benchmark.options)
-    path = path or cfg.benchmark.path
-    style = getattr(cls, "generator_style", None)
-    if style is not None:  # a generated benchmark (synthetic, launcher)
-        gen = {"style": style, **{k: options.pop(k) for k in SYNTHETIC_GENERATOR_OPTIONS if k in options}}
-        if path is None:
-            from pipeline.benchmarks.synthetic.benchmark import ensure_synthetic_dataset
-
-            path = str(ensure_synthetic_dataset(**gen))
-    return cls(path, **options)
 
 
 def load_episodes(cfg: JobConfig, benchmark: Benchmark) -> list[Episode]:

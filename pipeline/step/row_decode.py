@@ -139,15 +139,15 @@ class RowCaches:
 @contextlib.contextmanager
 def _row_attention(model, cache: RowCaches) -> Iterator[None]:
     layers = decoder_layers(model)
-    impl = layers[0].self_attn.config._attn_implementation or "eager"
+    impl = layers[0].self_attn.config._attn_implementation or "eager"  # noqa: SLF001 - transformers keeps the attention backend only here
     install_attention_wrapper(impl)
     for layer in layers:
-        layer.self_attn._starkv_rows = cache
+        layer.self_attn.starkv_rows = cache
     try:
         yield
     finally:
         for layer in layers:
-            vars(layer.self_attn).pop("_starkv_rows", None)
+            vars(layer.self_attn).pop("starkv_rows", None)
         remove_attention_wrapper(impl)
 
 
@@ -155,7 +155,7 @@ def greedy_setup(model, prompt_ids: torch.Tensor, max_new_tokens: int, pad_token
     """``generate``'s greedy settings for this model: (logits processors, end-token ids)."""
     config = copy.deepcopy(model.generation_config)
     config.update(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
-    processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_ids.shape[1],
+    processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_ids.shape[1],  # noqa: SLF001 - generate's own processors, not public in transformers
                                              encoder_input_ids=prompt_ids, device=prompt_ids.device, model_kwargs={})
     eos = config.eos_token_id
     eos = set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}

@@ -49,7 +49,7 @@ def _figures(summaries, run_dir: Path, subtitle: str, mem_device: str, echo) -> 
 
 def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print) -> int:
     """Log every run found under ``output`` to MLflow (idempotent); returns how many runs were synced."""
-    from pipeline.run.job import make_benchmark
+    from pipeline.config import make_benchmark
 
     runs = run_dirs(output)
     if not runs:

@@ -73,7 +73,7 @@ def test_budget_100_keeps_every_token_through_the_hook(cls, n_images):
         ctx = make_ctx(comp, budget=100, spans=SPANS[n_images], layer_idx=layer, num_layers=4, seed=layer)
         att.layout = ctx.layout
         cache = types.SimpleNamespace(keys=ctx.keys.clone(), values=ctx.values.clone())
-        _LayerHook(att, layer, 4)._compress(None, ctx.hidden_states, cache, ctx.length, ctx.queries)
+        _LayerHook(att, layer, 4).compress(None, ctx.hidden_states, cache, ctx.length, ctx.queries)
         caches.append((cache, ctx))
     assert [s.kept_length for s in att.stats] == [128] * 4
     for cache, ctx in caches:

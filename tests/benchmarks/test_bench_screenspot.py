@@ -212,7 +212,7 @@ def test_ssv2_bad_data_becomes_error_steps(tmp_path: Path) -> None:
 
 def test_box_may_overhang_its_image_by_one_percent_of_the_side() -> None:
     """Annotators clip at the screen edge with a pixel or two of slack: 1 % of a side passes, more is refused."""
-    from pipeline.benchmarks.screenspot_v2.benchmark import box_range_problem
+    from pipeline.benchmarks.common.grounding import box_range_problem
 
     assert box_range_problem([-10, -5, 1010, 505], (1000, 500), "bbox") is None  # 10 px = 1 % of 1000, 5 of 500
     for box in ([-11, 0, 100, 100], [0, -6, 100, 100], [0, 0, 1011, 100], [0, 0, 100, 506]):

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import parse_config
+from pipeline.config import make_benchmark, parse_config
 from pipeline.results.parquet import read_rows
-from pipeline.run.job import load_episodes, make_benchmark, run_job
+from pipeline.run.job import load_episodes, run_job
 from tests.fixtures.benchmarks import (
     SSPRO_APPS,
     mind2web_rows,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config import load_config, make_benchmark
 from pipeline.results.parquet import read_rows
-from pipeline.run.job import load_episodes, make_benchmark, run_job
+from pipeline.run.job import load_episodes, run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {"run_id", "benchmark", "episode_id", "step_index", "compressor", "budget", "model", "prediction",

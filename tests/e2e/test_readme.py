@@ -178,9 +178,9 @@ def _check_submitted_smoke_job(checkout: Path) -> None:
     """Every row of the submitted job once and error-free; MLflow's parent, children and git commit right."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.config import load_config
+    from pipeline.config import load_config, make_benchmark
     from pipeline.results.parquet import read_rows
-    from pipeline.run.job import load_episodes, make_benchmark
+    from pipeline.run.job import load_episodes
 
     out = checkout / "outputs" / "smoke"
     cfg = load_config(checkout / "jobs" / "smoke.yaml")

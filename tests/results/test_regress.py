@@ -27,8 +27,8 @@ from pipeline.results.regression import (
     parse_tolerances,
     resolve_tolerances,
 )
-from pipeline.results.sources import load_expected, resolve_run
 from pipeline.results.summary import UnitSummary
+from pipeline.tracking.sources import load_expected, resolve_run
 from tests.helpers_runs import MIB, step_row, write_run_folder
 
 ROOT = Path(__file__).resolve().parents[2]

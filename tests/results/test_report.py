@@ -18,10 +18,9 @@ pytestmark = pytest.mark.usefixtures("isolated_mlflow")
 
 def fake_run(output: Path, run_id: str) -> Path:
     """A finished run as `starkv-eval run` leaves it: config.json, Parquet rows, MLflow parent + children."""
-    from pipeline.config import parse_config
+    from pipeline.config import make_benchmark, parse_config
     from pipeline.results.parquet import read_rows
     from pipeline.results.summary import summarize
-    from pipeline.run.job import make_benchmark
     from pipeline.tracking.mlflow_runs import Tracker, default_tracking_uri
 
     config = {"name": "rep", "model": {"path": "tiny"},

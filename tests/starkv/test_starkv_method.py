@@ -205,7 +205,7 @@ def test_entropy_adaptive_budget_redistributes_the_same_total():
     att = Attachment(model=None, compressor=comp, budget=20.0, layout=layers[0].layout)
     for i, ctx in enumerate(layers):
         cache = types.SimpleNamespace(keys=ctx.keys.clone(), values=ctx.values.clone())
-        _LayerHook(att, i, len(layers))._compress(None, ctx.hidden_states, cache, ctx.length, ctx.queries)
+        _LayerHook(att, i, len(layers)).compress(None, ctx.hidden_states, cache, ctx.length, ctx.queries)
     kept = [s.kept_length for s in att.stats]
     assert sum(kept) == sum(uniform) and kept == caps
 

@@ -200,8 +200,8 @@ def test_micro_agent_sweep_equals_per_unit_runs():
 
     import yaml
 
-    from pipeline.config import parse_config
-    from pipeline.run.job import load_episodes, make_benchmark
+    from pipeline.config import make_benchmark, parse_config
+    from pipeline.run.job import load_episodes
 
     job = yaml.safe_load((Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml").read_text())
     cfg = parse_config({**job, "benchmark": {**job["benchmark"], "max_episodes": 1}})

@@ -46,8 +46,7 @@ def test_training_never_draws_an_evaluation_episode():
     import random
 
     from pipeline.benchmarks.synthetic.launcher import launcher_episode, launcher_goal
-    from pipeline.config import parse_config
-    from pipeline.run.job import make_benchmark
+    from pipeline.config import make_benchmark, parse_config
 
     heldout = {tuple((s.instruction, tuple(s.target["bbox"])) for s in e.steps)
                for e in make_benchmark(parse_config(_micro_job())).load()}
@@ -158,10 +157,9 @@ def test_shipped_weights_match_their_manifest():
 
 
 def _run_subset(compressor_name: str, budget: float, episodes: int = FLOOR_EPISODES) -> list[dict]:
-    from pipeline.config import JobConfig, parse_config
+    from pipeline.config import JobConfig, make_benchmark, parse_config
     from pipeline.metrics.units import Unit
     from pipeline.models.loader import ModelSpec, load_model
-    from pipeline.run.job import make_benchmark
     from pipeline.step.engine import EpisodeRunner
     from starkv import build
 

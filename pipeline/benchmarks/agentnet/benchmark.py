@@ -44,7 +44,6 @@ from typing import Any
 
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.agentnet.reference import aggregate_reference, driver_predictions, driver_score
-from pipeline.benchmarks.androidcontrol.benchmark import row_value
 from pipeline.benchmarks.common.base import (
     Benchmark,
     BenchmarkDataError,
@@ -52,6 +51,7 @@ from pipeline.benchmarks.common.base import (
     Step,
     StepScore,
     register_benchmark,
+    row_value,
 )
 from pipeline.benchmarks.common.storage import open_fs, url_of
 

@@ -81,7 +81,7 @@ from pipeline.benchmarks.common.base import (
     Step,
     StepScore,
     register_benchmark,
-    row_dict,
+    row_value,
 )
 from pipeline.benchmarks.common.storage import image_size_at, open_fs, url_of
 from pipeline.cache import cache_root
@@ -330,21 +330,6 @@ def _app_match(pred: str, gt: str) -> bool:
     p, g = _norm_typed(pred), _norm_typed(gt)
     compact = re.sub(r"[^a-z0-9]", "", p), re.sub(r"[^a-z0-9]", "", g)
     return bool(p) and (p == g or g in p or p in g or (bool(compact[1]) and compact[0] == compact[1]))
-
-
-def row_value(row: dict[str, Any], key: str) -> Any:
-    """A value from a result row, wherever the runner put it: the row itself, ``fields`` /
-    ``fields_json`` (StepScore.fields), ``meta`` / ``meta_json`` and its ``score_fields`` entry."""
-    if key in row:
-        return row[key]
-    for name in ("fields", "meta"):
-        d = row_dict(row, name)
-        nested = d.get("score_fields")
-        if isinstance(nested, dict) and key in nested:
-            return nested[key]
-        if key in d:
-            return d[key]
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------

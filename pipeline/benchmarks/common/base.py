@@ -127,6 +127,21 @@ def row_dict(row: dict[str, Any], name: str) -> dict[str, Any]:
     return {}
 
 
+def row_value(row: dict[str, Any], key: str) -> Any:
+    """A value from a result row, wherever the runner put it: the row itself, ``fields`` /
+    ``fields_json`` (StepScore.fields), ``meta`` / ``meta_json`` and its ``score_fields`` entry."""
+    if key in row:
+        return row[key]
+    for name in ("fields", "meta"):
+        d = row_dict(row, name)
+        nested = d.get("score_fields")
+        if isinstance(nested, dict) and key in nested:
+            return nested[key]
+        if key in d:
+            return d[key]
+    return None
+
+
 class Benchmark(ABC):
     """A GUI benchmark: load episodes from its real on-disk format, score actions, aggregate officially.
 

@@ -48,7 +48,10 @@ from pipeline.benchmarks.common.base import (
     Step,
     StepScore,
     register_benchmark,
+    row_fields,
+    row_meta,
 )
+from pipeline.benchmarks.common.grounding import cache_root, valid_size
 from pipeline.benchmarks.common.scoring import normalize_box, point_in_box
 from pipeline.benchmarks.common.storage import image_size_at, open_fs, url_of
 from pipeline.benchmarks.mind2web.blocks import (
@@ -57,7 +60,6 @@ from pipeline.benchmarks.mind2web.blocks import (
     build_block_episodes,
     split_of_file,
 )
-from pipeline.benchmarks.screenspot_v2.benchmark import cache_root, row_fields, row_meta, valid_size
 
 SPLITS = ("train", "test_task", "test_website", "test_domain")
 REQUIRED_COLUMNS = ("annotation_id", "action_uid", "confirmed_task", "operation", "pos_candidates", "screenshot")

@@ -21,9 +21,9 @@ from pipeline.benchmarks.common.base import (
     Step,
     StepScore,
     register_benchmark,
+    row_meta,
 )
-from pipeline.benchmarks.common.storage import open_fs, url_of
-from pipeline.benchmarks.screenspot_v2.benchmark import (
+from pipeline.benchmarks.common.grounding import (
     CellTally,
     ImageSizes,
     base_counts,
@@ -34,10 +34,10 @@ from pipeline.benchmarks.screenspot_v2.benchmark import (
     read_json_list,
     resolve_image,
     row_correct,
-    row_meta,
     score_point_in_box,
     valid_size,
 )
+from pipeline.benchmarks.common.storage import open_fs, url_of
 
 GROUPS = ("Dev", "Creative", "CAD", "Scientific", "Office", "OS")
 UI_TYPES = ("text", "icon")

@@ -194,9 +194,8 @@ def _load_rows(source: str, rows: Path | str, tracking_uri: str | None) -> Resol
 
 
 def _summarize(table, config: dict[str, Any]) -> list[UnitSummary]:
-    from pipeline.config import parse_config
+    from pipeline.config import make_benchmark, parse_config
     from pipeline.results.summary import summarize
-    from pipeline.run.job import make_benchmark
 
     cfg = parse_config(config)
     return summarize(table, make_benchmark(cfg))
