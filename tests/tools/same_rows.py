@@ -1,6 +1,7 @@
 """Do two runs of one job give the same rows? Compares every deterministic column, step by step.
 
     python tests/tools/same_rows.py OUTPUT_OR_RUN_DIR_A OUTPUT_OR_RUN_DIR_B
+    python tests/tools/same_rows.py --golden OUTPUT_OR_RUN_DIR FILE.json   # fingerprints for a golden test
 
 Deterministic columns are all but the wall-clock times, the process-level peak (RSS or CUDA allocator,
 which depend on what else the process did) and the actor's pid. Exit 0 when the rows agree, 1 otherwise
@@ -44,7 +45,24 @@ def differences(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
     return out
 
 
+def fingerprints(rows: dict[str, dict]) -> dict[str, str]:
+    """A digest of each step's deterministic columns, by ``step_key`` (what a golden file stores)."""
+    import hashlib
+    import json
+
+    out = {}
+    for key, row in sorted(rows.items()):
+        kept = {c: v for c, v in sorted(row.items()) if c not in VOLATILE and c != "run_id"}
+        out[key] = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return out
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "--golden":  # write a golden file of a run's fingerprints
+        import json
+
+        Path(argv[2]).write_text(json.dumps(fingerprints(rows_of(argv[1])), indent=0, sort_keys=True) + "\n")
+        return 0
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
