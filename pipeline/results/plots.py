@@ -1,4 +1,5 @@
-"""Budget sweeps as PNG plots (accuracy, kept KV bytes, peak memory vs KV budget), one line per compressor.
+"""Budget sweeps as PNG plots (accuracy, kept KV bytes, peak memory vs KV budget, and every other ``PlotSpec``
+the metric registry declares), one line per compressor.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global backend switch), so it
 works headless in Ray jobs and tests.
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.metrics import registry
 from pipeline.results.colours import compressor_colour
 from pipeline.results.summary import UnitSummary
 
@@ -53,13 +55,37 @@ def _peak_spec(units: list[UnitSummary], mem_device: str) -> PlotSpec:
                     "Peak memory vs KV budget" + (f"\n{device}" if device else ""), lambda v: v / MIB)
 
 
+#: The built-in plots keep the file names and wording they were published with (reports and MLflow runs link
+#: them), which predate the registry's declarations of accuracy and kept KV bytes and differ from them.
+_PUBLISHED: dict[str, PlotSpec] = {
+    "accuracy": PlotSpec("accuracy_vs_budget.png", "accuracy", "accuracy (fraction of steps correct)",
+                         "Accuracy vs KV budget"),
+    "mean_kv_bytes": PlotSpec("kv_memory_vs_budget.png", "mean_kv_bytes", "kept KV cache per step, mean (MiB)",
+                              "Kept KV-cache memory vs KV budget", lambda v: v / MIB),
+}
+#: The peak plot is the one special case: it draws the exact peak above the weights when the rows have it,
+#: else the labelled device-level peak (``_peak_spec``), placed where ``peak_mem_bytes`` is registered.
+_PEAK_COLUMN = "peak_mem_bytes"
+
+
+def _declared(spec: registry.PlotSpec) -> PlotSpec:
+    """A registry ``PlotSpec`` as drawn (its ``scale`` divides the values)."""
+    if spec.summary in _PUBLISHED:
+        return _PUBLISHED[spec.summary]
+    div = spec.scale
+    return PlotSpec(spec.filename, spec.summary, spec.ylabel, spec.title, lambda v: v / div)
+
+
 def _specs(units: list[UnitSummary], mem_device: str) -> list[PlotSpec]:
-    return [
-        PlotSpec("accuracy_vs_budget.png", "accuracy", "accuracy (fraction of steps correct)", "Accuracy vs KV budget"),
-        PlotSpec("kv_memory_vs_budget.png", "mean_kv_bytes", "kept KV cache per step, mean (MiB)",
-                 "Kept KV-cache memory vs KV budget", lambda v: v / MIB),
-        _peak_spec(units, mem_device),
-    ]
+    """Every budget plot the metric registry declares (registration order) and the peak-memory plot: accuracy,
+    kept KV, peak memory, then plots of metrics registered later."""
+    out = []
+    for owner in (*registry.COLUMNS, *registry.DERIVED):
+        if owner.plot is not None:
+            out.append(_declared(owner.plot))
+        if owner.name == _PEAK_COLUMN:
+            out.append(_peak_spec(units, mem_device))
+    return out
 
 
 def _series(units: list[UnitSummary], metric: str) -> dict[str, list[tuple[float, float]]]:
@@ -113,7 +139,8 @@ def plot_metric(units: list[UnitSummary], spec: PlotSpec, path: Path, subtitle: 
 
 def write_report_plots(units: list[UnitSummary], out_dir: str | Path, subtitle: str = "",
                        mem_device: str = "") -> list[Path]:
-    """Accuracy, kept-KV-memory and peak-memory plots into ``out_dir``; returns the files written."""
+    """Accuracy, kept-KV-memory and peak-memory plots, and one per other registered ``PlotSpec``, into
+    ``out_dir``; returns the files written."""
     out = Path(out_dir)
     written = [plot_metric(units, spec, out / spec.filename, subtitle) for spec in _specs(units, mem_device)]
     return [p for p in written if p is not None]
@@ -126,7 +153,7 @@ def plot_overview(units: list[UnitSummary], path: Path, subtitle: str = "", mem_
     """
     from matplotlib.figure import Figure
 
-    accuracy, kv, peak = _specs(units, mem_device)
+    accuracy, kv, peak = _specs(units, mem_device)[:3]  # the built-in three; a registered plot has its own file
     specs = [accuracy, peak, kv]  # peak keeps its autoscale (weights dominate it); KV from zero
     if not any(_series(units, spec.metric) for spec in specs):
         return None

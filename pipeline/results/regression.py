@@ -15,7 +15,9 @@ Each side is reduced to per (compressor, budget) metrics (``UnitSummary``), what
   metrics are read from its child runs (one per unit).
 
 Checks (tolerance keys, in a job's ``regression:`` section or a ``--tolerances`` file; ``null`` turns a
-check off, e.g. CPU peak RSS and throughput, which are noisy on shared machines):
+check off, e.g. CPU peak RSS and throughput, which are noisy on shared machines). Each is declared with
+its metric in ``pipeline.metrics.registry`` (``Check``: direction, relative or absolute, default
+tolerance, display); a metric registered with a check joins the gate. The built-in ones:
 
 =============  ======================  =========================================================
 key            summary metric          regression when
@@ -39,12 +41,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.metrics import registry
 from pipeline.metrics.units import unit_label
 from pipeline.results.summary import UnitSummary
 
@@ -65,22 +69,59 @@ class Check:
     unit: str  # how values are shown: "fraction", "bytes", "per_s", "count"
 
 
-CHECKS: tuple[Check, ...] = (
-    Check("accuracy", "accuracy", True, False, "fraction"),
-    Check("peak_memory", "max_peak_mem_bytes", False, True, "bytes"),
-    Check("peak_above_weights", "max_peak_above_weights_bytes", False, True, "bytes"),
-    Check("kv_bytes", "mean_kv_bytes", False, True, "bytes"),
-    Check("throughput", "steps_per_s", True, True, "per_s"),
-    Check("errors", "errors", False, False, "count"),
-)
-CHECK_BY_NAME = {c.name: c for c in CHECKS}
-#: Defaults when neither ``--tolerances`` nor the job's ``regression:`` section sets a check.
-DEFAULT_TOLERANCES: dict[str, float | None] = {
-    "accuracy": 0.02, "peak_memory": 0.10, "peak_above_weights": 0.0, "kv_bytes": 0.02, "throughput": 0.30,
-    "errors": 0,
-}
+def _checks() -> tuple[Check, ...]:
+    return tuple(Check(c.name, c.summary, c.higher_is_better, c.relative, c.display) for c in registry.checks())
+
+
+class _Live(Mapping):
+    """A read-only mapping recomputed from the metric registry on every use, so a metric registered after
+    this module was imported (a plugin) takes part in the gate."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build = build
+
+    def __getitem__(self, key: str) -> Any:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
+
+
+class _LiveChecks(Sequence):
+    """The registry's checks as a sequence recomputed on every use (see ``_Live``)."""
+
+    def __getitem__(self, index):
+        return _checks()[index]
+
+    def __iter__(self) -> Iterator[Check]:
+        return iter(_checks())
+
+    def __len__(self) -> int:
+        return len(_checks())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(_checks())
+
+
+#: Every check the metric registry declares (``Metric.check`` / ``Derived.check``), in the gate's order.
+CHECKS: Sequence[Check] = _LiveChecks()
+CHECK_BY_NAME: Mapping[str, Check] = _Live(lambda: {c.name: c for c in _checks()})
+#: Defaults when neither ``--tolerances`` nor the job's ``regression:`` section sets a check: each declared
+#: check's ``tolerance``.
+DEFAULT_TOLERANCES: Mapping[str, float | None] = _Live(lambda: {c.name: c.tolerance for c in registry.checks()})
 #: Metric names accepted in expected-values files besides the summary metric names.
-ALIASES = {c.name: c.metric for c in CHECKS}
+ALIASES: Mapping[str, str] = _Live(lambda: {c.name: c.metric for c in _checks()})
 
 OK, REGRESSION, IMPROVED, SKIPPED, MISSING, NEW = "OK", "REGRESSION", "IMPROVED", "SKIPPED", "MISSING", "NEW"
 FAILING = (REGRESSION, MISSING)
@@ -167,6 +208,7 @@ def compare(baseline: list[UnitSummary], current: list[UnitSummary],
             tolerances: dict[str, float | None]) -> list[Comparison]:
     """Every check of every unit, units in (compressor, budget) order; see the module docstring."""
     tol = {**DEFAULT_TOLERANCES, **tolerances}
+    checks = _checks()
     base = {(s.compressor, float(s.budget)): s for s in baseline}
     cur = {(s.compressor, float(s.budget)): s for s in current}
     rows: list[Comparison] = []
@@ -178,7 +220,7 @@ def compare(baseline: list[UnitSummary], current: list[UnitSummary],
         if key not in base:
             rows.append(Comparison(label, "unit", "", None, None, None, None, NEW))
             continue
-        for check in CHECKS:
+        for check in checks:
             b = base[key].metrics.get(check.metric)
             if b is None:
                 continue  # the baseline does not state this metric: nothing to hold the run to
@@ -267,7 +309,8 @@ def _delta(r: Comparison) -> str:
         return "-"
     if r.relative:
         return f"{r.delta * 100:+.1f}%" if math.isfinite(r.delta) else ("+inf" if r.delta > 0 else "-inf")
-    return f"{r.delta:+g}" if r.check == "errors" else f"{r.delta:+.3f}"
+    counted = r.check in CHECK_BY_NAME and CHECK_BY_NAME[r.check].unit == "count"
+    return f"{r.delta:+g}" if counted else f"{r.delta:+.3f}"
 
 
 def _tolerance(r: Comparison) -> str:

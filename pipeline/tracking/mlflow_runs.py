@@ -26,11 +26,11 @@ from pipeline.tracking.view import (
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
     budget_text,
+    child_metrics,
     child_note,
     job_params,
     parent_metrics,
     parent_note,
-    readable_metrics,
     run_mode,
     unit_slug,
 )
@@ -177,7 +177,7 @@ class Tracker:
         cid = child.info.run_id
         client.set_tag(cid, COLOUR_TAG, compressor_colour(s.compressor))
         client.set_tag(cid, NOTE_TAG, child_note(job, s, settings))
-        _log_metrics(client, cid, {**readable_metrics(s.metrics), "budget_pct": s.budget})
+        _log_metrics(client, cid, child_metrics(s))
         if rows is not None:
             for path in unit_artifacts(rows, s, tmp / s.key.replace("/", "_")):
                 client.log_artifact(cid, str(path), "rows" if path.suffix == ".parquet" else None)

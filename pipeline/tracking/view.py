@@ -1,8 +1,9 @@
 """What a person reads in the MLflow UI: readable metrics, run notes, readable params, headline numbers.
 
-Kept apart from ``tracking`` (which only talks to the store) so a new metric needs one line here: a
-``*_bytes`` metric gets its ``*_mib`` twin automatically, and ``HEADLINE`` lists what the notes and the
-parent run show per unit.
+Kept apart from ``tracking`` (which only talks to the store). A metric registered in
+``pipeline.metrics.registry`` needs no line here: every summary metric is logged on the unit's child run
+(``child_metrics``) and a byte count gets its ``*_mib`` twin automatically; ``HEADLINE`` is the curated
+choice of what the notes and the parent run show per unit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.metrics.registry import summary_unit
 from pipeline.results.summary import UnitSummary
 
 MIB = 1024 * 1024
@@ -57,14 +59,25 @@ def budget_text(budget: float) -> str:
 
 
 def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The unit's metrics plus MiB twins of every byte count, the KV ratio in percent and the budget."""
+    """The unit's metrics plus MiB twins of every byte count, the KV ratio in percent and the budget.
+
+    A byte count is a metric named ``*_bytes*`` or a summary whose registered column counts bytes
+    (``pipeline.metrics.registry``); its twin drops ``_bytes`` and ends in ``_mib``.
+    """
     out = dict(metrics)
     for key, value in metrics.items():
         if "_bytes" in key:
             out[key.replace("_bytes", "") + "_mib"] = float(value) / MIB  # mean_kv_bytes_full -> mean_kv_full_mib
+        elif summary_unit(key) == "bytes":
+            out[key + "_mib"] = float(value) / MIB
     if "kv_ratio" in metrics:
         out["kv_ratio_pct"] = 100.0 * float(metrics["kv_ratio"])
     return out
+
+
+def child_metrics(s: UnitSummary) -> dict[str, float]:
+    """What a unit's MLflow child run logs: every summary metric, its readable twins and the budget."""
+    return {**readable_metrics(s.metrics), "budget_pct": s.budget}
 
 
 def unit_slug(s: UnitSummary) -> str:
