@@ -18,11 +18,11 @@ from pipeline.results.regression import (
     RegressionReport,
     compare,
     load_tolerances,
-    log_regression,
     resolve_tolerances,
     size_mismatches,
 )
 from pipeline.results.store import is_url
+from pipeline.tracking.regression_log import log_regression
 from pipeline.tracking.sources import ResolvedRun, resolve_run
 
 INPUTS = ("run id (starkv run id or MLflow parent run id), Parquet rows folder or file, run folder, output folder "

@@ -55,14 +55,6 @@ def _peak_spec(units: list[UnitSummary], mem_device: str) -> PlotSpec:
                     "Peak memory vs KV budget" + (f"\n{device}" if device else ""), lambda v: v / MIB)
 
 
-#: The built-in plots keep the file names and wording they were published with (reports and MLflow runs link
-#: them), which predate the registry's declarations of accuracy and kept KV bytes and differ from them.
-_PUBLISHED: dict[str, PlotSpec] = {
-    "accuracy": PlotSpec("accuracy_vs_budget.png", "accuracy", "accuracy (fraction of steps correct)",
-                         "Accuracy vs KV budget"),
-    "mean_kv_bytes": PlotSpec("kv_memory_vs_budget.png", "mean_kv_bytes", "kept KV cache per step, mean (MiB)",
-                              "Kept KV-cache memory vs KV budget", lambda v: v / MIB),
-}
 #: The peak plot is the one special case: it draws the exact peak above the weights when the rows have it,
 #: else the labelled device-level peak (``_peak_spec``), placed where ``peak_mem_bytes`` is registered.
 _PEAK_COLUMN = "peak_mem_bytes"
@@ -70,8 +62,6 @@ _PEAK_COLUMN = "peak_mem_bytes"
 
 def _declared(spec: registry.PlotSpec) -> PlotSpec:
     """A registry ``PlotSpec`` as drawn (its ``scale`` divides the values)."""
-    if spec.summary in _PUBLISHED:
-        return _PUBLISHED[spec.summary]
     div = spec.scale
     return PlotSpec(spec.filename, spec.summary, spec.ylabel, spec.title, lambda v: v / div)
 

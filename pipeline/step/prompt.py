@@ -90,8 +90,7 @@ def step_messages(benchmark: Benchmark, agent: AgentConfig, history_cfg: History
         prev = list(own)
     if step.meta.get("scroll_lines"):  # "Scroll down." per scroll so far in this step (pipeline.agent.views)
         prev = [*(prev or []), *step.meta["scroll_lines"]]
-    # AndroidControl low level: "## User Goal" carries the goal, "## User Instruction" the step instruction
-    goal = episode.goal or None if kind == "androidcontrol" and step.meta.get("level") == "low" else None
+    goal = benchmark.prompt_goal(episode, step)
     prompt = render_prompt(kind, instruction, family=agent.prompt_family, language=agent.language,
                            goal=goal, previous_actions=prev)
     gui_kv = benchmark.history_header == "gui_kv"

@@ -362,6 +362,10 @@ class AndroidControlBenchmark(Benchmark):
     system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
     protocols = ("official", "reference")
 
+    def prompt_goal(self, episode: Episode, step: Step) -> str | None:
+        """Low level: "## User Goal" carries the episode goal, "## User Instruction" the step's instruction."""
+        return episode.goal or None if step.meta.get("level") == "low" else None
+
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)
         self.level = options.get("level", "high")
