@@ -67,12 +67,19 @@ def memory_copy():
 
 #: fixtures that start a real service (a Ray cluster, an MLflow store or server): their tests are `slow`
 SERVICE_FIXTURES = {"ray_local", "isolated_mlflow", "mlflow_server"}
+#: modules whose tests run models over whole episodes or train (seconds to a minute each): `slow` too
+MODEL_RUN_MODULES = {
+    "test_shared_sweep.py", "test_row_decode.py", "test_chunked_prefill.py", "test_episode_state.py",
+    "test_guard_sweep_peak.py", "test_agent_protocol.py", "test_bench_sweep.py", "test_bench_memory.py",
+    "test_bench_command.py", "test_lowmem.py", "test_memory_accounting.py", "test_mind2web_blocks.py",
+    "test_androidcontrol_context.py", "test_micro_agent.py", "test_plugin_benchmark.py",
+}
 
 
 def pytest_collection_modifyitems(config, items):
-    """``make test-fast`` deselects ``slow``: every end-to-end test (tests/e2e/) and every test that starts
-    a service through a fixture is slow, besides those marked by hand."""
+    """``make test-fast`` deselects ``slow``: every end-to-end test (tests/e2e/), every test that starts a
+    service through a fixture and every test of a model-run module is slow, besides those marked by hand."""
     for item in items:
         in_e2e = "e2e" in item.path.parts
-        if in_e2e or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if in_e2e or item.path.name in MODEL_RUN_MODULES or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -63,6 +63,6 @@ def test_every_test_named_in_the_parity_doc_exists():
 
     doc = (ROOT / "docs" / "benchmarks" / "parity.md").read_text()
     named = set(re.findall(r"`(test_[a-z0-9_]+)`", doc))
-    defined = {m for f in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_[a-z0-9_]+)",
+    defined = {m for f in (ROOT / "tests").rglob("test_*.py") for m in re.findall(r"^def (test_[a-z0-9_]+)",
                                                                                    f.read_text(), re.M)}
     assert len(named) > 30 and named <= defined, sorted(named - defined)

@@ -362,7 +362,8 @@ class AndroidControlBenchmark(Benchmark):
     system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
     protocols = ("official", "reference")
 
-    def prompt_goal(self, episode: Episode, step: Step) -> str | None:
+    @classmethod
+    def prompt_goal(cls, episode: Episode, step: Step) -> str | None:
         """Low level: "## User Goal" carries the episode goal, "## User Instruction" the step's instruction."""
         return episode.goal or None if step.meta.get("level") == "low" else None
 

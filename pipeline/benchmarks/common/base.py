@@ -179,7 +179,8 @@ class Benchmark(ABC):
     def score(self, step: Step, action: ParsedAction, image_size: tuple[int, int]) -> StepScore:
         """Score one action against the step's ground truth; never raises on a bad action."""
 
-    def prompt_goal(self, episode: Episode, step: Step) -> str | None:
+    @classmethod
+    def prompt_goal(cls, episode: Episode, step: Step) -> str | None:
         """The episode goal a step's prompt shows beside its instruction (None: the template has no such
         slot, or the instruction is the goal)."""
         return None
