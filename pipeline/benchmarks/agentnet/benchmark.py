@@ -45,8 +45,8 @@ from typing import Any
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.agentnet.reference import aggregate_reference, driver_predictions, driver_score
 from pipeline.benchmarks.common.base import (
-    Benchmark,
     BenchmarkDataError,
+    DriverBenchmark,
     Episode,
     Step,
     StepScore,
@@ -279,17 +279,14 @@ def _history_text(step: dict[str, Any]) -> str:
 
 
 @register_benchmark("agentnetbench")
-class AgentNetBenchmark(Benchmark):
+class AgentNetBenchmark(DriverBenchmark):
     """AgentNetBench trajectories. ``path``: local folder or fsspec URL. Options: ``images_dir`` (local or
     URL, default ``<path>/images``), ``ctrl_quirk``, ``protocol`` (``official`` | ``reference``: the
     STaR-KV / GUI-KV driver's conversion, scoring and aggregation, ``agentnet_reference``)."""
 
-    protocols = ("official", "reference")
-
     prompt_kind = "agentnet"
     # GUI-KV driver: --image_slots 5, the model's own earlier outputs as history ("# Step k:\nStep k:\n..."),
     # no system turn.
-    default_prompt_family = "point"
     default_history_source = "model"
     default_image_slots = 5
     history_header = "gui_kv"

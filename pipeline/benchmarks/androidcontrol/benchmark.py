@@ -75,8 +75,9 @@ from pipeline.benchmarks.androidcontrol.tfrecord import (
     parse_example,
 )
 from pipeline.benchmarks.common.base import (
-    Benchmark,
+    DRIVER_SYSTEM_PROMPT,
     BenchmarkDataError,
+    DriverBenchmark,
     Episode,
     Step,
     StepScore,
@@ -337,7 +338,7 @@ def _app_match(pred: str, gt: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 @register_benchmark("androidcontrol")
-class AndroidControlBenchmark(Benchmark):
+class AndroidControlBenchmark(DriverBenchmark):
     """AndroidControl from its official TFRecord shards, or from the reference drivers' per-step JSON
     (``path`` is that JSON file, or a folder holding ``dataset_file``; see ``androidcontrol_steps``).
 
@@ -356,11 +357,9 @@ class AndroidControlBenchmark(Benchmark):
     # GUI-KV driver with --use_history_frames (the "five screenshots" setting): up to 4 past GT screenshots,
     # each followed by "Step k:\n<GT step instruction>"; image_slots 1 gives its default mode instead
     # (current screenshot only, the GT step instructions in "## Previous Actions").
-    default_prompt_family = "point"
     default_history_source = "ground_truth"
     default_image_slots = 5
-    system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
-    protocols = ("official", "reference")
+    system_prompt = DRIVER_SYSTEM_PROMPT
 
     def __init__(self, path: str, **options: Any) -> None:
         super().__init__(path, **options)

@@ -18,6 +18,7 @@ from pipeline.agent.actions import ParsedAction
 from pipeline.agent.parser import COORDINATE_ARGUMENTS, first_argument
 from pipeline.benchmarks.common.base import (
     BenchmarkDataError,
+    DriverBenchmark,
     Step,
     StepScore,
     row_fields,
@@ -31,6 +32,17 @@ from pipeline.cache import cache_root as project_cache_root
 # pixel or two of slack); beyond it the box cannot describe this image (wrong image, wrong units).
 BOX_SLACK_FRACTION = 0.01
 
+
+class GroundingBenchmark(DriverBenchmark):
+    """The ScreenSpot family (v2, Pro) as the GUI-KV / STaR-KV driver runs it: GROUNDING_DOUBAO, one
+    screenshot, no system turn (the chat template then inserts its default "You are a helpful
+    assistant.", which is what our default renders too). Protocol ``reference``: samples whose screenshot
+    is missing are skipped and the point is the first action input (``score_point_in_box``,
+    ``drop_skipped``)."""
+
+    prompt_kind = "grounding"
+    default_image_slots = 1
+    system_prompt = None
 
 
 def cache_root(options: dict[str, Any]) -> Path:
