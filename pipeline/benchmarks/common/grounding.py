@@ -7,7 +7,6 @@ live here once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from pipeline.benchmarks.common.base import (
     row_meta,
 )
 from pipeline.benchmarks.common.scoring import normalize_box, point_in_box
-from pipeline.benchmarks.common.storage import url_of
+from pipeline.benchmarks.common.storage import read_json, url_of
 from pipeline.cache import cache_root as project_cache_root
 
 # A box may overhang its image by this fraction of the side (annotators clip at the screen edge with a
@@ -52,11 +51,7 @@ def cache_root(options: dict[str, Any]) -> Path:
 
 def read_json_list(fs: Any, file: str, bench: str) -> list[Any]:
     """A JSON file holding a list; anything else is a data error for the whole benchmark."""
-    try:
-        with fs.open(file, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} is not readable JSON: {exc}") from exc
+    data = read_json(fs, file, bench)
     if not isinstance(data, list):
         raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} should hold a JSON list of samples")
     return data

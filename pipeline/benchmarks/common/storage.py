@@ -9,11 +9,14 @@ fsspec).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.benchmarks.common.base import BenchmarkDataError
 
 
 def open_fs(path: str) -> tuple[Any, str]:
@@ -32,6 +35,16 @@ def is_local(fs: Any) -> bool:
 def url_of(fs: Any, path: str) -> str:
     """What goes into ``Step.image_path``: a plain resolved path locally, a full URL elsewhere."""
     return str(Path(path).resolve()) if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def read_json(fs: Any, file: str, bench: str) -> Any:
+    """The JSON document in ``file``; BenchmarkDataError naming ``bench`` and the file when it cannot be
+    read or parsed."""
+    try:
+        with fs.open(file, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} is not readable JSON: {exc}") from exc
 
 
 def image_size_at(fs: Any, path: str) -> tuple[int, int] | str:
