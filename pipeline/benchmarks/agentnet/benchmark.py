@@ -62,7 +62,7 @@ from pipeline.benchmarks.common.base import (
     register_benchmark,
     row_value,
 )
-from pipeline.benchmarks.common.storage import open_fs, url_of
+from pipeline.benchmarks.common.storage import file_under, open_fs, url_of
 
 COORD_THRESHOLD = 0.01 * math.sqrt(2.0)
 DECAY = 120.0
@@ -322,10 +322,8 @@ class AgentNetBenchmark(DriverBenchmark):
         if not isinstance(image, str) or not image:
             problems.append("field 'image' is missing")
         else:
-            ifs, folder = images
-            full = f"{folder}/{image}"
-            image_path = url_of(ifs, full)
-            if not ifs.exists(full):
+            image_path, found = file_under(images, image)
+            if not found:
                 image_missing = True  # the reference driver skips such a step (protocol reference)
                 problems.append(f"image file {image_path} (field 'image') does not exist")
         gt, problem = _gt_list(raw.get("ground_truth_actions"), "ground_truth_actions")

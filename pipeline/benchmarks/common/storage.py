@@ -37,6 +37,13 @@ def url_of(fs: Any, path: str) -> str:
     return str(Path(path).resolve()) if is_local(fs) else fs.unstrip_protocol(path)
 
 
+def file_under(folder: tuple[Any, str], name: str) -> tuple[str, bool]:
+    """``(url_of the file, whether it exists)`` for ``name`` under the ``(filesystem, folder)`` pair."""
+    fs, root = folder
+    full = f"{root}/{name}"
+    return url_of(fs, full), fs.exists(full)
+
+
 def read_json(fs: Any, file: str, bench: str) -> Any:
     """The JSON document in ``file``; BenchmarkDataError naming ``bench`` and the file when it cannot be
     read or parsed."""

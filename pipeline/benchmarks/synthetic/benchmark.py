@@ -34,7 +34,7 @@ from pipeline.benchmarks.common.base import (
     row_meta,
 )
 from pipeline.benchmarks.common.scoring import normalize_box, point_in_box
-from pipeline.benchmarks.common.storage import open_fs, read_json, url_of
+from pipeline.benchmarks.common.storage import file_under, open_fs, read_json, url_of
 from pipeline.benchmarks.synthetic.launcher import LAUNCHER_VERSION, launcher_episode, launcher_goal
 from pipeline.cache import cache_root
 
@@ -437,10 +437,8 @@ def _load_step(data: tuple[Any, str], episode_id: str, position: int, raw: Any) 
     if not isinstance(image, str) or not image:
         problems.append("field 'image' missing")
     else:
-        fs, root = data
-        full = f"{root}/{image}"
-        image_path = url_of(fs, full)
-        if not fs.exists(full):
+        image_path, found = file_under(data, image)
+        if not found:
             problems.append(f"image file '{image_path}' (field 'image') not found")
     instruction = raw.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
