@@ -62,7 +62,7 @@ from pipeline.benchmarks.common.base import (
     register_benchmark,
     row_value,
 )
-from pipeline.benchmarks.common.storage import file_under, open_fs, url_of
+from pipeline.benchmarks.common.storage import file_under, open_data, open_fs, url_of
 
 COORD_THRESHOLD = 0.01 * math.sqrt(2.0)
 DECAY = 120.0
@@ -263,10 +263,8 @@ class AgentNetBenchmark(DriverBenchmark):
 
     def _files(self) -> tuple[Any, str, list[str]]:
         """``(filesystem, root, trajectory files)`` for a local folder or fsspec URL."""
-        fs, root = open_fs(str(self.path))
-        if not fs.isdir(root):
-            raise BenchmarkDataError(f"agentnetbench: {url_of(fs, root)} is not a folder (expected "
-                                     f"<task_id>.json trajectory files and an images/ folder)")
+        fs, root = open_data(str(self.path), "agentnetbench",
+                             "<task_id>.json trajectory files and an images/ folder", folder=True)
         files = sorted(str(info["name"]) for info in fs.ls(root, detail=True)
                        if info.get("type") == "file" and str(info["name"]).endswith(".json")
                        and not posixpath.basename(str(info["name"])).startswith("mapping"))

@@ -84,7 +84,7 @@ from pipeline.benchmarks.common.base import (
     register_benchmark,
     row_value,
 )
-from pipeline.benchmarks.common.storage import image_size_at, open_fs, url_of
+from pipeline.benchmarks.common.storage import image_size_at, open_data, open_fs, url_of
 from pipeline.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -384,10 +384,8 @@ class AndroidControlBenchmark(DriverBenchmark):
 
     def _shards(self) -> tuple[Any, str, list[str]]:
         """``(filesystem, folder, shard paths)``; ``path`` may also name a single shard."""
-        fs, path = open_fs(str(self.path))
-        if not fs.exists(path):
-            raise BenchmarkDataError(f"androidcontrol: {url_of(fs, path)} does not exist (expected a folder "
-                                     f"with the android_control-*-of-* GZIP TFRecord shards and splits.json)")
+        fs, path = open_data(str(self.path), "androidcontrol",
+                             "a folder with the android_control-*-of-* GZIP TFRecord shards and splits.json")
         if fs.isfile(path):
             return fs, posixpath.dirname(path), [path]
         shards = find_shards(fs, path)

@@ -27,6 +27,16 @@ def open_fs(path: str) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
+def open_data(path: str, bench: str, expected: str, folder: bool = False) -> tuple[Any, str]:
+    """``open_fs(path)`` of a benchmark's data; BenchmarkDataError naming ``bench``, the path and what it
+    should hold (``expected``) unless it exists (and is a folder, with ``folder``)."""
+    fs, root = open_fs(path)
+    if not (fs.isdir(root) if folder else fs.exists(root)):
+        problem = "is not a folder" if folder else "does not exist"
+        raise BenchmarkDataError(f"{bench}: {url_of(fs, root)} {problem} (expected {expected})")
+    return fs, root
+
+
 def is_local(fs: Any) -> bool:
     """True for the local filesystem (paths usable with ``open`` / ``pathlib``)."""
     return isinstance(fs, LocalFileSystem)
