@@ -63,24 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("default", category=UserWarning, module="pipeline")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"starkv-eval: config error: {err}", file=sys.stderr)
-        return 2
-    except LeaseHeld as err:
-        print(f"starkv-eval: {err}", file=sys.stderr)
-        return 3
-    except StoreError as err:
-        print(f"starkv-eval: result store: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"starkv-eval: {err}", file=sys.stderr)
-        return 2
     except Exception as err:
         from pipeline.benchmarks.common.base import BenchmarkDataError
 
-        if isinstance(err, BenchmarkDataError):
-            print(f"starkv-eval: benchmark data error: {err}", file=sys.stderr)
-            return 2
+        # the errors a user can fix: (kind, message prefix, exit code), the first match wins
+        for kind, prefix, code in ((ConfigError, "config error: ", 2), (LeaseHeld, "", 3),
+                                   (StoreError, "result store: ", 2), (FileNotFoundError, "", 2),
+                                   (BenchmarkDataError, "benchmark data error: ", 2)):
+            if isinstance(err, kind):
+                print(f"starkv-eval: {prefix}{err}", file=sys.stderr)
+                return code
         raise
 
 

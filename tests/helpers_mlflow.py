@@ -38,27 +38,45 @@ def wait_healthy(server: subprocess.Popen, port: int, log: Path, timeout: float 
         time.sleep(0.5)
 
 
-@contextlib.contextmanager
-def mlflow_server(backend_uri: str, workdir: Path):
-    """``mlflow server`` on 127.0.0.1 in its own session (cwd ``workdir``); yields its base URL."""
+def start_mlflow_server(backend_uri: str, workdir: Path, *extra_args: str, env: dict[str, str] | None = None,
+                        log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on a free 127.0.0.1 port in its own session (cwd ``workdir``, output to ``log``,
+    default ``<workdir>/mlflow-server.log``), once healthy: ``(process, base URL)``. ``env`` defaults to
+    this process's without ``MLFLOW_TRACKING_URI``."""
     port = free_port()
-    log = workdir / "mlflow-server.log"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log = log or workdir / "mlflow-server.log"
+    env = env if env is not None else {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", backend_uri], cwd=workdir, env=env, stdout=open(log, "w"),
+         "--backend-store-uri", backend_uri, *extra_args], cwd=workdir, env=env, stdout=open(log, "w"),
         stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(server, port, log)
-        yield f"http://127.0.0.1:{port}"
+    except BaseException:
+        stop_mlflow_server(server)
+        raise
+    return server, f"http://127.0.0.1:{port}"
+
+
+def stop_mlflow_server(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, the server's process group; then wait until its session is empty."""
+    os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker share its process group
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    wait_session_gone(server.pid, 10)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, workdir: Path):
+    """``mlflow server`` on 127.0.0.1 in its own session (cwd ``workdir``); yields its base URL."""
+    server, base = start_mlflow_server(backend_uri, workdir)
+    try:
+        yield base
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker share its process group
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        wait_session_gone(server.pid, 10)
+        stop_mlflow_server(server)
 
 
 class Rest:

@@ -91,7 +91,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "DECAY = 120.0\n", "DECAY = 100.0\n",
              ("tests/benchmarks/test_bench_agentnet.py",),
              "AgentNetBench click decay exp(-120·(d - τ)) -> exp(-100·…)"),
-    Mutation("agentnet_write_threshold", "pipeline/benchmarks/agentnet/benchmark.py",
+    Mutation("agentnet_write_threshold", "pipeline/benchmarks/agentnet/rules.py",
              "WRITE_THRESHOLD = 0.8\n", "WRITE_THRESHOLD = 0.75\n",
              ("tests/benchmarks/test_bench_agentnet.py",),
              "AgentNetBench write similarity cut 0.8 -> 0.75"),

@@ -129,23 +129,26 @@ def add_parser(sub) -> None:
     comp.set_defaults(func=_cmd)
 
     mem = inner.add_parser("memory", help="a step's exact memory at full model scale, simulated without weights or GPU")
-    mem.add_argument("--model", default="ui-tars-1.5-7b", help="a vendored config (ui-tars-1.5-7b) or tiny")
-    mem.add_argument("--screenshots", default="5", help="screenshots in the prompt; a comma list sweeps (1,2,3,4,5)")
-    mem.add_argument("--resolution", default="1920x1080",
-                     help="WIDTHxHEIGHT of every screenshot, or max (exactly the 16,384-token max_pixels cap)")
-    mem.add_argument("--budgets", default="20", help="KV budgets in percent, comma-separated")
-    mem.add_argument("--compressors", default="full,snapkv,starkv", help="registered compressors, comma-separated")
-    mem.add_argument("--attn", default="sdpa", help="attention implementation(s): sdpa, eager or sdpa,eager")
-    mem.add_argument("--decode-steps", type=int, default=16, help="decode steps after the prefill")
-    mem.add_argument("--dtype", default="bfloat16", help="dtype of the simulated model (bfloat16, float16, float32)")
-    mem.add_argument("--mlp-chunk", default="0",
-                     help="run each decoder MLP over at most N prompt tokens at a time (0: off; a comma list sweeps)")
-    mem.add_argument("--vision", default="per-image",
-                     help="per-image (one screenshot at a time through the vision tower, the default) or batch")
-    mem.add_argument("--prefill", default="full",
-                     help="full (exact, the default) or chunked: the opt-in approximation that compresses the "
-                          "cache after each history screenshot (model.prefill_mode chunked_compress); "
-                          "full,chunked sweeps")
+    # (option, default, help); the option's type is its default's
+    for flag, default, text in (
+        ("--model", "ui-tars-1.5-7b", "a vendored config (ui-tars-1.5-7b) or tiny"),
+        ("--screenshots", "5", "screenshots in the prompt; a comma list sweeps (1,2,3,4,5)"),
+        ("--resolution", "1920x1080",
+         "WIDTHxHEIGHT of every screenshot, or max (exactly the 16,384-token max_pixels cap)"),
+        ("--budgets", "20", "KV budgets in percent, comma-separated"),
+        ("--compressors", "full,snapkv,starkv", "registered compressors, comma-separated"),
+        ("--attn", "sdpa", "attention implementation(s): sdpa, eager or sdpa,eager"),
+        ("--decode-steps", 16, "decode steps after the prefill"),
+        ("--dtype", "bfloat16", "dtype of the simulated model (bfloat16, float16, float32)"),
+        ("--mlp-chunk", "0", "run each decoder MLP over at most N prompt tokens at a time (0: off; a comma list "
+                             "sweeps)"),
+        ("--vision", "per-image", "per-image (one screenshot at a time through the vision tower, the default) "
+                                  "or batch"),
+        ("--prefill", "full", "full (exact, the default) or chunked: the opt-in approximation that compresses "
+                              "the cache after each history screenshot (model.prefill_mode chunked_compress); "
+                              "full,chunked sweeps"),
+    ):
+        mem.add_argument(flag, default=default, type=type(default), help=text)
     mem.add_argument("--plot", help="also write a PNG of the peaks and KV per row")
     mem.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     mem.set_defaults(func=_memory_cmd)

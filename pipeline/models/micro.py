@@ -29,6 +29,7 @@ from pipeline.agent.prompts import render_prompt
 from pipeline.benchmarks.synthetic.launcher import CELL, COLOURS, GRID
 from pipeline.models.files import MANIFEST_FILE, MICRO_DIR, micro_model_dir, read_manifest
 from pipeline.models.tiny import (
+    TEXT_SIZES,
     VISION_SIZES,
     build_config,
     build_tokenizer,
@@ -43,14 +44,7 @@ MICRO_MAX_PIXELS = 64 * 28 * 28  # a 224 x 224 screen; launcher screens (168 x 1
 MICRO_VOCAB_SIZE = 1024
 MICRO_ROPE_THETA = 100.0
 
-MICRO_TEXT_SIZES = dict(
-    hidden_size=128,
-    intermediate_size=384,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=32768,
-)
+MICRO_TEXT_SIZES = dict(TEXT_SIZES, intermediate_size=384, num_hidden_layers=4)  # the tiny model's, deeper
 MICRO_VISION_SIZES = dict(VISION_SIZES, out_hidden_size=MICRO_TEXT_SIZES["hidden_size"])
 
 

@@ -38,6 +38,26 @@ def row(step: Step, correct: bool, error: str | None = None) -> dict:
     return {"correct": correct, "error": error, "meta": step.meta}
 
 
+def planned_aggregate(bench, plan: dict[tuple[str, str], list[int]], cell: tuple[str, str], size_of,
+                      runner_size: tuple[int, int] | None = None) -> dict[str, float]:
+    """The aggregate of rows that hit (1) or miss (0) each sample as ``plan`` says: per cell (the two ``cell``
+    meta fields), its samples' outcomes in load order. ``size_of(cell)`` is the image size the click is
+    placed in; ``runner_size`` (default that size) what the scorer is told."""
+    seen: dict[tuple[str, str], int] = {}
+    rows = []
+    for e in bench.load():
+        step = e.steps[0]
+        key = (step.meta[cell[0]], step.meta[cell[1]])
+        want = plan[key][seen.get(key, 0)]
+        seen[key] = seen.get(key, 0) + 1
+        size = size_of(key)
+        action = hit_point(step, size) if want else miss_point(step, size)
+        score = bench.score(step, action, runner_size or size)
+        assert score.correct == bool(want)
+        rows.append({**row(step, score.correct), "fields": score.fields})
+    return bench.aggregate(rows)
+
+
 # ---------------------------------------------------------------------------------------------------
 # ScreenSpot-v2
 # ---------------------------------------------------------------------------------------------------
@@ -127,26 +147,15 @@ def test_ssv2_score_point_in_box_inclusive(tmp_path: Path) -> None:
     assert not bench.score(step, click(50 / 360, 40 / 640), (720, 1280)).correct
 
 
+# hits per split x type (2 samples each): mobile 2/2 text, 1/2 icon; desktop 1/2, 0/2; web 2/2, 1/2
+SSV2_PLAN = {("mobile", "text"): [1, 1], ("mobile", "icon"): [1, 0], ("desktop", "text"): [0, 1],
+             ("desktop", "icon"): [0, 0], ("web", "text"): [1, 1], ("web", "icon"): [0, 1]}
+
+
 def test_ssv2_golden_metrics(tmp_path: Path) -> None:
     write_screenspot_v2(tmp_path, per_cell=2)
-    bench = ScreenSpotV2(str(tmp_path))
-    episodes = list(bench.load())
-    # hits per split x type (2 samples each): mobile 2/2 text, 1/2 icon; desktop 1/2, 0/2; web 2/2, 1/2
-    plan = {("mobile", "text"): [1, 1], ("mobile", "icon"): [1, 0], ("desktop", "text"): [0, 1],
-            ("desktop", "icon"): [0, 0], ("web", "text"): [1, 1], ("web", "icon"): [0, 1]}
-    seen: dict[tuple[str, str], int] = {}
-    rows = []
-    for e in episodes:
-        step = e.steps[0]
-        key = (step.meta["split"], step.meta["data_type"])
-        want = plan[key][seen.get(key, 0)]
-        seen[key] = seen.get(key, 0) + 1
-        size = SSV2_IMAGE_SIZES[key[0]]
-        action = hit_point(step, size) if want else miss_point(step, size)
-        score = bench.score(step, action, size)
-        assert score.correct == bool(want)
-        rows.append({"correct": score.correct, "error": None, "meta": step.meta, "fields": score.fields})
-    out = bench.aggregate(rows)
+    out = planned_aggregate(ScreenSpotV2(str(tmp_path)), SSV2_PLAN, ("split", "data_type"),
+                            lambda key: SSV2_IMAGE_SIZES[key[0]])
     assert out["mobile_text_acc"] == 1.0 and out["mobile_icon_acc"] == 0.5
     assert out["desktop_text_acc"] == 0.5 and out["desktop_icon_acc"] == 0.0
     assert out["web_text_acc"] == 1.0 and out["web_icon_acc"] == 0.5
@@ -250,26 +259,15 @@ def test_sspro_loader_fields_and_boxes(tmp_path: Path) -> None:
     assert Path(step.image_path).is_file()
 
 
+SSPRO_PLAN = {("Dev", "text"): [1, 1], ("Dev", "icon"): [1, 0], ("Creative", "text"): [1, 0],
+              ("Creative", "icon"): [0, 0], ("CAD", "text"): [1, 1], ("CAD", "icon"): [1, 1]}
+
+
 def test_sspro_golden_metrics(tmp_path: Path) -> None:
     write_screenspot_pro(tmp_path, per_type=2)
-    bench = ScreenSpotPro(str(tmp_path))
-    episodes = list(bench.load())
-    plan = {("Dev", "text"): [1, 1], ("Dev", "icon"): [1, 0], ("Creative", "text"): [1, 0],
-            ("Creative", "icon"): [0, 0], ("CAD", "text"): [1, 1], ("CAD", "icon"): [1, 1]}
-    seen: dict[tuple[str, str], int] = {}
-    rows = []
-    size = (1280, 720)
-    for e in episodes:
-        step = e.steps[0]
-        key = (step.meta["group"], step.meta["ui_type"])
-        want = plan[key][seen.get(key, 0)]
-        seen[key] = seen.get(key, 0) + 1
-        action = hit_point(step, size) if want else miss_point(step, size)
-        # normalised by the annotation's img_size (the runner's size is only a fallback)
-        score = bench.score(step, action, (1, 1))
-        assert score.correct == bool(want)
-        rows.append(row(step, score.correct))
-    out = bench.aggregate(rows)
+    # scored with a runner size of (1, 1): normalised by the annotation's img_size (the runner's is a fallback)
+    out = planned_aggregate(ScreenSpotPro(str(tmp_path)), SSPRO_PLAN, ("group", "ui_type"), lambda key: (1280, 720),
+                            runner_size=(1, 1))
     assert out["accuracy"] == pytest.approx(8 / 12) and out["micro_accuracy"] == out["accuracy"]
     assert out["text_acc"] == pytest.approx(5 / 6) and out["icon_acc"] == pytest.approx(3 / 6)
     assert out["Dev_acc"] == 0.75 and out["Creative_acc"] == 0.25 and out["CAD_acc"] == 1.0

@@ -7,31 +7,15 @@ emptied cell is pinned in tests/benchmarks/test_parity_screenspot_mind2web.py; h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.screenspot_v2.benchmark import ScreenSpotV2
 from tests.fixtures.benchmarks import write_screenspot_v2
+from tests.helpers_benchmarks import box_click_rows
 
 MISS = {"mobile_0001"}  # the one scored sample answered outside its box
-
-
-def _rows(bench, episodes) -> list[dict]:
-    """What the runner writes: error steps unscored; a click at the box centre, or at (0.99, 0.99) for MISS."""
-    rows = []
-    for e in episodes:
-        step = e.steps[0]
-        row = {"episode_id": e.episode_id, "correct": False, "error": step.error, "meta_json": json.dumps(step.meta)}
-        if not step.error:
-            x1, y1, x2, y2 = step.target["bbox"]
-            w, h = step.meta["image_size"]
-            point = (0.99, 0.99) if e.episode_id in MISS else ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h)
-            row["correct"] = bench.score(step, ParsedAction("click", point=point), (w, h)).correct
-        rows.append(row)
-    return rows
 
 
 def test_ssv2_reference_counts_a_split_with_every_screenshot_missing_as_zero(tmp_path: Path):
@@ -43,7 +27,7 @@ def test_ssv2_reference_counts_a_split_with_every_screenshot_missing_as_zero(tmp
     assert len(episodes) == 12
     assert sorted(e.episode_id for e in episodes if e.steps[0].meta["image_missing"]) == \
         [f"desktop_{k:04d}" for k in range(4)]
-    rows = _rows(reference, episodes)
+    rows = box_click_rows(reference, episodes, miss=MISS)
     # scored: mobile text 1/2 (mobile_0001 missed), mobile icon 2/2, web text 2/2, web icon 2/2
     assert sum(r["correct"] for r in rows) == 7
     out = reference.aggregate(rows)

@@ -122,13 +122,18 @@ def _rows(bench: AgentNetBenchmark, episodes: dict[str, Episode], preds: dict[tu
     return rows
 
 
+def _aggregates(data: Path, preds: dict[tuple[str, int], ParsedAction]) -> tuple[dict, dict]:
+    """The official and the reference aggregate of the same predictions."""
+    off = AgentNetBenchmark(str(data))
+    ref = AgentNetBenchmark(str(data), protocol="reference")
+    return (off.aggregate(_rows(off, _episodes(data, "official"), preds)),
+            ref.aggregate(_rows(ref, _episodes(data, "reference"), preds)))
+
+
 def test_missing_screenshot_is_skipped_but_stays_in_the_trajectory(data: Path):
     preds = {("t_missing", 0): ParsedAction("finished", text="success"),
              ("t_missing", 1): ParsedAction("finished", text="success")}
-    off = AgentNetBenchmark(str(data))
-    ref = AgentNetBenchmark(str(data), protocol="reference")
-    a_off = off.aggregate(_rows(off, _episodes(data, "official"), preds))
-    a_ref = ref.aggregate(_rows(ref, _episodes(data, "reference"), preds))
+    a_off, a_ref = _aggregates(data, preds)
     # step 2's image is missing (an error row). official: (1 + 0) / 2 everywhere; driver: the step is
     # skipped in the overall mean (1 / 1) but its trajectory is (1 + 0) / 2
     assert (a_off["overall_score"], a_off["average_trajectory_score"]) == (0.5, 0.5)
@@ -139,10 +144,7 @@ def test_missing_screenshot_is_skipped_but_stays_in_the_trajectory(data: Path):
 def test_milestone_and_type_scores_use_steps_with_a_prediction(data: Path):
     # two milestone steps: a perfect click (1.0) and a 'wait' on a write step (no prediction, 0)
     preds = {("t_milestones", 0): ParsedAction("click", point=(0.5, 0.5)), ("t_milestones", 1): ParsedAction("wait")}
-    off = AgentNetBenchmark(str(data))
-    ref = AgentNetBenchmark(str(data), protocol="reference")
-    a_off = off.aggregate(_rows(off, _episodes(data, "official"), preds))
-    a_ref = ref.aggregate(_rows(ref, _episodes(data, "reference"), preds))
+    a_off, a_ref = _aggregates(data, preds)
     assert (a_off["milestone_score"], a_off["num_milestones"]) == (0.5, 2.0)
     assert (a_ref["milestone_score"], a_ref["num_milestones"]) == (1.0, 1.0)
     assert a_off["score_write"] == 0.0 and "score_write" not in a_ref  # no predicted write step

@@ -19,21 +19,7 @@ from pipeline.benchmarks.screenspot_v2.benchmark import ScreenSpotV2
 from pipeline.cli import main
 from pipeline.config import ConfigError, parse_config
 from tests.fixtures.benchmarks import write_screenspot_pro, write_screenspot_v2
-
-
-def _rows(bench, episodes, hit: bool = True) -> list[dict]:
-    """What the runner writes: error steps are not scored; the others get a click at the box centre."""
-    rows = []
-    for e in episodes:
-        step = e.steps[0]
-        row = {"episode_id": e.episode_id, "correct": False, "error": step.error, "meta_json": json.dumps(step.meta)}
-        if not step.error:
-            x1, y1, x2, y2 = step.target["bbox"]
-            w, h = step.meta["image_size"]
-            point = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h) if hit else (0.99, 0.99)
-            row["correct"] = bench.score(step, ParsedAction("click", point=point), (w, h)).correct
-        rows.append(row)
-    return rows
+from tests.helpers_benchmarks import box_click_rows
 
 
 def test_ssv2_missing_screenshot_is_skipped_not_counted_wrong(tmp_path: Path):
@@ -43,8 +29,8 @@ def test_ssv2_missing_screenshot_is_skipped_not_counted_wrong(tmp_path: Path):
     episodes = list(official.load())
     missing = [e for e in episodes if e.steps[0].meta["image_missing"]]
     assert [e.episode_id for e in missing] == ["mobile_0003"] and missing[0].steps[0].error
-    off = official.aggregate(_rows(official, episodes))
-    ref = reference.aggregate(_rows(reference, episodes))
+    off = official.aggregate(box_click_rows(official, episodes))
+    ref = reference.aggregate(box_click_rows(reference, episodes))
     # official: mobile icon 1/2 -> icon mean (1/2 + 1 + 1) / 3 = 5/6, text mean 1 -> overall 11/12
     assert off["overall_macro"] == pytest.approx(11 / 12) and off["num_steps"] == 12.0
     # reference: the sample is skipped -> mobile icon 1/1 -> overall 1
@@ -55,7 +41,7 @@ def test_ssv2_reference_counts_an_emptied_cell_as_zero(tmp_path: Path):
     write_screenspot_v2(tmp_path, per_cell=1)  # per split: sample 00 text, 01 icon
     (tmp_path / "screenspotv2_image" / "mobile_01.png").unlink()
     reference = ScreenSpotV2(str(tmp_path), protocol="reference")
-    ref = reference.aggregate(_rows(reference, list(reference.load())))
+    ref = reference.aggregate(box_click_rows(reference, list(reference.load())))
     # the driver's icon accuracy of a split with no icon sample left is 0 (not left out):
     # icon mean (0 + 1 + 1) / 3, text mean 1 -> overall (1 + 2/3) / 2 = 5/6 over 5 samples
     assert ref["overall_macro"] == pytest.approx(5 / 6) and ref["num_steps"] == 5.0
@@ -70,8 +56,8 @@ def test_sspro_missing_screenshot_is_skipped(tmp_path: Path):
     gone = sum(1 for e in episodes if e.steps[0].meta["image_missing"])
     assert gone >= 1
     # official: missing samples count wrong; reference: skipped (every remaining sample is a hit)
-    assert official.aggregate(_rows(official, episodes))["accuracy"] == pytest.approx((6 - gone) / 6)
-    assert reference.aggregate(_rows(reference, episodes))["accuracy"] == 1.0
+    assert official.aggregate(box_click_rows(official, episodes))["accuracy"] == pytest.approx((6 - gone) / 6)
+    assert reference.aggregate(box_click_rows(reference, episodes))["accuracy"] == 1.0
 
 
 def test_sspro_parse_failure_is_wrong_not_wrong_format(tmp_path: Path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pipeline.config import parse_config
 from pipeline.results.parquet import finished_units, read_rows, run_metadata
 from pipeline.run.job import run_job
 from pipeline.tracking.mlflow_runs import Tracker
-from tests.helpers_mlflow import wait_healthy
+from tests.helpers_mlflow import free_port, start_mlflow_server, stop_mlflow_server
 from tests.helpers_procs import session_procs, wait_session_gone
 from tests.helpers_runs import RAY_CHATTER, small_synthetic_job
 
@@ -39,12 +38,6 @@ UNIT = "snapkv@50"
 # columns that a rerun must reproduce exactly (timings, memory and pids may differ)
 DETERMINISTIC = ["step_key", "episode_id", "step_index", "prompt_tokens", "kept_tokens", "kv_bytes", "kv_bytes_full",
                  "generated_tokens", "raw_output", "prediction", "correct", "score", "error"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -87,7 +80,7 @@ def reference(tmp_path_factory):
     """One uninterrupted CLI run whose MLflow server is unreachable (closed port on loopback)."""
     work = tmp_path_factory.mktemp("reference")
     job = _job_file(work)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.time()
     proc = _cli(["run", str(job), "--output", str(work / "out"), "--tracking-uri", uri], cwd=work)
     seconds = time.time() - t0
@@ -129,18 +122,11 @@ def test_mlflow_unreachable_warns_then_sync_fills_it(reference, monkeypatch, cap
     assert not tracker.ok
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
 
-    port = _free_port()
     store = work / "server"
     store.mkdir()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art")],
-        cwd=store, env=_env(), stdout=open(store / "server.log", "w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
+    server, uri = start_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store, "--artifacts-destination",
+                                      str(store / "art"), env=_env(), log=store / "server.log")
     try:
-        wait_healthy(server, port, store / "server.log")
-
-        uri = f"http://127.0.0.1:{port}"
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
@@ -164,13 +150,7 @@ def test_mlflow_unreachable_warns_then_sync_fills_it(reference, monkeypatch, cap
             seen.append(sorted(r.info.run_id for r in runs))
         assert seen[0] == seen[1]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker share its process group
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        wait_session_gone(server.pid, 10)
+        stop_mlflow_server(server)
     assert not session_procs(server.pid)
 
 

@@ -82,22 +82,16 @@ def _procs_with_env(key: str, value: str) -> list[int]:
 
 def stop_private_ray(ray_tmp: Path) -> list[int]:
     """SIGTERM, then SIGKILL, every process carrying this test's RAY_TMPDIR; returns what outlived both."""
-    for pid in _procs_with_env("RAY_TMPDIR", str(ray_tmp)):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 20
-    while (left := _procs_with_env("RAY_TMPDIR", str(ray_tmp))) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid in left:  # Ray's daemons may ignore or drain on SIGTERM
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 10
-    while (left := _procs_with_env("RAY_TMPDIR", str(ray_tmp))) and time.time() < deadline:
-        time.sleep(0.5)
+    left = _procs_with_env("RAY_TMPDIR", str(ray_tmp))
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):  # Ray's daemons may ignore or drain on SIGTERM
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait_s
+        while (left := _procs_with_env("RAY_TMPDIR", str(ray_tmp))) and time.time() < deadline:
+            time.sleep(0.5)
     return left
 
 

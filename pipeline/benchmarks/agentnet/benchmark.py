@@ -44,27 +44,31 @@ from typing import Any
 
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.agentnet.reference import aggregate_reference, driver_predictions, driver_score
+from pipeline.benchmarks.agentnet.rules import (
+    CLICK_FAMILY,
+    KEY_TYPES,
+    UITARS_CLICKS,
+    PredAction,
+    click_prediction,
+    typed_score,
+    write_score,
+)
 from pipeline.benchmarks.common.base import (
-    Benchmark,
     BenchmarkDataError,
+    DriverBenchmark,
     Episode,
     Step,
     StepScore,
     register_benchmark,
     row_value,
 )
-from pipeline.benchmarks.common.storage import open_fs, url_of
+from pipeline.benchmarks.common.storage import file_under, open_data, open_fs, url_of
 
 COORD_THRESHOLD = 0.01 * math.sqrt(2.0)
 DECAY = 120.0
-WRITE_THRESHOLD = 0.8
 CORRECT_THRESHOLD = 0.5
-CLICK_FAMILY = frozenset({"click", "doubleclick", "rightclick", "tripleclick", "moveto", "dragto"})
-KEY_TYPES = frozenset({"press", "hotkey"})
 GT_TYPES = CLICK_FAMILY | KEY_TYPES | {"write", "scroll", "terminate"}
 ENTER_KEYS = frozenset({"enter", "return"})
-
-PredAction = tuple[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -183,11 +187,8 @@ def _status(text: str | None) -> str:
 def uitars_to_agentnet(action: ParsedAction, ctrl_quirk: bool = False) -> list[PredAction]:
     """The UI-TARS action as AgentNetBench tuples (relative coordinates); [] when it has no counterpart."""
     t = action.action_type
-    if t in ("click", "long_press", "left_double", "right_single"):
-        if action.point is None:
-            return []
-        name = {"left_double": "doubleclick", "right_single": "rightclick"}.get(t, "click")
-        return [(name, (float(action.point[0]), float(action.point[1])))]
+    if t in UITARS_CLICKS:
+        return click_prediction(action)
     if t == "drag":
         end = action.end_point
         return [("dragto", (float(end[0]), float(end[1])))] if end is not None else []
@@ -210,21 +211,6 @@ def uitars_to_agentnet(action: ParsedAction, ctrl_quirk: bool = False) -> list[P
     return []
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (two-row dynamic programme)."""
-    if a == b:
-        return 0
-    if not a or not b:
-        return len(a) + len(b)
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(cur[j - 1] + 1, prev[j] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
 def click_score(point: tuple[float, float], gt: dict[str, Any]) -> float:
     """1 inside any rel_bbox (edges included) or within τ of the GT point; else exp(−120·(d − τ))."""
     px, py = point
@@ -235,31 +221,10 @@ def click_score(point: tuple[float, float], gt: dict[str, Any]) -> float:
     return 1.0 if d <= COORD_THRESHOLD else math.exp(-DECAY * (d - COORD_THRESHOLD))
 
 
-def write_score(pred: str, gt: str) -> float:
-    """Edit similarity of lowercased, stripped texts; newline mismatch ×0.9; ≥ 0.8 counts as 1."""
-    newline_penalty = 0.9 if pred.endswith("\n") != gt.endswith("\n") else 1.0
-    p, g = pred.lower().strip(), gt.lower().strip()
-    if p == g:
-        return newline_penalty
-    s = 1.0 - edit_distance(p, g) / max(len(p), len(g))
-    s *= newline_penalty
-    return 1.0 if s >= WRITE_THRESHOLD else s / WRITE_THRESHOLD
-
-
 def score_pair(pred: PredAction, gt: dict[str, Any]) -> float:
-    """Score one predicted tuple against one (normalised) GT action."""
-    kind, value = pred
-    if kind != gt["type"]:
-        return 0.0
-    if kind in CLICK_FAMILY:
-        return click_score(value, gt)
-    if kind == "write":
-        return write_score(str(value), gt["text"])
-    if kind in KEY_TYPES:
-        return 1.0 if {str(k).lower() for k in value} == {k.lower() for k in gt["keys"]} else 0.0
-    if kind == "terminate":
-        return 1.0 if str(value).lower() == gt["status"].lower() else 0.0
-    return 1.0  # scroll: type match suffices
+    """Score one predicted tuple against one (normalised) GT action; terminate statuses compared
+    case-insensitively."""
+    return typed_score(pred, gt, click_score, write_score, lambda got, want: str(got).lower() == want.lower())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,17 +244,14 @@ def _history_text(step: dict[str, Any]) -> str:
 
 
 @register_benchmark("agentnetbench")
-class AgentNetBenchmark(Benchmark):
+class AgentNetBenchmark(DriverBenchmark):
     """AgentNetBench trajectories. ``path``: local folder or fsspec URL. Options: ``images_dir`` (local or
     URL, default ``<path>/images``), ``ctrl_quirk``, ``protocol`` (``official`` | ``reference``: the
     STaR-KV / GUI-KV driver's conversion, scoring and aggregation, ``agentnet_reference``)."""
 
-    protocols = ("official", "reference")
-
     prompt_kind = "agentnet"
     # GUI-KV driver: --image_slots 5, the model's own earlier outputs as history ("# Step k:\nStep k:\n..."),
     # no system turn.
-    default_prompt_family = "point"
     default_history_source = "model"
     default_image_slots = 5
     history_header = "gui_kv"
@@ -301,10 +263,8 @@ class AgentNetBenchmark(Benchmark):
 
     def _files(self) -> tuple[Any, str, list[str]]:
         """``(filesystem, root, trajectory files)`` for a local folder or fsspec URL."""
-        fs, root = open_fs(str(self.path))
-        if not fs.isdir(root):
-            raise BenchmarkDataError(f"agentnetbench: {url_of(fs, root)} is not a folder (expected "
-                                     f"<task_id>.json trajectory files and an images/ folder)")
+        fs, root = open_data(str(self.path), "agentnetbench",
+                             "<task_id>.json trajectory files and an images/ folder", folder=True)
         files = sorted(str(info["name"]) for info in fs.ls(root, detail=True)
                        if info.get("type") == "file" and str(info["name"]).endswith(".json")
                        and not posixpath.basename(str(info["name"])).startswith("mapping"))
@@ -360,10 +320,8 @@ class AgentNetBenchmark(Benchmark):
         if not isinstance(image, str) or not image:
             problems.append("field 'image' is missing")
         else:
-            ifs, folder = images
-            full = f"{folder}/{image}"
-            image_path = url_of(ifs, full)
-            if not ifs.exists(full):
+            image_path, found = file_under(images, image)
+            if not found:
                 image_missing = True  # the reference driver skips such a step (protocol reference)
                 problems.append(f"image file {image_path} (field 'image') does not exist")
         gt, problem = _gt_list(raw.get("ground_truth_actions"), "ground_truth_actions")

@@ -24,18 +24,20 @@ import math
 from typing import Any
 
 from pipeline.agent.actions import ParsedAction
-
-PredAction = tuple[str, Any]
+from pipeline.benchmarks.agentnet.rules import (
+    UITARS_CLICKS,
+    PredAction,
+    click_prediction,
+    typed_score,
+    write_score,
+)
 
 
 def driver_predictions(action: ParsedAction) -> list[PredAction]:
     """The UI-TARS action as the driver's AgentNetBench tuples; [] = no prediction."""
     t = action.action_type
-    if t in ("click", "long_press", "left_double", "right_single"):
-        if action.point is None:
-            return []
-        name = {"left_double": "doubleclick", "right_single": "rightclick"}.get(t, "click")
-        return [(name, (float(action.point[0]), float(action.point[1])))]
+    if t in UITARS_CLICKS:
+        return click_prediction(action)
     if t == "drag":
         if action.point is None or action.end_point is None:
             return []
@@ -59,45 +61,27 @@ def driver_predictions(action: ParsedAction) -> list[PredAction]:
     return []
 
 
-def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(cur[j - 1] + 1, prev[j] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+def click_score(point: tuple[float, float], gt: dict[str, Any]) -> float:
+    """1 inside any box (exact edges) or within τ = 0.01·√2 of the GT point; else exp(−120·(d − τ))."""
+    px, py = point
+    for x, y, w, h in gt.get("boxes") or []:
+        if x <= px <= x + w and y <= py <= y + h:
+            return 1.0
+    d = math.hypot(px - gt["point"][0], py - gt["point"][1])
+    tau = 0.01 * math.sqrt(2.0)
+    return 1.0 if d <= tau else math.exp(-120.0 * (d - tau))
 
 
-def write_score(pred: str, gt: str) -> float:
-    """Stripped, lower-cased texts: equal -> 1; else s = 1 - edit/maxlen, 1 if s >= 0.8 else s / 0.8."""
-    p, g = pred.lower().strip(), gt.lower().strip()
-    if p == g:
-        return 1.0
-    s = 1.0 - _edit_distance(p, g) / max(len(p), len(g))
-    return 1.0 if s >= 0.8 else s / 0.8
+def driver_write_score(pred: str, gt: str) -> float:
+    """Stripped, lower-cased texts: equal -> 1; else s = 1 - edit/maxlen, 1 if s >= 0.8 else s / 0.8 (the
+    driver strips before its newline test, so no newline penalty ever applies)."""
+    return write_score(pred, gt, newline_penalty=1.0)
 
 
 def pair_score(pred: PredAction, gt: dict[str, Any]) -> float:
-    """One predicted tuple against one GT action in the loader's form (``normalize_gt_action``, not merged)."""
-    kind, value = pred
-    if kind != gt["type"]:
-        return 0.0
-    if kind in ("click", "doubleclick", "rightclick", "tripleclick", "moveto", "dragto"):
-        px, py = value
-        for x, y, w, h in gt.get("boxes") or []:
-            if x <= px <= x + w and y <= py <= y + h:
-                return 1.0
-        d = math.hypot(px - gt["point"][0], py - gt["point"][1])
-        tau = 0.01 * math.sqrt(2.0)
-        return 1.0 if d <= tau else math.exp(-120.0 * (d - tau))
-    if kind == "write":
-        return write_score(str(value), gt["text"])
-    if kind in ("press", "hotkey"):
-        return 1.0 if {str(k).lower() for k in value} == {k.lower() for k in gt["keys"]} else 0.0
-    if kind == "terminate":
-        return 1.0 if value == gt["status"] else 0.0
-    return 1.0  # scroll: the type match suffices
+    """One predicted tuple against one GT action in the loader's form (``normalize_gt_action``, not merged);
+    terminate statuses compared exactly."""
+    return typed_score(pred, gt, click_score, driver_write_score, lambda got, want: got == want)
 
 
 def driver_score(pred: PredAction, gt: dict[str, Any], alternatives: list[dict[str, Any]]) -> tuple[float, bool]:

@@ -75,15 +75,16 @@ from pipeline.benchmarks.androidcontrol.tfrecord import (
     parse_example,
 )
 from pipeline.benchmarks.common.base import (
-    Benchmark,
+    DRIVER_SYSTEM_PROMPT,
     BenchmarkDataError,
+    DriverBenchmark,
     Episode,
     Step,
     StepScore,
     register_benchmark,
     row_value,
 )
-from pipeline.benchmarks.common.storage import image_size_at, open_fs, url_of
+from pipeline.benchmarks.common.storage import image_size_at, open_data, open_fs, url_of
 from pipeline.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ def _app_match(pred: str, gt: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 @register_benchmark("androidcontrol")
-class AndroidControlBenchmark(Benchmark):
+class AndroidControlBenchmark(DriverBenchmark):
     """AndroidControl from its official TFRecord shards, or from the reference drivers' per-step JSON
     (``path`` is that JSON file, or a folder holding ``dataset_file``; see ``androidcontrol_steps``).
 
@@ -356,11 +357,9 @@ class AndroidControlBenchmark(Benchmark):
     # GUI-KV driver with --use_history_frames (the "five screenshots" setting): up to 4 past GT screenshots,
     # each followed by "Step k:\n<GT step instruction>"; image_slots 1 gives its default mode instead
     # (current screenshot only, the GT step instructions in "## Previous Actions").
-    default_prompt_family = "point"
     default_history_source = "ground_truth"
     default_image_slots = 5
-    system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
-    protocols = ("official", "reference")
+    system_prompt = DRIVER_SYSTEM_PROMPT
 
     @classmethod
     def prompt_goal(cls, episode: Episode, step: Step) -> str | None:
@@ -390,10 +389,8 @@ class AndroidControlBenchmark(Benchmark):
 
     def _shards(self) -> tuple[Any, str, list[str]]:
         """``(filesystem, folder, shard paths)``; ``path`` may also name a single shard."""
-        fs, path = open_fs(str(self.path))
-        if not fs.exists(path):
-            raise BenchmarkDataError(f"androidcontrol: {url_of(fs, path)} does not exist (expected a folder "
-                                     f"with the android_control-*-of-* GZIP TFRecord shards and splits.json)")
+        fs, path = open_data(str(self.path), "androidcontrol",
+                             "a folder with the android_control-*-of-* GZIP TFRecord shards and splits.json")
         if fs.isfile(path):
             return fs, posixpath.dirname(path), [path]
         shards = find_shards(fs, path)

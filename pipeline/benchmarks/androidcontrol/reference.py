@@ -120,6 +120,35 @@ def _says_back(node: dict[str, Any]) -> bool:
                                    or "go_back" in blob or re.search(r"\bback\b", blob) is not None)
 
 
+def _click_opens_app(point: tuple[float, float], size: tuple[int, int], nodes: Any, meta: dict[str, Any],
+                     gt: dict[str, Any]) -> tuple[bool, str]:
+    w, h = size
+    px, py = point[0] * w, point[1] * h
+    node = _smallest_node(nodes, px, py)
+    if node is not None and _node_names_app(node, gt.get("app_name", "")):
+        return True, ""
+    ok = _app_named(meta, gt.get("app_name", "")) and py >= 0.06 * h and px <= 0.97 * w
+    return ok, "" if ok else "click does not open the app"
+
+
+def _click_goes_back(point: tuple[float, float], size: tuple[int, int], nodes: Any, meta: dict[str, Any],
+                     gt: dict[str, Any]) -> tuple[bool, str]:
+    w, h = size
+    nx, ny = point
+    node = _smallest_node(nodes, nx * w, ny * h) if nodes else None
+    if node is not None and _says_back(node):
+        return True, ""
+    if nodes and 0 <= nx <= 0.16 and 0 <= ny <= 0.46:
+        return True, ""
+    ok = node is None and ((nx <= 0.30 and ny <= 0.36) or (nx >= 0.80 and ny <= 0.14))
+    return ok, "" if ok else "click is not a back affordance"
+
+
+# GT types a click may also stand for: GT type -> (the action that always matches it, the rule that judges a
+# click with a point in the driver's pixels)
+_CLICK_STANDS_FOR = {"open_app": ("open_app", _click_opens_app), "navigate_back": ("press_back", _click_goes_back)}
+
+
 def status_of(content: str | None) -> str:
     """``finished(content)`` as the driver reads it: the two literal values, else failure words -> infeasible."""
     c = content or ""
@@ -161,32 +190,14 @@ def score_reference(meta: dict[str, Any], gt: dict[str, Any], action: ParsedActi
                 return True, ""
         ok = _near(px, py, gt, (w, h))
         return ok, "" if ok else f"L-inf {fields['distance']:.1f}px from the GT point in {w}x{h} pixels"
-    if gt_type == "open_app" and op in ("click", "open_app"):
+    own_action, click_rule = _CLICK_STANDS_FOR.get(gt_type, (None, None))
+    if click_rule is not None and op in ("click", own_action):
         fields["type_match"] = True
-        if op == "open_app":
+        if op == own_action:
             return True, ""
         if point is None:
             return False, "click without a point"
-        px, py = point[0] * w, point[1] * h
-        node = _smallest_node(nodes, px, py)
-        if node is not None and _node_names_app(node, gt.get("app_name", "")):
-            return True, ""
-        ok = _app_named(meta, gt.get("app_name", "")) and py >= 0.06 * h and px <= 0.97 * w
-        return ok, "" if ok else "click does not open the app"
-    if gt_type == "navigate_back" and op in ("click", "press_back"):
-        fields["type_match"] = True
-        if op == "press_back":
-            return True, ""
-        if point is None:
-            return False, "click without a point"
-        nx, ny = point
-        node = _smallest_node(nodes, nx * w, ny * h) if nodes else None
-        if node is not None and _says_back(node):
-            return True, ""
-        if nodes and 0 <= nx <= 0.16 and 0 <= ny <= 0.46:
-            return True, ""
-        ok = node is None and ((nx <= 0.30 and ny <= 0.36) or (nx >= 0.80 and ny <= 0.14))
-        return ok, "" if ok else "click is not a back affordance"
+        return click_rule(point, (w, h), nodes, meta, gt)
     mapped = _OP_TO_GT.get(op, op)
     fields["type_match"] = mapped == gt_type
     if mapped != gt_type:

@@ -23,12 +23,11 @@ an error step naming the file, the record index and the field.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from pipeline.benchmarks.common.base import Episode, Step
-from pipeline.benchmarks.common.storage import url_of
+from pipeline.benchmarks.common.storage import read_json, url_of
 
 DEFAULT_STEPS_FILE = "500_steps.json"
 EPISODE_INDEX_FILE = "android_control_test.json"
@@ -80,14 +79,9 @@ def a11y_nodes(raw: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
 def read_steps_file(fs: Any, file: str, holds: str = "step records") -> list[Any]:
     """The JSON list in ``file`` (the drivers' steps file, or their episode index); ValueError naming the
     file when it is not one. ``holds`` names what the list should hold, for the message."""
-    name = url_of(fs, file)
-    try:
-        with fs.open(file, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"androidcontrol: {name} is not readable JSON: {exc}") from exc
+    data = read_json(fs, file, "androidcontrol")  # BenchmarkDataError is a ValueError
     if not isinstance(data, list):
-        raise ValueError(f"androidcontrol: {name} holds a {type(data).__name__}, expected a list of {holds}")
+        raise ValueError(f"androidcontrol: {url_of(fs, file)} holds a {type(data).__name__}, expected a list of {holds}")
     return data
 
 

@@ -191,3 +191,16 @@ class Benchmark(ABC):
             return {"accuracy": 0.0, "num_steps": 0.0}
         acc = sum(1.0 for r in rows if r.get("correct") and not r.get("error")) / len(rows)
         return {"accuracy": acc, "num_steps": float(len(rows))}
+
+
+# The GUI-KV / STaR-KV drivers' system turn (trailing space included) where they send one.
+DRIVER_SYSTEM_PROMPT = "You are a helpful assistant. "
+
+
+class DriverBenchmark(Benchmark):
+    """A benchmark the STaR-KV / GUI-KV reference driver also runs: its point-family prompts by default
+    (``*_DOUBAO``, what the driver sends UI-TARS-1.5-7B) and option ``protocol`` ``official`` |
+    ``reference`` (the driver's own scoring rules, docs/benchmarks/parity.md)."""
+
+    default_prompt_family = "point"
+    protocols = PROTOCOLS

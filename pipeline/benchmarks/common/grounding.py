@@ -7,7 +7,6 @@ live here once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,31 @@ from pipeline.agent.actions import ParsedAction
 from pipeline.agent.parser import COORDINATE_ARGUMENTS, first_argument
 from pipeline.benchmarks.common.base import (
     BenchmarkDataError,
+    DriverBenchmark,
     Step,
     StepScore,
     row_fields,
     row_meta,
 )
 from pipeline.benchmarks.common.scoring import normalize_box, point_in_box
-from pipeline.benchmarks.common.storage import url_of
+from pipeline.benchmarks.common.storage import read_json, url_of
 from pipeline.cache import cache_root as project_cache_root
 
 # A box may overhang its image by this fraction of the side (annotators clip at the screen edge with a
 # pixel or two of slack); beyond it the box cannot describe this image (wrong image, wrong units).
 BOX_SLACK_FRACTION = 0.01
 
+
+class GroundingBenchmark(DriverBenchmark):
+    """The ScreenSpot family (v2, Pro) as the GUI-KV / STaR-KV driver runs it: GROUNDING_DOUBAO, one
+    screenshot, no system turn (the chat template then inserts its default "You are a helpful
+    assistant.", which is what our default renders too). Protocol ``reference``: samples whose screenshot
+    is missing are skipped and the point is the first action input (``score_point_in_box``,
+    ``drop_skipped``)."""
+
+    prompt_kind = "grounding"
+    default_image_slots = 1
+    system_prompt = None
 
 
 def cache_root(options: dict[str, Any]) -> Path:
@@ -40,11 +51,7 @@ def cache_root(options: dict[str, Any]) -> Path:
 
 def read_json_list(fs: Any, file: str, bench: str) -> list[Any]:
     """A JSON file holding a list; anything else is a data error for the whole benchmark."""
-    try:
-        with fs.open(file, "rb") as fh:
-            data = json.loads(fh.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} is not readable JSON: {exc}") from exc
+    data = read_json(fs, file, bench)
     if not isinstance(data, list):
         raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} should hold a JSON list of samples")
     return data

@@ -9,11 +9,14 @@ fsspec).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.benchmarks.common.base import BenchmarkDataError
 
 
 def open_fs(path: str) -> tuple[Any, str]:
@@ -24,6 +27,16 @@ def open_fs(path: str) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
+def open_data(path: str, bench: str, expected: str, folder: bool = False) -> tuple[Any, str]:
+    """``open_fs(path)`` of a benchmark's data; BenchmarkDataError naming ``bench``, the path and what it
+    should hold (``expected``) unless it exists (and is a folder, with ``folder``)."""
+    fs, root = open_fs(path)
+    if not (fs.isdir(root) if folder else fs.exists(root)):
+        problem = "is not a folder" if folder else "does not exist"
+        raise BenchmarkDataError(f"{bench}: {url_of(fs, root)} {problem} (expected {expected})")
+    return fs, root
+
+
 def is_local(fs: Any) -> bool:
     """True for the local filesystem (paths usable with ``open`` / ``pathlib``)."""
     return isinstance(fs, LocalFileSystem)
@@ -32,6 +45,23 @@ def is_local(fs: Any) -> bool:
 def url_of(fs: Any, path: str) -> str:
     """What goes into ``Step.image_path``: a plain resolved path locally, a full URL elsewhere."""
     return str(Path(path).resolve()) if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def file_under(folder: tuple[Any, str], name: str) -> tuple[str, bool]:
+    """``(url_of the file, whether it exists)`` for ``name`` under the ``(filesystem, folder)`` pair."""
+    fs, root = folder
+    full = f"{root}/{name}"
+    return url_of(fs, full), fs.exists(full)
+
+
+def read_json(fs: Any, file: str, bench: str) -> Any:
+    """The JSON document in ``file``; BenchmarkDataError naming ``bench`` and the file when it cannot be
+    read or parsed."""
+    try:
+        with fs.open(file, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BenchmarkDataError(f"{bench}: {url_of(fs, file)} is not readable JSON: {exc}") from exc
 
 
 def image_size_at(fs: Any, path: str) -> tuple[int, int] | str:

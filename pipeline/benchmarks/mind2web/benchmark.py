@@ -42,8 +42,9 @@ from PIL import Image
 
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.common.base import (
-    Benchmark,
+    DRIVER_SYSTEM_PROMPT,
     BenchmarkDataError,
+    DriverBenchmark,
     Episode,
     Step,
     StepScore,
@@ -70,7 +71,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @register_benchmark("mind2web")
-class Mind2Web(Benchmark):
+class Mind2Web(DriverBenchmark):
     """Multimodal-Mind2Web. ``path``: a folder laid out like the HF repo (``data/<split>-*.parquet``, or
     the shards directly in it) or one parquet file.
 
@@ -93,14 +94,12 @@ class Mind2Web(Benchmark):
 
     prompt_kind = "mind2web"
     # GUI-KV driver (MM_MIND2WEB_PROMPT): one screenshot, earlier actions as "## Previous Actions" text.
-    default_prompt_family = "point"
     default_history_source = "ground_truth"
     default_image_slots = 1
-    system_prompt = "You are a helpful assistant. "  # the driver's string, trailing space included
+    system_prompt = DRIVER_SYSTEM_PROMPT
     # reference: GUI-KV's scoring rules (punctuation-free Op.F1; left_double / right_single / long_press
     # raise in the driver and score 0). Its blocks protocol (start at block 0, up to 5 model calls with
     # scrolls between blocks) comes with its blocks layout (mind2web_blocks, docs/benchmarks/parity.md).
-    protocols = ("official", "reference")
 
     def _blocks_file(self, split: str) -> tuple[Any, str] | None:
         """``(filesystem, file)`` when ``path`` is the GUI-KV blocks JSONL or a folder holding it."""

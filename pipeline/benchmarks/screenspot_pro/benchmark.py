@@ -15,7 +15,6 @@ from typing import Any
 
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.common.base import (
-    Benchmark,
     BenchmarkDataError,
     Episode,
     Step,
@@ -25,6 +24,7 @@ from pipeline.benchmarks.common.base import (
 )
 from pipeline.benchmarks.common.grounding import (
     CellTally,
+    GroundingBenchmark,
     ImageSizes,
     base_counts,
     box_range_problem,
@@ -44,21 +44,15 @@ UI_TYPES = ("text", "icon")
 
 
 @register_benchmark("screenspot_pro")
-class ScreenSpotPro(Benchmark):
+class ScreenSpotPro(GroundingBenchmark):
     """ScreenSpot-Pro. ``path``: the dataset folder with ``annotations/`` and ``images/`` (local or URL).
 
     Options: ``annotations_dir`` / ``images_dir`` to override the two folders. Annotation files are read
     in sorted name order (the reference uses ``os.listdir`` order; the metric does not depend on it).
     """
 
-    prompt_kind = "grounding"
-    # Same protocol as ScreenSpot-v2 (GROUNDING_DOUBAO, one screenshot, no system turn).
-    default_prompt_family = "point"
-    default_image_slots = 1
-    system_prompt = None
-    # reference: as the v2 driver — a missing screenshot is skipped (the Pro driver crashes on one) and the
-    # point is the first action input
-    protocols = ("official", "reference")
+    # Same protocol as ScreenSpot-v2 (GroundingBenchmark); reference: as the v2 driver — a missing
+    # screenshot is skipped (the Pro driver crashes on one) and the point is the first action input.
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)

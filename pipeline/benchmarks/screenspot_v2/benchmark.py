@@ -24,7 +24,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.agent.actions import ParsedAction
 from pipeline.benchmarks.common.base import (
-    Benchmark,
     BenchmarkDataError,
     Episode,
     Step,
@@ -34,6 +33,7 @@ from pipeline.benchmarks.common.base import (
 )
 from pipeline.benchmarks.common.grounding import (
     CellTally,
+    GroundingBenchmark,
     ImageSizes,
     base_counts,
     box_range_problem,
@@ -58,23 +58,13 @@ IMAGE_ZIP = "screenspotv2_image.zip"
 
 
 @register_benchmark("screenspot_v2")
-class ScreenSpotV2(Benchmark):
+class ScreenSpotV2(GroundingBenchmark):
     """ScreenSpot-v2. ``path``: the folder holding the three JSON files (local path or fsspec URL).
 
     Options: ``images_dir`` (default ``<path>/screenspotv2_image``, else the extracted zip),
     ``splits`` (subset of mobile/desktop/web, list or comma string), ``cache_dir`` (where the image zip
     is extracted; default ``$STARKV_CACHE`` or ``~/.cache/starkv-eval``).
     """
-
-    prompt_kind = "grounding"
-    # GUI-KV / STaR-KV driver: GROUNDING_DOUBAO, one screenshot, no system turn (the chat template then
-    # inserts its default "You are a helpful assistant.", which is what our default renders too).
-    default_prompt_family = "point"
-    default_image_slots = 1
-    system_prompt = None
-    # reference: the driver skips samples whose screenshot is missing and reads the point from the first
-    # action input (``score_point_in_box``, ``drop_skipped``)
-    protocols = ("official", "reference")
 
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)

@@ -34,7 +34,7 @@ from pipeline.benchmarks.common.base import (
     row_meta,
 )
 from pipeline.benchmarks.common.scoring import normalize_box, point_in_box
-from pipeline.benchmarks.common.storage import open_fs, url_of
+from pipeline.benchmarks.common.storage import file_under, open_fs, read_json, url_of
 from pipeline.benchmarks.synthetic.launcher import LAUNCHER_VERSION, launcher_episode, launcher_goal
 from pipeline.cache import cache_root
 
@@ -437,10 +437,8 @@ def _load_step(data: tuple[Any, str], episode_id: str, position: int, raw: Any) 
     if not isinstance(image, str) or not image:
         problems.append("field 'image' missing")
     else:
-        fs, root = data
-        full = f"{root}/{image}"
-        image_path = url_of(fs, full)
-        if not fs.exists(full):
+        image_path, found = file_under(data, image)
+        if not found:
             problems.append(f"image file '{image_path}' (field 'image') not found")
     instruction = raw.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
@@ -485,11 +483,7 @@ class SyntheticBenchmark(Benchmark):
     def load(self) -> Iterable[Episode]:
         fs, path = self._annotation_file()
         file = url_of(fs, path)
-        try:
-            with fs.open(path, "rb") as fh:
-                data = json.loads(fh.read().decode("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BenchmarkDataError(f"synthetic benchmark: {file} is not readable JSON: {exc}") from exc
+        data = read_json(fs, path, "synthetic benchmark")
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise BenchmarkDataError(f"synthetic benchmark: {file} is not a {FORMAT_NAME!r} file "
                                      f"(field 'format' is {data.get('format') if isinstance(data, dict) else None!r})")
