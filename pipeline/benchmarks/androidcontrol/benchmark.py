@@ -84,6 +84,7 @@ from pipeline.benchmarks.common.base import (
     register_benchmark,
     row_value,
 )
+from pipeline.benchmarks.common.scoring import token_f1 as common_token_f1
 from pipeline.benchmarks.common.storage import image_size_at, open_data, open_fs, url_of
 from pipeline.cache import cache_root
 
@@ -286,13 +287,8 @@ def build_episode(features: dict[str, Any], *, where: str, level: str, cache_roo
 # ---------------------------------------------------------------------------------------------------
 
 def token_f1(pred: str, gt: str) -> float:
-    """Token-set F1 of two strings (lowercased, whitespace tokens)."""
-    p, g = set(pred.lower().split()), set(gt.lower().split())
-    common = len(p & g)
-    if not p or not g or not common:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
+    """Token-set F1 of two strings (lowercased, whitespace tokens; both empty: 0)."""
+    return common_token_f1(pred, gt, lowercase=True, both_empty=0.0)
 
 
 def text_match_common(pred: str, gt: str) -> bool:

@@ -1,4 +1,4 @@
-"""Geometry shared by the benchmark scorers.
+"""Geometry and text matching shared by the benchmark scorers.
 
 Every scorer compares in normalised [0, 1] image space (x right, y down) because that is the space
 ``ParsedAction`` points live in; ground truth is converted here, once, from the benchmark's own units.
@@ -7,6 +7,7 @@ Every scorer compares in normalised [0, 1] image space (x right, y down) because
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Sequence
 
 Box = tuple[float, float, float, float]
@@ -59,3 +60,32 @@ def l2_distance(a: Sequence[float], b: Sequence[float]) -> float:
     """Euclidean distance between two points (use normalised points: distances are then comparable
     across resolutions, as in the AgentNetBench / GUI-Odyssey thresholds)."""
     return math.hypot(float(a[0]) - float(b[0]), float(a[1]) - float(b[1]))
+
+
+def token_f1(pred: str, label: str, *, lowercase: bool = False, drop_punctuation: bool = False,
+             both_empty: float = 1.0) -> float:
+    """Token-set F1 of two whitespace-tokenised strings; the one rule behind every benchmark's variant.
+
+    Parameters
+    ----------
+    pred, label : str
+        The predicted and the ground-truth text.
+    lowercase : bool
+        Compare lower-cased tokens.
+    drop_punctuation : bool
+        Leave out tokens that are runs of ``string.punctuation`` (e.g. ``-`` or ``()``).
+    both_empty : float
+        The score when neither has a token (one empty side scores 0).
+    """
+    def tokens(text: str) -> set[str]:
+        words = (text.lower() if lowercase else text).split()
+        return {t for t in words if not (drop_punctuation and t in string.punctuation)}
+
+    p, g = tokens(pred), tokens(label)
+    if not p and not g:
+        return both_empty
+    tp = len(p & g)
+    if tp == 0:
+        return 0.0
+    precision, recall = tp / len(p), tp / len(g)
+    return 2 * precision * recall / (precision + recall)

@@ -33,7 +33,6 @@ import math
 import os
 import posixpath
 import re
-import string
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from pipeline.benchmarks.common.base import (
 )
 from pipeline.benchmarks.common.grounding import cache_root, valid_size
 from pipeline.benchmarks.common.scoring import normalize_box, point_in_box
+from pipeline.benchmarks.common.scoring import token_f1 as common_token_f1
 from pipeline.benchmarks.common.storage import image_size_at, open_fs, url_of
 from pipeline.benchmarks.mind2web.blocks import (
     SPLIT_NAMES,
@@ -248,14 +248,7 @@ def op_string(op: str, value: str) -> str:
 
 def token_f1(pred: str, label: str) -> float:
     """Token-set F1 of two whitespace-tokenised strings (both empty: 1)."""
-    p, g = set(pred.split()), set(label.split())
-    if not p and not g:
-        return 1.0
-    tp = len(p & g)
-    if tp == 0:
-        return 0.0
-    precision, recall = tp / len(p), tp / len(g)
-    return 2 * precision * recall / (precision + recall)
+    return common_token_f1(pred, label)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,15 +262,7 @@ DRIVER_UNSUPPORTED = frozenset({"left_double", "right_single", "long_press"})
 def driver_token_f1(pred: str, label: str) -> float:
     """GUI-KV's Op.F1: lower-cased token sets without punctuation tokens (a token that is a run of
     ``string.punctuation``, e.g. ``-`` or ``()``); both empty: 1, one empty: 0."""
-    p = {t for t in pred.lower().strip().split() if t not in string.punctuation}
-    g = {t for t in label.lower().strip().split() if t not in string.punctuation}
-    if not p and not g:
-        return 1.0
-    tp = len(p & g)
-    if not p or not g or tp == 0:
-        return 0.0
-    precision, recall = tp / len(p), tp / len(g)
-    return 2 * precision * recall / (precision + recall)
+    return common_token_f1(pred, label, lowercase=True, drop_punctuation=True)
 
 
 def _parquet_files(fs: Any, root: str, split: str) -> list[str]:
