@@ -167,11 +167,30 @@ def _no_problems(path: Path, spec: FetchSpec) -> list[str]:
 
 @dataclass
 class FetchSpec:
-    """How one benchmark is fetched. ``include`` / ``exclude`` are fnmatch patterns on remote relative paths
-    (``{split}`` in a pattern is filled from ``splits``); ``dest`` maps a remote path to its path under the
-    target (default: the same); ``prepare`` runs after every file is in place (e.g. extracting an archive,
-    idempotent); ``locate`` gives the folder the loader's ``path`` is, ``verify`` the problems left in it;
-    ``options`` go into the printed ``benchmark:`` block (``{split}`` there is the first split)."""
+    """How one benchmark is fetched, declared in its package's ``fetch.py`` so a new benchmark adds its own.
+
+    Attributes
+    ----------
+    name : str
+        The registered benchmark name (what the printed block's ``name`` is).
+    source : HubSource or GcsSource
+        The public home.
+    include, exclude : tuple of str
+        fnmatch patterns on paths under the remote root; ``{split}`` in an include is filled from
+        ``splits``; an exclude also matches a bare file name (``.DS_Store``).
+    splits, all_splits : tuple of str
+        The splits fetched, and those ``--split`` may name (empty: fetched whole).
+    options : dict
+        The printed block's ``options``; ``{split}`` in a value is the first split fetched.
+    dest : callable
+        Remote relative path to the path under the target (default: the same).
+    prepare : callable or None
+        Runs once every file is in place (e.g. extracting an archive); must be idempotent.
+    locate : callable
+        The folder the loader's ``path`` is, given the target (default: the target).
+    verify : callable
+        The layout problems left in that folder (empty list: complete).
+    """
 
     name: str
     source: HubSource | GcsSource
@@ -205,7 +224,8 @@ FETCHERS: dict[str, Callable[..., FetchSpec]] = {}
 
 
 def register_fetch(name: str):
-    """Register ``factory(revision=None, splits=None) -> FetchSpec`` for benchmark ``name``."""
+    """Register ``factory() -> FetchSpec`` as benchmark ``name``'s fetch (``get_fetch_spec`` applies
+    ``--revision`` and ``--split`` to a fresh spec)."""
 
     def wrap(factory: Callable[..., FetchSpec]) -> Callable[..., FetchSpec]:
         FETCHERS[name] = factory
@@ -215,7 +235,26 @@ def register_fetch(name: str):
 
 
 def get_fetch_spec(name: str, revision: str | None = None, splits: Iterable[str] | None = None) -> FetchSpec:
-    """The registered spec of ``name``; ``FetchError`` naming the known ones, a bad revision or split."""
+    """The registered spec of ``name`` with a revision and splits applied.
+
+    Parameters
+    ----------
+    name : str
+        A benchmark with a ``fetch.py``.
+    revision : str, optional
+        Hugging Face branch, tag or commit (HF sources only).
+    splits : iterable of str, optional
+        Splits to fetch instead of the default ones (benchmarks with ``all_splits`` only).
+
+    Returns
+    -------
+    FetchSpec
+
+    Raises
+    ------
+    FetchError
+        An unknown benchmark (naming the known ones), a revision for a non-HF source, an unknown split.
+    """
     import pipeline.benchmarks  # noqa: F401  (imports every benchmark package's fetch module)
 
     if name not in FETCHERS:
@@ -355,10 +394,33 @@ def _download(remote: Remote, item: RemoteFile, final: Path, bar: Any) -> tuple[
 
 def fetch(spec: FetchSpec, target: str | Path, *, remote: Remote | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> FetchReport:
-    """Fetch ``spec`` into ``target`` (resumable); ``remote`` replaces the spec's source (mirror, tests).
+    """Fetch ``spec`` into ``target``, resuming what an earlier fetch there completed.
 
-    Raises ``FetchError`` for a target that is not writable, an unreachable remote or one holding no
-    file the spec wants; verification failures are in the report (``failed``, ``problems``).
+    Parameters
+    ----------
+    spec : FetchSpec
+        What to fetch.
+    target : str or Path
+        The target folder (created if missing).
+    remote : Remote, optional
+        Replaces the spec's public home (a mirror, a local copy in tests).
+    progress : bool
+        Show a byte progress bar on stderr.
+    log : callable
+        Where the one-line summaries go.
+
+    Returns
+    -------
+    FetchReport
+        Downloaded / skipped files, files that failed verification (not kept), layout problems, the
+        loader path and the ``benchmark:`` block.
+
+    Raises
+    ------
+    FetchError
+        A target that is not writable, a remote that is unreachable or holds no wanted file (a target
+        folder created for the fetch is removed again), or a read that failed mid-fetch (complete files
+        are kept, the partial one is not).
     """
     created = not Path(target).expanduser().exists()
     target = check_target(Path(target))
