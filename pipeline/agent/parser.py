@@ -2,13 +2,14 @@
 plus the ``select`` action of GUI-KV's Mind2Web template.
 
 Follows the official UI-TARS parser (benchmarks.md 1.2, starkv.md 5): drop ``<think>`` blocks, take the
-thought, take the text after the last ``Action:`` that is not quoted inside an earlier action's arguments
-(without a marker, only an output that *starts* with a known call is an action; prose that mentions one
-is not), keep
-only the first action, parse the call with ``ast`` after re-escaping the quotes of ``type`` content, and map
-model pixels (absolute, in the smart-resized image) to normalised coordinates. Where the official parser
-raises, this one falls back to regular expressions, and if that fails too it returns an invalid action:
-``parse_action`` never raises, because a bad generation must become a scored row, not a crashed actor.
+thought, take the text after the last ``Action:`` (ASCII or full-width colon, U+FF1A) that is not quoted
+inside an earlier action's arguments (without a marker, only an output that *starts* with a known call is
+an action; prose that mentions one is not), keep only the first action, parse the call with ``ast`` after
+re-escaping the quotes of ``type`` content, and map model pixels (absolute, in the smart-resized image) to
+normalised coordinates; a box (4 numbers, or two corners ``(x1,y1)<|box_end|>(x2,y2)``) is clicked at its
+centre. Where the official parser raises, this one falls back to regular expressions, and if that fails too
+it returns an invalid action: ``parse_action`` never raises, because a bad generation must become a scored
+row, not a crashed actor.
 
 Normalised coordinates are not clamped: a point outside [0, 1] is kept as the model said it (scorers then
 count it as a miss); non-finite values make the action invalid.
@@ -40,10 +41,20 @@ _COORD_ACTIONS = POINT_ACTIONS | {"drag", "scroll"}
 
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
 _SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z_]+\|>")
-_ACTION_MARKER = re.compile(r"(?<![A-Za-z0-9_])Action\s*:")
-_THOUGHT = re.compile(r"(?<![A-Za-z0-9_])Thought\s*:\s*(.*?)(?=(?<![A-Za-z0-9_])Action\s*:|$)", re.S)
-_SUMMARY = re.compile(r"Action_Summary\s*:\s*(.*?)(?=(?<![A-Za-z0-9_])Action\s*:|$)", re.S)
-_REFLECTION = re.compile(r"Reflection\s*:\s*(.*?)(?=Action_Summary\s*:|(?<![A-Za-z0-9_])Action\s*:|$)", re.S)
+# A marker's colon is ASCII ":" or the full-width colon U+FF1A that UI-TARS writes after a Chinese thought
+# ("Thought: <Chinese text>\nAction<U+FF1A>click(...)"). The UI-TARS-desktop parser (bytedance/UI-TARS-desktop,
+# packages/ui-tars/action-parser/src/actionParser.ts: ``findActionMarkers`` and its tests "should handle with
+# Chinese colon") takes "Action" + U+FF1A as the action marker and ends the thought at ``Action[:U+FF1A]``;
+# the Python package (bytedance/UI-TARS, codes/ui_tars/action_parser.py) splits on "Action: " only and
+# asserts '"Action:" in text', so it raises there. Thought / Reflection / Action_Summary take either colon too.
+_COLON = r"\s*[:\uff1a]"
+_ACTION_MARKER = re.compile(r"(?<![A-Za-z0-9_])Action" + _COLON)
+_THOUGHT = re.compile(
+    r"(?<![A-Za-z0-9_])Thought" + _COLON + r"\s*(.*?)(?=(?<![A-Za-z0-9_])Action" + _COLON + r"|$)", re.S)
+_SUMMARY = re.compile(r"Action_Summary" + _COLON + r"\s*(.*?)(?=(?<![A-Za-z0-9_])Action" + _COLON + r"|$)", re.S)
+_REFLECTION = re.compile(
+    r"Reflection" + _COLON + r"\s*(.*?)(?=Action_Summary" + _COLON + r"|(?<![A-Za-z0-9_])Action" + _COLON + r"|$)",
+    re.S)
 _CALL_START = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\(")
 _KNOWN_CALL = re.compile(
     r"(?<![A-Za-z0-9_.])(" + "|".join(sorted(PARSED_ACTIONS, key=len, reverse=True)) + r")\s*\("
@@ -287,6 +298,19 @@ def _numbers(value: Any) -> list[float]:
 
 
 def _point(value: Any, resized: tuple[int, int], what: str) -> tuple[float, float]:
+    """One click point from a coordinate value: 2 numbers are the point, 4 numbers a box clicked at its centre.
+
+    A box reaches here in two spellings with the same 4 numbers once the special tokens are gone:
+    ``(x1,y1,x2,y2)`` and the two-corner ``<|box_start|>(x1,y1)<|box_end|>(x2,y2)<|box_end|>``, i.e.
+    ``(x1,y1)(x2,y2)``. Both are clicked at ``((x1+x2)/2, (y1+y2)/2)`` as upstream does: the Python package
+    (bytedance/UI-TARS, codes/ui_tars/action_parser.py) keeps a 4-number box and
+    ``parsing_response_to_pyautogui_code`` clicks ``(x1 + x2) / 2, (y1 + y2) / 2`` (a 2-number point is
+    doubled into ``[x, y, x, y]``); the UI-TARS-desktop parser (packages/ui-tars/action-parser/src/
+    actionParser.ts) strips the box tokens, joins ``)(`` with ``,`` and clicks the centre (its test "should
+    parse box marker coordinates as absolute pixels": ``(1290,718)<|box_end|>(1350,747)`` gives
+    ``start_coords [1320, 732.5]``). The Python package's ``replace("(", "")`` would glue ``y1`` to ``x2``
+    in the two-corner form; that is not copied.
+    """
     nums = _numbers(value)
     if len(nums) == 2:
         x, y = nums

@@ -27,7 +27,14 @@ from pipeline.results.store import StoreError, open_store
 from pipeline.results.store.lease import DEFAULT_TIMEOUT_S, LEASE_FILE, RunLease
 from pipeline.results.store.rowfiles import heal_files
 from pipeline.results.summary import UnitSummary, format_table, summarize
-from pipeline.run.progress import ProgressCounter, ProgressMonitor, quiet_mlflow, quiet_ray
+from pipeline.run.progress import (
+    ProgressCounter,
+    ProgressMonitor,
+    StderrLineFilter,
+    quiet_mlflow,
+    quiet_ray,
+    ray_actor_args_notice,
+)
 from pipeline.step.faults import fault_env
 from pipeline.tracking.mlflow_runs import Tracker, git_commit, job_tags, resolve_tracking_uri
 from pipeline.tracking.view import runs_page
@@ -254,6 +261,11 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
         items = [{**{k: v for k, v in it.items() if k not in ("units", "steps")},
                   "units_json": json.dumps(it["units"])} for it in items]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
+        # Ray Data hands every pool actor its own ``ray.put`` refs (context, map transformer carrying these
+        # constructor kwargs) with max_restarts=-1, so Ray's core logs an error line about restarts
+        # (ray-project/ray#53727) however small the kwargs are; max_restarts=0 would silence it but end the
+        # actor restarts that fault tolerance needs. The line is a false alarm here and is dropped below
+        # (pipeline.run.progress.ray_actor_args_notice says why).
         ds = ds.map_batches(
             EpisodeActor,
             fn_constructor_kwargs={"job": job, "benchmark_path": benchmark.path, "progress": counter,
@@ -269,8 +281,9 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
         from pipeline.results.store.sink import EpisodeRowSink
 
         try:
-            with ProgressMonitor(lambda: ray.get(counter.snapshot.remote(), timeout=10), result.ran_units, steps_to_run,
-                                 echo=echo, tty=echo is print and sys.stdout.isatty()):
+            with StderrLineFilter(ray_actor_args_notice(EpisodeActor.__name__)), \
+                    ProgressMonitor(lambda: ray.get(counter.snapshot.remote(), timeout=10), result.ran_units,
+                                    steps_to_run, echo=echo, tty=echo is print and sys.stdout.isatty()):
                 ds.write_datasink(EpisodeRowSink(run_store, "rows"))
         except Exception as err:
             cause = _store_error(err)

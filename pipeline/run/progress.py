@@ -3,13 +3,16 @@
 Actors report each finished episode to a small counter actor; the driver polls it from a thread and
 either redraws one line in place (a terminal) or prints a plain line at a bounded rate (CI, ``ray job
 logs``), so a log never fills with pages of progress. Ray's own scheduler output is quieted unless
-``--verbose`` (``quiet_ray``).
+``--verbose`` (``quiet_ray``), and one false-alarm error line of Ray's C++ core is dropped
+(``StderrLineFilter``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import select
 import sys
 import threading
 import time
@@ -170,3 +173,116 @@ def quiet_ray(verbose: bool) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # its one notice that progress bars are off is about the bars we replace, not a problem
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+class StderrLineFilter:
+    """While open, the process's file descriptor 2 goes through a pipe and whole lines matching ``pattern``
+    are dropped; everything else reaches the original stderr unchanged (partial lines within 0.2 s).
+
+    Ray's C++ core writes its error-level lines straight to fd 2, past Python's ``sys.stderr`` and
+    ``logging``, so only the descriptor can filter them. With ``once`` the original descriptor comes back
+    as soon as one line was dropped (for a message Ray logs once per process). Not POSIX, or no fd 2: a
+    no-op. ``dropped`` counts the dropped lines.
+    """
+
+    HOLD_S = 0.2  # how long an unfinished line may wait for its end before it is passed on as it is
+
+    def __init__(self, pattern: re.Pattern[str], once: bool = True) -> None:
+        self.pattern = pattern
+        self.once = once
+        self.dropped = 0
+        self._saved: int | None = None
+        self._read: int | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._restored = False
+
+    def __enter__(self) -> StderrLineFilter:
+        if os.name != "posix":
+            return self
+        _flush_stderr()
+        try:
+            saved = os.dup(2)
+        except OSError:
+            return self
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._saved, self._read = saved, read
+        self._thread = threading.Thread(target=self._pump, name="starkv-stderr-filter", daemon=True)
+        self._thread.start()
+        return self
+
+    def _restore(self) -> None:
+        # no flush in here: the pump thread calls this, and a flush into the pipe would wait for the pump
+        with self._lock:
+            if self._saved is None or self._restored:
+                return
+            os.dup2(self._saved, 2)  # the pipe's last write end closes: the pump reads what is left, then EOF
+            self._restored = True
+
+    def _out(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._saved, view):]
+            except OSError:
+                return  # the original stderr is gone; nothing left to show it on
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            ready, _, _ = select.select([self._read], [], [], self.HOLD_S)
+            if not ready:
+                if pending:
+                    self._out(pending)
+                    pending = b""
+                continue
+            chunk = os.read(self._read, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if self.pattern.search(line.decode("utf-8", "replace")):
+                    self.dropped += 1
+                    if self.once:
+                        self._restore()
+                else:
+                    self._out(line + b"\n")
+        if pending:
+            self._out(pending)
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is None or self._thread is None:
+            return
+        _flush_stderr()
+        self._restore()
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():  # else a child process still holds the pipe: leave its fds be
+            os.close(self._read)
+            os.close(self._saved)
+
+
+def _flush_stderr() -> None:
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def ray_actor_args_notice(class_name: str) -> re.Pattern[str]:
+    """Ray's error line (``core_worker.cc``, once per process) that an actor of Ray Data's pool for
+    ``class_name`` (alone or fused after other operators) "has constructor arguments in the object store and
+    max_restarts > 0" (ray-project/ray#53727).
+
+    Ray 2.60 logs it whenever an actor with ``max_restarts != 0`` gets an argument by reference. Ray Data's
+    actor pool always does: ``ActorPoolMapOperator._start_actor`` passes its own ``DataContext`` and map
+    transformer as ``ray.put`` refs (``map_batches(fn_constructor_kwargs=...)`` travel inside the
+    transformer), and it defaults to ``max_restarts=-1``. Even a map_batches with no constructor arguments
+    prints it; only ``max_restarts=0`` avoids it, which would end the actor restarts this pipeline's fault
+    tolerance relies on (docs/results-store.md). The refs are held by the operator while the dataset runs,
+    pinned on the driver's node, so a restarted actor finds them: the line is a false alarm here.
+    """
+    return re.compile(r"\] core_worker\.cc:\d+: Actor with class name: 'MapWorker\((?:[^']*->)?MapBatches\("
+                      + re.escape(class_name) + r"\)\)' and ID: '[0-9a-f]+' has constructor arguments in the "
+                      r"object store and max_restarts > 0\.")

@@ -351,6 +351,92 @@ def test_garbage_is_invalid_or_parsed_never_raises(garbage):
     assert (a.action_type == "invalid") == (a.error is not None)
 
 
+# --- full-width colon and two-corner boxes ----------------------------------------------------------------
+
+FW = "\uff1a"  # FULLWIDTH COLON, written by UI-TARS after a Chinese thought
+
+
+def test_full_width_colon_is_the_action_marker():
+    # 1280x720 with the UI-TARS limits: 720/28 = 25.71 -> 26*28 = 728, 1280/28 = 45.71 -> 46*28 = 1288;
+    # 728*1288 = 937,664 lies inside the pixel limits. (644, 182) / (1288, 728) = (0.5, 0.25).
+    text = f"Thought{FW}我需要点击设置图标。\nAction{FW}click(start_box='<|box_start|>(644,182)<|box_end|>')"
+    a = parse_action(text, image_size=(1280, 720))
+    assert a.ok, a.error
+    assert a.action_type == "click" and approx_point(a.point, (0.5, 0.25))
+    assert a.thought == "我需要点击设置图标。"
+    assert a.raw == text
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # ASCII "Thought:" with a Chinese thought, full-width "Action" colon (the common UI-TARS mix)
+        (f"Thought: 点击搜索框。\nAction{FW}click(start_box='(966,546)')", ("click", "点击搜索框。")),
+        (f"Thought{FW} 返回上一页\nAction{FW} press_back()", ("press_back", "返回上一页")),
+        (f"Reflection{FW}上一步没点中\nAction_Summary{FW}点确定\nAction{FW}wait()", ("wait", "点确定")),
+        # the last marker wins whichever colon each uses
+        (f"Action: wait()\nThought{FW}改主意了\nAction{FW}press_home()", ("press_home", "改主意了")),
+        (f"Action{FW}wait()\nThought: changed\nAction: press_home()", ("press_home", "changed")),
+    ],
+)
+def test_full_width_colon_markers(text, expected):
+    a = parse(text)
+    assert a.ok, a.error
+    assert (a.action_type, a.thought) == expected
+
+
+def test_full_width_marker_inside_quoted_content_is_not_the_marker():
+    a = parse(f"Thought{FW}输入标签\nAction{FW}type(content='Action{FW}提交表单')")
+    assert a.ok and a.action_type == "type" and a.text == f"Action{FW}提交表单"
+    assert a.thought == "输入标签"
+    b = parse(f"Action{FW}")
+    assert b.action_type == "invalid" and "nothing after" in b.error
+    c = parse(f"NoAction{FW}wait()")  # an identifier ending in "Action" is not the marker
+    assert c.action_type == "invalid"
+
+
+def test_two_corner_box_is_clicked_at_its_centre():
+    # The UI-TARS-desktop parser test: (1290,718)<|box_end|>(1350,747) -> centre (1320, 732.5).
+    # 2560x1440: 1440/28 = 51.43 -> 51*28 = 1428, 2560/28 = 91.43 -> 91*28 = 2548 (3,638,544 px, in limits),
+    # so the point is (1320/2548, 732.5/1428) = (330/637, 1465/2856) = (0.51805..., 0.51295...).
+    text = "Thought: Click open\nAction: click(start_box='<|box_start|>(1290,718)<|box_end|>(1350,747)<|box_end|>')"
+    a = parse_action(text, image_size=(2560, 1440))
+    assert a.ok, a.error
+    assert approx_point(a.point, (330 / 637, 1465 / 2856))
+    assert approx_point(a.point, (0.518053, 0.512955), tol=1e-6)
+    # the same corners as one 4-number box, and with the tokens already stripped by skip_special_tokens
+    for same in ("Action: click(start_box='<|box_start|>(1290,718,1350,747)<|box_end|>')",
+                 "Action: click(start_box='(1290,718)(1350,747)')",
+                 f"Action{FW}click(start_box='<|box_start|>(1290,718)<|box_end|>(1350,747)<|box_end|>')"):
+        b = parse_action(same, image_size=(2560, 1440))
+        assert b.ok and approx_point(b.point, (330 / 637, 1465 / 2856)), (same, b)
+
+
+def test_two_corner_boxes_in_drag_and_scroll():
+    # In the 1932x1092 resized frame: centre of (383,173)-(583,373) is (483,273) -> (0.25, 0.25);
+    # centre of (866,446)-(1066,646) is (966,546) -> (0.5, 0.5).
+    d = parse("Action: drag(start_box='<|box_start|>(383,173)<|box_end|>(583,373)<|box_end|>', "
+              "end_box='<|box_start|>(866,446)<|box_end|>(1066,646)<|box_end|>')")
+    assert d.ok, d.error
+    assert approx_point(d.point, (0.25, 0.25)) and approx_point(d.end_point, (0.5, 0.5))
+    s = parse("Action: scroll(start_box='<|box_start|>(866,446)<|box_end|>(1066,646)<|box_end|>', direction='up')")
+    assert s.ok and s.direction == "up" and approx_point(s.point, (0.5, 0.5))
+    bad = parse("Action: click(start_box='<|box_start|>(1,2)<|box_end|>(3,4)<|box_end|>(5,6)<|box_end|>')")
+    assert bad.action_type == "invalid" and "expected 2 or 4 numbers, got 6" in bad.error
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 1932), st.integers(0, 1092), st.integers(0, 1932), st.integers(0, 1092),
+       st.sampled_from([":", FW]), st.booleans())
+def test_two_corner_box_centre_property(x1, y1, x2, y2, colon, tokens):
+    corners = f"({x1},{y1})<|box_end|>({x2},{y2})<|box_end|>" if tokens else f"({x1},{y1})({x2},{y2})"
+    box = ("<|box_start|>" if tokens else "") + corners
+    a = parse(f"Thought{colon}点击。\nAction{colon}click(start_box='{box}')")
+    assert a.ok, a.error
+    assert approx_point(a.point, ((x1 + x2) / 2 / 1932, (y1 + y2) / 2 / 1092), tol=1e-12)
+    assert a.thought == "点击。"
+
+
 # --- hypothesis: never raises -----------------------------------------------------------------------------
 
 FRAGMENTS = [
@@ -360,6 +446,10 @@ FRAGMENTS = [
     "<point>", "</point>", "<|box_start|>", "<|box_end|>", "(", ")", "[", "]", ",", " ", "\n", "\n\n",
     ")\n\n", "'", '"', "\\", "\\'", "\\n", "1", "23", "456", "-7", "1e999", "0.5", "9" * 50, "x1", "y1",
     "down", "up", "ctrl c", "=", "*", "**",
+    # full-width punctuation UI-TARS writes after Chinese thoughts, and two-corner box tokens
+    f"Action{FW}", f"Thought{FW}", f"Reflection{FW}", f"Action_Summary{FW}", FW, "\uff0c", "\u3002", "\uff08",
+    "\uff09", "\u3000", "点击", "<|box_start|>(", ")<|box_end|>(", ")<|box_end|>", "<|box_end|>(",
+    "<|box_start|>(966,546)<|box_end|>(1,2)<|box_end|>", "<|", "|>", "<|box_start", "box_end|>",
 ]
 
 
