@@ -79,3 +79,13 @@ def test_a_repo_id_runs_a_whole_job_offline_from_the_hub_cache(ray_local, tmp_pa
     # a cluster of several nodes first makes every node hold the commit (here: the one local node)
     assert fetch_model_on_nodes(REPO, SHA, str(cache), download=False) == {ray_local.get_runtime_context().get_node_id(): str(snapshot)}
     assert _listing(cache) == before
+
+    # `starkv-eval sync` into a fresh store takes the commit from the Parquet metadata
+    from pipeline.cli import main as cli_main
+
+    fresh = f"sqlite:///{tmp_path / 'synced.db'}"
+    assert cli_main(["sync", str(tmp_path / "hub-out"), "--tracking-uri", fresh]) == 0
+    client = MlflowClient(tracking_uri=fresh)
+    synced = client.search_runs([client.get_experiment_by_name("hub-e2e").experiment_id])
+    assert len(synced) == 1 + 2
+    assert all(r.data.tags["model_revision"] == SHA and r.data.params["model_revision"] == SHA for r in synced)
