@@ -52,7 +52,11 @@ class PrefillMode(str, Enum):
 
 @dataclass
 class ModelConfig:
+    #: a checkpoint folder, a Hugging Face repo id ``org/name`` (resolved through the hub cache,
+    #: pipeline.models.hub), ``tiny`` / ``tiny:<seed>`` or ``micro``
     path: str = "tiny"
+    #: for a repo id: branch, tag or commit sha (None: ``main``); the commit it resolves to is recorded
+    revision: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
     device: str = "auto"
@@ -164,6 +168,8 @@ class JobConfig:
         data = self.to_dict()
         for volatile in ("output", "tracking", "run_id", "ray", "regression"):
             data.pop(volatile, None)
+        if data["model"].get("revision") is None:  # jobs from before model.revision keep their run ids
+            data["model"].pop("revision", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def resolved_run_id(self) -> str:
@@ -288,17 +294,7 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"benchmark.path: {cfg.benchmark.path} does not exist")
     if cfg.benchmark.path is None and getattr(get_benchmark(cfg.benchmark.name), "generator_style", None) is None:
         raise ConfigError(f"benchmark.path: required for benchmark {cfg.benchmark.name!r}")
-    model_path = cfg.model.path
-    if model_path == "micro":
-        from pipeline.models.files import micro_model_dir
-
-        try:
-            micro_model_dir()
-        except FileNotFoundError as err:
-            raise ConfigError(f"model.path: {err}") from None
-    elif not (model_path == "tiny" or model_path.startswith("tiny:")) and not Path(model_path).exists():
-        raise ConfigError(f"model.path: {model_path} does not exist (use 'tiny' for the offline test model "
-                          "or 'micro' for the micro agent)")
+    _validate_model_path(cfg.model)
     if cfg.model.max_new_tokens < 1:
         raise ConfigError("model.max_new_tokens: must be >= 1")
     if not isinstance(cfg.model.vision_per_image, bool):
@@ -326,6 +322,39 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("ray.num_actors: must be >= 1")
     if cfg.benchmark.max_episodes is not None and cfg.benchmark.max_episodes < 1:
         raise ConfigError("benchmark.max_episodes: must be >= 1")
+
+
+def _validate_model_path(model: ModelConfig) -> None:
+    """``model.path`` names something loadable: tiny, micro, an existing folder or a hub repo id that is in the
+    cache or (online) on the Hub at ``model.revision``; nothing is downloaded here."""
+    from pipeline.models.hub import HubModelError, check_repo, is_repo_id
+
+    path, revision = model.path, model.revision
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"model.path: expected a folder, a Hugging Face repo id, 'tiny' or 'micro', got {path!r}")
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise ConfigError(f"model.revision: expected a branch, tag or commit sha, got {revision!r}")
+    hub = is_repo_id(path)
+    if revision is not None and not hub:
+        raise ConfigError(f"model.revision: {revision!r} applies only to a Hugging Face repo id (org/name); "
+                          f"model.path is {path!r}")
+    if path == "micro":
+        from pipeline.models.files import micro_model_dir
+
+        try:
+            micro_model_dir()
+        except FileNotFoundError as err:
+            raise ConfigError(f"model.path: {err}") from None
+    elif path == "tiny" or path.startswith("tiny:"):
+        return
+    elif hub:
+        try:
+            check_repo(path, revision)
+        except HubModelError as err:
+            raise ConfigError(f"model.path: {err}") from None
+    elif not Path(path).exists():
+        raise ConfigError(f"model.path: {path} does not exist (use a checkpoint folder, a Hugging Face repo id "
+                          "'org/name', 'tiny' for the offline test model or 'micro' for the micro agent)")
 
 
 #: launcher/synthetic options that drive the generator, not the loader

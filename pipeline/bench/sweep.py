@@ -57,7 +57,7 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting
     from pipeline.step.sweep import run_sweep
 
     m = cfg.model
-    loaded = load_model(ModelSpec(path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+    loaded = load_model(ModelSpec(path=m.path, revision=m.revision, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                   device=m.device, min_pixels=m.min_pixels, max_pixels=m.max_pixels))
     bench = make_benchmark(cfg)
     eps = load_episodes(cfg, bench)[:episodes]

@@ -79,7 +79,7 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
         if args.budgets:
             data["budgets"] = [float(b) for b in args.budgets.split(",") if b.strip()]
         if args.model:
-            data["model"]["path"] = args.model
+            data["model"].update(path=args.model, revision=None)  # the job's revision was its own model's
         if args.max_new_tokens:
             data["model"]["max_new_tokens"] = args.max_new_tokens
         cfg = parse_config(data, source=args.job)
@@ -158,7 +158,7 @@ def add_parser(sub) -> None:
     sw.add_argument("--compressors", help="registered compressors, comma-separated (default: the job's)")
     sw.add_argument("--budgets", help="budgets in percent, comma-separated (default: the job's)")
     sw.add_argument("--episodes", type=int, default=1, help="episodes of the job's benchmark to run (1)")
-    sw.add_argument("--model", help="override model.path (tiny, micro or a folder)")
+    sw.add_argument("--model", help="override model.path (tiny, micro, a folder or a Hugging Face repo id)")
     sw.add_argument("--max-new-tokens", type=int, help="override model.max_new_tokens")
     sw.add_argument("--no-accounting", action="store_true",
                     help="without the exact memory accounting (runs have it on; it costs per op, mostly in decode)")

@@ -1,6 +1,8 @@
 """One loader for the tiny offline model and a real UI-TARS-1.5-7B (Qwen2.5-VL) checkpoint.
 
-Everything is loaded from local files only. The loader also reports the facts other parts need
+Everything is loaded from local files only: a Hugging Face repo id (``org/name``) is first resolved to its
+snapshot folder in the hub cache (``pipeline.models.hub``; a job does that once in its driver and hands the
+actors the folder). The loader also reports the facts other parts need
 (layer/head counts for KV budgets, vision token ids for the prompt layout, the effective min/max pixels
 for smart_resize in the agent) so nobody has to dig through configs again.
 """
@@ -18,6 +20,7 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.image_utils import SizeDict
 
 from pipeline.models.files import micro_model_dir, read_manifest
+from pipeline.models.hub import is_repo_id, resolve_repo, snapshot_repo
 from pipeline.models.processor import Qwen2_5_VLImageOnlyProcessor
 from pipeline.models.tiny import DEFAULT_SEED, ensure_tiny_model, read_marker
 
@@ -34,10 +37,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class ModelSpec:
-    """What to load. ``path`` is a checkpoint folder, ``"tiny"`` / ``"tiny:<seed>"`` (random weights) or
+    """What to load. ``path`` is a checkpoint folder, a Hugging Face repo id ``org/name`` (at ``revision``:
+    branch, tag or commit sha; ``main`` when None), ``"tiny"`` / ``"tiny:<seed>"`` (random weights) or
     ``"micro"`` (the micro agent trained here, shipped in ``pipeline/models/micro_agent``)."""
 
     path: str
+    revision: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
     device: str = "auto"
@@ -174,12 +179,15 @@ def set_image_pixel_limits(image_processor: Any, min_pixels: int, max_pixels: in
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load model + processor from a local folder (or the tiny model), in eval mode on the device."""
+    """Load model + processor from a local folder, a hub repo id (its cached or downloaded snapshot) or the
+    tiny model, in eval mode on the device."""
     seed = parse_tiny_path(spec.path)
     if seed is not None:
         folder = ensure_tiny_model(seed=seed)
     elif spec.path == MICRO_PATH:
         folder = micro_model_dir()
+    elif is_repo_id(spec.path):
+        folder = resolve_repo(spec.path, spec.revision).folder
     else:
         folder = Path(spec.path).expanduser()
     check_qwen25vl_checkpoint(folder)
@@ -214,6 +222,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         name = f"tiny-qwen2.5-vl-seed{marker.get('seed', DEFAULT_SEED)}"
     elif manifest is not None:
         name = f"micro-agent-r{manifest.get('recipe_version', 0)}"
+    elif snapshot_repo(folder) is not None:  # a hub snapshot: the repo's name, not the commit sha
+        name = snapshot_repo(folder)[0].split("/")[-1]
     else:
         name = folder.resolve().name
     return LoadedModel(

@@ -5,6 +5,11 @@ datasink streams the step rows to the result store (a local folder or object sto
 as episodes finish, one file per (unit, episode). The run holds the run folder's lease while it writes. The
 driver never holds all rows while running; it reads the (small) result columns back at the end for the
 summary and MLflow.
+
+A model named by a Hugging Face repo id is resolved once, in the driver, before any work (downloaded into
+the hub cache when missing and allowed); the actors get the snapshot folder and the commit, never the
+name to resolve again. On a cluster of several nodes one small Ray task per node makes sure that node's
+cache holds the same commit before the actors start (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.benchmarks.common.base import Benchmark, Episode
-from pipeline.config import JobConfig, PrefillMode, make_benchmark, parse_config
+from pipeline.config import ConfigError, JobConfig, PrefillMode, make_benchmark, parse_config
 from pipeline.metrics.units import unit_label
 from pipeline.results.parquet import drop_unreadable, read_rows
 from pipeline.results.store import StoreError, open_store
@@ -38,6 +43,9 @@ from pipeline.run.progress import (
 from pipeline.step.faults import fault_env
 from pipeline.tracking.mlflow_runs import Tracker, git_commit, job_tags, resolve_tracking_uri
 from pipeline.tracking.view import runs_page
+
+if TYPE_CHECKING:
+    from pipeline.models.hub import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,69 @@ def load_episodes(cfg: JobConfig, benchmark: Benchmark) -> list[Episode]:
     return episodes
 
 
+def resolve_job_model(cfg: JobConfig, echo=print) -> ResolvedModel | None:
+    """The job's hub model resolved once, in the driver (``None`` for a folder, tiny or micro).
+
+    Downloads into the hub cache when the snapshot is missing and ``HF_HUB_OFFLINE`` allows; a missing repo
+    or revision is a ``ConfigError`` naming the repo id, the revision and the cache folder.
+    """
+    from pipeline.models.hub import HubModelError, is_repo_id, resolve_repo
+
+    if not is_repo_id(cfg.model.path):
+        return None
+    try:
+        resolved = resolve_repo(cfg.model.path, cfg.model.revision)
+    except HubModelError as err:
+        raise ConfigError(f"model.path: {err}") from None
+    echo(f"[starkv-eval] model {resolved.repo_id}@{resolved.revision} = commit {resolved.commit}: {resolved.folder}")
+    return resolved
+
+
+def node_model_folder(job: dict[str, Any]) -> str | None:
+    """This node's snapshot folder of the job's hub model (None: not a hub model).
+
+    The driver's folder when this node sees it (one node, or a shared cache), else the same commit in the
+    driver's cache path on this node, which the per-node task filled before the actors started; a cache
+    lookup, no download.
+    """
+    folder = job.get("_model_folder")
+    if not folder:
+        return None
+    if Path(folder).is_dir():
+        return folder
+    from pipeline.models.hub import resolve_repo
+
+    return str(resolve_repo(job["_model_repo"], job["_model_commit"], download=False,
+                            cache_dir=job.get("_model_cache")).folder)
+
+
+def _fetch_on_node(repo_id: str, commit: str, cache_dir: str, download: bool) -> tuple[str, str]:
+    """One node's copy of ``repo_id`` at ``commit`` in ``cache_dir`` (downloaded there when missing and allowed)."""
+    import ray
+
+    from pipeline.models.hub import resolve_repo
+
+    folder = resolve_repo(repo_id, commit, download=download, cache_dir=cache_dir).folder
+    return ray.get_runtime_context().get_node_id(), str(folder)
+
+
+def fetch_model_on_nodes(repo_id: str, commit: str, cache_dir: str, download: bool = True) -> dict[str, str]:
+    """Every alive node's snapshot folder of ``repo_id`` at ``commit``: one task pinned to each node, so a
+    node without a shared cache downloads once (not once per actor) and all nodes load the same weights.
+
+    The cache path and whether to download are the driver's (arguments, not each worker's environment, which
+    Ray fixed when the node started); tokens stay each node's own (``HF_TOKEN``), never shipped.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(_fetch_on_node)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            .remote(repo_id, commit, cache_dir, download) for node in nodes]
+    return dict(ray.get(refs))
+
+
 class EpisodeActor:
     """Ray Data callable class: loads model, processor and benchmark once per actor, runs work items."""
 
@@ -78,7 +149,9 @@ class EpisodeActor:
         torch.set_num_threads(max(1, torch_threads))
         torch.manual_seed(job.get("seed", 0))
         config = {k: v for k, v in job.items() if not k.startswith("_")}
-        self.cfg = parse_config(config)
+        folder = node_model_folder(job)  # a hub model: the driver resolved it; never resolved again here
+        local = config if folder is None else {**config, "model": {**config["model"], "path": folder, "revision": None}}
+        self.cfg = parse_config(local)
         m = self.cfg.model
         self.loaded = load_model(ModelSpec(path=m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                            device=m.device, min_pixels=m.min_pixels, max_pixels=m.max_pixels))
@@ -90,6 +163,8 @@ class EpisodeActor:
         self.progress = progress  # a ProgressCounter actor handle (None: nobody is watching)
         self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),
                          "config": json.dumps(config, default=str)}
+        if job.get("_model_commit"):  # the weights a hub name resolved to, beside the configured name
+            self.metadata.update(model_repo=job["_model_repo"], model_revision=job["_model_commit"])
 
     def _compressor(self, label: str):
         """The actor's one instance per label, for per-unit episodes (``run`` resets it per episode)."""
@@ -194,6 +269,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, out.mlflow_home())
     result = RunResult(run_id=run_id, output_dir=out.location(), rows_dir=rdir, tracking_uri=uri)
 
+    model = resolve_job_model(cfg, echo)  # once, here, before any work: actors get the folder
     benchmark = make_benchmark(cfg)
     episodes = load_episodes(cfg, benchmark)  # bad data fails here, before anything is written or started
     lease = RunLease(run_store, LEASE_FILE, run_id, timeout_s=lease_timeout_s, wait=wait, echo=echo).acquire()
@@ -201,7 +277,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
         with tempfile.TemporaryDirectory(prefix="starkv-run-") as staging:
             # local files for plots and MLflow artifacts: the run folder itself, or a copy uploaded after
             folder = Path(run_store.root) if run_store.local else Path(staging)
-            _run_leased(cfg, result, run_store, benchmark, episodes, folder, echo, verbose)
+            _run_leased(cfg, result, run_store, benchmark, episodes, folder, echo, verbose, model)
     finally:
         lease.release()
     if lease.lost:
@@ -231,10 +307,13 @@ def _work_items(cfg: JobConfig, run_id: str, episodes: list[Episode], done: set,
 
 
 def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchmark, episodes: list[Episode],
-                folder: Path, echo, verbose: bool) -> None:
+                folder: Path, echo, verbose: bool, model: ResolvedModel | None = None) -> None:
     run_id, rdir, uri, out_dir = result.run_id, result.rows_dir, result.tracking_uri, result.output_dir
     commit = git_commit()
     job = {**cfg.to_dict(), "run_id": run_id, "_git_commit": commit}
+    if model is not None:
+        job.update(_model_folder=str(model.folder), _model_repo=model.repo_id, _model_commit=model.commit,
+                   _model_cache=str(model.cache))
     run_store.write_atomic("config.json", json.dumps(cfg.to_dict(), indent=2, default=str).encode())
 
     removed = drop_unreadable(rdir)
@@ -256,6 +335,11 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
 
         _init_ray(cfg, verbose)
         quiet_ray(verbose)
+        if model is not None and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+            from pipeline.models.hub import hub_offline
+
+            # once per node, before any actor loads it
+            fetch_model_on_nodes(model.repo_id, model.commit, job["_model_cache"], download=not hub_offline())
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         t0 = time.time()
         items = [{**{k: v for k, v in it.items() if k not in ("units", "steps")},
@@ -310,7 +394,7 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
     if not run_store.local:
         for png in plots:
             run_store.write_atomic(f"report/{png.name}", png.read_bytes())
-    tags = job_tags(cfg, commit)
+    tags = job_tags(cfg, commit, model_revision=model.commit if model is not None else None)
     quiet_mlflow(verbose)
     tracker = Tracker(uri, cfg.tracking.experiment)
     result.mlflow_parent_id = tracker.log_job(run_id=run_id, job=job, summaries=result.summaries, tags=tags,

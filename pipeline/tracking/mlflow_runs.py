@@ -59,10 +59,18 @@ def local_artifact_location(uri: str) -> str | None:
     return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
 
 
-def job_tags(cfg, commit: str) -> dict[str, str]:
-    """Tags every run of a job carries, to filter and compare in the MLflow UI."""
-    return {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path,
-            **cfg.tracking.tags}
+def job_tags(cfg, commit: str, model_revision: str | None = None) -> dict[str, str]:
+    """Tags every run of a job carries, to filter and compare in the MLflow UI; ``model_revision`` is the
+    commit sha a hub ``model.path`` resolved to (which weights ran, whatever branch was asked for)."""
+    tags = {"job": cfg.name, "git_commit": commit, "benchmark": cfg.benchmark.name, "model": cfg.model.path}
+    if model_revision:
+        tags["model_revision"] = model_revision
+    return {**tags, **cfg.tracking.tags}
+
+
+def model_revision_params(job: dict[str, Any]) -> dict[str, str]:
+    """``model_revision``: the resolved commit of a hub model (the driver puts it in the job as ``_model_commit``)."""
+    return {"model_revision": str(job["_model_commit"])} if job.get("_model_commit") else {}
 
 
 def git_commit() -> str:
@@ -141,7 +149,8 @@ class Tracker:
                                            tags={**tags, "starkv.run_id": run_id, "starkv.kind": "job"})
             pid = parent.info.run_id
             existing_params = set(parent.data.params) if hasattr(parent, "data") else set()
-            params = {k: v for k, v in job_params(job).items() if k not in existing_params}
+            params = {k: v for k, v in {**job_params(job), **model_revision_params(job)}.items()
+                      if k not in existing_params}
             for chunk in _chunks(params, 90):
                 client.log_batch(pid, params=[_param(k, v) for k, v in chunk.items()])
             client.set_tag(pid, NOTE_TAG, parent_note(job, summaries, tags.get("git_commit", "unknown")))
@@ -172,7 +181,8 @@ class Tracker:
             params = {"budget": budget_text(s.budget), "compressor": s.compressor}
             params.update(settings)
             params.update({"model": job["model"]["path"], "benchmark": job["benchmark"]["name"],
-                           "git_commit": tags.get("git_commit", "unknown"), "mode": run_mode(job)})
+                           "git_commit": tags.get("git_commit", "unknown"), "mode": run_mode(job),
+                           **model_revision_params(job)})
             client.log_batch(child.info.run_id, params=[_param(k, v) for k, v in params.items()])
         cid = child.info.run_id
         client.set_tag(cid, COLOUR_TAG, compressor_colour(s.compressor))

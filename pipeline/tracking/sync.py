@@ -74,9 +74,12 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
         home = Path(run.root).parent if run.local else run.mlflow_home()
         uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, home)
         tracker = Tracker(uri, cfg.tracking.experiment)
-        commit = run_metadata(rows).get("git_commit") or git_commit()  # the code that ran
-        tags = job_tags(cfg, commit)
-        parent = tracker.log_job(run_id=run_id, job={**cfg.to_dict(), "run_id": run_id}, summaries=summaries,
+        meta = run_metadata(rows)
+        commit = meta.get("git_commit") or git_commit()  # the code that ran
+        revision = meta.get("model_revision")  # the commit a hub model.path resolved to
+        tags = job_tags(cfg, commit, model_revision=revision)
+        job = {**cfg.to_dict(), "run_id": run_id, **({"_model_commit": revision} if revision else {})}
+        parent = tracker.log_job(run_id=run_id, job=job, summaries=summaries,
                                  tags=tags, table_text=text, artifacts=[*extra, *figures], rows=table)
         for old in tracker.relocated:
             echo(f"[starkv-eval] store moved: artifact URIs {old} -> {local_artifact_location(uri)}")
