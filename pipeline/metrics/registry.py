@@ -95,6 +95,10 @@ class TableColumn:
         Format spec of the value (after scaling).
     order : float
         Position among the table's columns (lower first); new metrics go last by default.
+    interval : bool
+        Show the summary metric's 95 % interval (``<summary>_ci_low`` / ``_ci_high``) as ``[low, high]``.
+    width : int
+        Minimum width (the title plus two otherwise).
     """
 
     summary: str
@@ -102,6 +106,8 @@ class TableColumn:
     scale: float = 1.0
     fmt: str = ".3f"
     order: float = 100.0
+    interval: bool = False
+    width: int = 0
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,8 @@ for _m in (
            check=Check("accuracy", "accuracy", True, False, 0.02, "fraction"),
            plot=PlotSpec("accuracy", "accuracy_vs_budget.png", "Accuracy vs KV budget",
                           "accuracy (fraction of steps correct)"),
-           columns=(TableColumn("accuracy", "accuracy", 1.0, ".3f", 30),)),
+           columns=(TableColumn("accuracy", "accuracy", 1.0, ".3f", 30),
+                    TableColumn("accuracy", "95% CI", 1.0, ".2f", 31, interval=True, width=15))),
     Metric("score", FLT, 0.0, "", "the benchmark's per-step score"),
     Metric("reason", STR, ""),
     Metric("prompt_tokens", INT, 0, "tokens", "tokens of the step's prompt", summary={"mean_prompt_tokens": "mean"}),
