@@ -42,6 +42,11 @@ def describe_device(mem_device: str) -> str:
 
 def _peak_spec(units: list[UnitSummary], mem_device: str) -> PlotSpec:
     """The exact live-tensor peak above the weights when the rows have it, else the labelled device figure."""
+    if any(u.metrics.get("max_own_peak_above_weights_bytes", 0) > 0 for u in units):
+        return PlotSpec("peak_memory_vs_budget.png", "max_own_peak_above_weights_bytes",
+                        "peak above weights per step, max over steps (MiB)",
+                        "Peak memory vs KV budget\neach unit's own exact live tensor bytes above the weights "
+                        "(prefill or decode)", lambda v: v / MIB)
     if any(u.metrics.get("max_peak_above_weights_bytes", 0) > 0 for u in units):
         shared = any(u.metrics.get("shared_prefill_steps", 0) > 0 for u in units)
         return PlotSpec("peak_memory_vs_budget.png", "max_peak_above_weights_bytes",

@@ -87,7 +87,8 @@ def _intervals(items: list[dict[str, Any]], metrics: dict[str, float], benchmark
         else:
             interval = statistic_interval(items, lambda rs, name=name: float(benchmark.aggregate(rs).get(name, 0.0)),
                                           resamples=STATISTIC_RESAMPLES)
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
+        if interval.method != "none":  # one episode: its steps' spread says nothing of another run's
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
     return out
 
 
@@ -124,13 +125,14 @@ def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
     for s in summaries:
         cells = "".join(f"{_cell(s.metrics, c):>{_width(c)}}" for c in columns)
         lines.append(f"{s.compressor:<{COMPRESSOR_WIDTH}}{s.budget:>{BUDGET_WIDTH}g}" + cells)
-    lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; peak: "
-                 + (mem_device or "device-level figure") + ")")
+    lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; own peak>W: the unit's "
+                 "own, as it runs alone; RSS: process RSS high-water mark, "
+                 + (mem_device or "device-level figure") + "; 95% CI: over episodes)")
     if any(s.metrics.get("shared_prefill_steps", 0) > 0 for s in summaries):
         lines.append(SHARED_PEAK_NOTE)
     return "\n".join(lines)
 
 
 SHARED_PEAK_NOTE = ("(shared prefill: one prefill holds every layer's full cache for all units, so peak>W is "
-                    "the sweep's, the same for every unit; to compare compressors' memory run with "
-                    "ray.shared_prefill: false)")
+                    "the sweep's, the same for every unit; own peak>W replays each unit alone on the last step "
+                    "of every episode)")
