@@ -72,7 +72,7 @@ MODEL_RUN_MODULES = {
     "test_shared_sweep.py", "test_row_decode.py", "test_chunked_prefill.py", "test_episode_state.py",
     "test_guard_sweep_peak.py", "test_agent_protocol.py", "test_bench_sweep.py", "test_bench_memory.py",
     "test_bench_command.py", "test_lowmem.py", "test_memory_accounting.py", "test_mind2web_blocks.py",
-    "test_androidcontrol_context.py", "test_micro_agent.py", "test_plugin_benchmark.py",
+    "test_androidcontrol_context.py", "test_micro_agent.py", "test_plugin_benchmark.py", "test_own_peak.py",
 }
 
 

@@ -60,6 +60,32 @@ def resolve_sides(baseline: str, current: str, tracking_uri: str | None) -> tupl
     return base, cur
 
 
+def _unit_rows(side: ResolvedRun) -> dict[str, list[dict]] | None:
+    """A run's step rows by unit label, where the run has readable rows (a run folder); else None."""
+    from pipeline.metrics.units import unit_label
+    from pipeline.results.parquet import read_rows
+
+    if side.kind != "run" or side.run_dir is None:
+        return None
+    rows_dir = side.run_dir / "rows" if isinstance(side.run_dir, Path) else f"{side.run_dir}/rows"
+    try:
+        rows = read_rows(rows_dir, columns=["compressor", "budget", "episode_id", "step_index", "correct", "error"])
+    except Exception:  # noqa: BLE001 - no rows here (summary.json only): the gate uses tolerances alone
+        return None
+    out: dict[str, list[dict]] = {}
+    for r in rows.to_pylist():
+        out.setdefault(unit_label(r["compressor"], r["budget"]), []).append(r)
+    return out
+
+
+def _samples(base: ResolvedRun, cur: ResolvedRun) -> dict | None:
+    """Both sides' rows per unit, for the accuracy check's noise test (paired on the same steps)."""
+    b, c = _unit_rows(base), _unit_rows(cur)
+    if b is None or c is None:
+        return None
+    return {unit: (b[unit], c[unit]) for unit in b.keys() & c.keys()}
+
+
 def regress(baseline: str, current: str, tracking_uri: str | None = None,
             tolerances: str | None = None) -> tuple[RegressionReport, ResolvedRun]:
     """Compare without printing or logging (raises ``RegressionInputError`` on bad input)."""
@@ -67,7 +93,7 @@ def regress(baseline: str, current: str, tracking_uri: str | None = None,
     base, cur = resolve_sides(baseline, current, tracking_uri)
     tol = resolve_tolerances(override, cur.regression_section)
     report = RegressionReport(baseline=base.describe(), current=cur.describe(), tolerances=tol,
-                              rows=compare(base.units, cur.units, tol),
+                              rows=compare(base.units, cur.units, tol, samples=_samples(base, cur)),
                               notes=[*base.notes, *cur.notes, *size_mismatches(base.units, cur.units)])
     return report, cur
 

@@ -95,6 +95,10 @@ class TableColumn:
         Format spec of the value (after scaling).
     order : float
         Position among the table's columns (lower first); new metrics go last by default.
+    interval : bool
+        Show the summary metric's 95 % interval (``<summary>_ci_low`` / ``_ci_high``) as ``[low, high]``.
+    width : int
+        Minimum width (the title plus two otherwise).
     """
 
     summary: str
@@ -102,6 +106,8 @@ class TableColumn:
     scale: float = 1.0
     fmt: str = ".3f"
     order: float = 100.0
+    interval: bool = False
+    width: int = 0
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,8 @@ for _m in (
            check=Check("accuracy", "accuracy", True, False, 0.02, "fraction"),
            plot=PlotSpec("accuracy", "accuracy_vs_budget.png", "Accuracy vs KV budget",
                           "accuracy (fraction of steps correct)"),
-           columns=(TableColumn("accuracy", "accuracy", 1.0, ".3f", 30),)),
+           columns=(TableColumn("accuracy", "accuracy", 1.0, ".3f", 30),
+                    TableColumn("accuracy", "95% CI", 1.0, ".2f", 31, interval=True, width=15))),
     Metric("score", FLT, 0.0, "", "the benchmark's per-step score"),
     Metric("reason", STR, ""),
     Metric("prompt_tokens", INT, 0, "tokens", "tokens of the step's prompt", summary={"mean_prompt_tokens": "mean"}),
@@ -244,7 +251,7 @@ for _m in (
     Metric("peak_mem_bytes", INT, 0, "bytes", "device-level peak (CUDA allocator, or CPU RSS high-water mark)",
            summary={"mean_peak_mem_bytes": "mean", "max_peak_mem_bytes": "max"},
            check=Check("peak_memory", "max_peak_mem_bytes", False, True, 0.10, "bytes"),
-           columns=(TableColumn("max_peak_mem_bytes", "peak MiB", 1 / MIB, ".1f", 70),)),
+           columns=(TableColumn("max_peak_mem_bytes", "RSS MiB", 1 / MIB, ".1f", 70),)),
     Metric("mem_device", STR, ""),
     Metric("prefill_s", FLT, 0.0, "s", "time of the prefill forward", summary={"mean_prefill_s": "mean"},
            columns=(TableColumn("mean_prefill_s", "prefill ms", 1e3, ".1f", 80),)),
@@ -276,6 +283,12 @@ for _m in (
     Metric("mode", STR, ""),
     # model calls the step took: 1, more when the model scrolled to other screenshots (pipeline.step.multicall)
     Metric("model_calls", INT, 0),
+    # the unit's own exact peak above the weights, as its per-unit step has it: peak_above_weights_bytes on a
+    # per-unit step; a shared sweep (whose rows carry the sweep's peak) replays each unit's step alone on
+    # the last step of every episode (the longest prompt) and records it there, 0 on its other steps
+    Metric("own_peak_above_weights_bytes", INT, 0, "bytes", "the unit's own exact peak above the weights",
+           summary={"max_own_peak_above_weights_bytes": "max"},
+           columns=(TableColumn("max_own_peak_above_weights_bytes", "own peak>W MiB", 1 / MIB, ".2f", 61),)),
 ):
     register_metric(_m)
 

@@ -42,6 +42,11 @@ def describe_device(mem_device: str) -> str:
 
 def _peak_spec(units: list[UnitSummary], mem_device: str) -> PlotSpec:
     """The exact live-tensor peak above the weights when the rows have it, else the labelled device figure."""
+    if any(u.metrics.get("max_own_peak_above_weights_bytes", 0) > 0 for u in units):
+        return PlotSpec("peak_memory_vs_budget.png", "max_own_peak_above_weights_bytes",
+                        "peak above weights per step, max over steps (MiB)",
+                        "Peak memory vs KV budget\neach unit's own exact live tensor bytes above the weights "
+                        "(prefill or decode)", lambda v: v / MIB)
     if any(u.metrics.get("max_peak_above_weights_bytes", 0) > 0 for u in units):
         shared = any(u.metrics.get("shared_prefill_steps", 0) > 0 for u in units)
         return PlotSpec("peak_memory_vs_budget.png", "max_peak_above_weights_bytes",
@@ -86,6 +91,42 @@ def _series(units: list[UnitSummary], metric: str) -> dict[str, list[tuple[float
     return lines
 
 
+#: line styles and markers per compressor (sorted order), so curves with equal values stay visible
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = "osD^vP*X"
+
+
+def _draw(ax, units: list[UnitSummary], spec: PlotSpec) -> None:
+    """One line per compressor, each with its own marker and line style and a small sideways offset (curves
+    with identical values stay visible); 95 % intervals as error bars where the summaries have them."""
+    lines = _series(units, spec.metric)
+    budgets = sorted({u.budget for u in units})
+    spread = (budgets[-1] - budgets[0]) if len(budgets) > 1 else 1.0
+    names = sorted(lines)
+    for i, name in enumerate(names):
+        offset = (i - (len(names) - 1) / 2) * spread * 0.012
+        xs, ys = zip(*sorted(lines[name]))
+        low = _series(units, f"{spec.metric}_ci_low").get(name)
+        high = _series(units, f"{spec.metric}_ci_high").get(name)
+        yerr = None
+        if low and high and len(low) == len(xs) == len(high):
+            los, his = dict(low), dict(high)
+            yerr = [[spec.scale(y) - spec.scale(los[x]) for x, y in zip(xs, ys)],
+                    [spec.scale(his[x]) - spec.scale(y) for x, y in zip(xs, ys)]]
+        ax.errorbar([x + offset for x in xs], [spec.scale(y) for y in ys], yerr=yerr, capsize=3 if yerr else 0,
+                    marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)], label=name,
+                    alpha=0.85, color=compressor_colour(name))
+
+
+def sample_note(units: list[UnitSummary]) -> str:
+    """``n = 251 steps, 50 episodes per unit`` (the largest unit's, when units differ)."""
+    steps = max((int(u.metrics.get("steps", 0)) for u in units), default=0)
+    episodes = max((int(u.metrics.get("episodes", 0)) for u in units), default=0)
+    return f"n = {steps} steps, {episodes} episodes per unit" + ("; bars: 95% interval"
+                                                                 if any("accuracy_ci_low" in u.metrics for u in units)
+                                                                 else "")
+
+
 def plot_metric(units: list[UnitSummary], spec: PlotSpec, path: Path, subtitle: str = "") -> Path | None:
     """One PNG: ``spec.metric`` against budget, a line per compressor; None when no unit has the metric."""
     from matplotlib.figure import Figure
@@ -95,11 +136,7 @@ def plot_metric(units: list[UnitSummary], spec: PlotSpec, path: Path, subtitle: 
         return None
     fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    markers = "osD^vP*X"
-    for i, (name, points) in enumerate(sorted(lines.items())):
-        xs, ys = zip(*points)
-        ax.plot(xs, [spec.scale(y) for y in ys], marker=markers[i % len(markers)], label=name, alpha=0.85,
-                color=compressor_colour(name))
+    _draw(ax, units, spec)
     if spec.metric == "mean_kv_bytes":  # the uncompressed cache as the reference the budgets cut down
         by_budget: dict[float, list[float]] = {}
         for points in _series(units, "mean_kv_bytes_full").values():
@@ -121,7 +158,7 @@ def plot_metric(units: list[UnitSummary], spec: PlotSpec, path: Path, subtitle: 
     # peak memory keeps matplotlib's autoscale: it is dominated by weights, a zero baseline hides changes
     ax.grid(True, alpha=0.3)
     ax.legend(title="compressor", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(spec.title + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
+    ax.set_title(spec.title + (f"\n{subtitle}" if subtitle else "") + f"\n{sample_note(units)}", fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
@@ -151,9 +188,7 @@ def plot_overview(units: list[UnitSummary], path: Path, subtitle: str = "", mem_
     axes = fig.subplots(1, len(specs))
     budgets = sorted({u.budget for u in units})
     for ax, spec in zip(axes, specs):
-        for name, points in sorted(_series(units, spec.metric).items()):
-            xs, ys = zip(*points)
-            ax.plot(xs, [spec.scale(y) for y in ys], marker="o", label=name, color=compressor_colour(name))
+        _draw(ax, units, spec)
         ax.set_xticks(budgets)
         ax.set_xticklabels([f"{b:g}%" for b in budgets])
         ax.set_xlabel("KV budget")
@@ -164,8 +199,7 @@ def plot_overview(units: list[UnitSummary], path: Path, subtitle: str = "", mem_
     axes[-1].set_ylim(bottom=0)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, title="compressor", loc="outside right upper", fontsize="small")
-    if subtitle:
-        fig.suptitle(subtitle, fontsize="medium")
+    fig.suptitle((f"{subtitle} · " if subtitle else "") + sample_note(units), fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

@@ -123,6 +123,9 @@ DEFAULT_TOLERANCES: Mapping[str, float | None] = _Live(lambda: {c.name: c.tolera
 ALIASES: Mapping[str, str] = _Live(lambda: {c.name: c.metric for c in _checks()})
 
 OK, REGRESSION, IMPROVED, SKIPPED, MISSING, NEW = "OK", "REGRESSION", "IMPROVED", "SKIPPED", "MISSING", "NEW"
+#: the sample cannot tell a change as large as the tolerance from noise (its interval is wider): reported,
+#: never passed silently, not failing the gate by itself
+TOO_SMALL = "TOO_SMALL"
 FAILING = (REGRESSION, MISSING)
 
 
@@ -181,6 +184,11 @@ class Comparison:
     tolerance: float | None
     status: str
     relative: bool = False
+    #: the change's 95 % interval (current - baseline) and how it was tested, where the check has samples
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    test: str = ""
 
 
 def judge(check: Check, baseline: float, current: float, tolerance: float | None) -> tuple[float, str]:
@@ -203,9 +211,61 @@ def judge(check: Check, baseline: float, current: float, tolerance: float | None
     return delta, OK
 
 
+def judge_noise(check: Check, delta: float, interval: tuple[float, float], tolerance: float | None,
+                significant: bool) -> str:
+    """The status of an absolute check with an interval for its change: a change beyond the tolerance counts
+    only when it is significant; an interval wider than the tolerance (half-width) cannot show a change of
+    that size, and says so."""
+    if tolerance is None:
+        return SKIPPED
+    gain = delta if check.higher_is_better else -delta
+    if significant and gain < -tolerance - EPS:
+        return REGRESSION
+    if significant and gain > tolerance + EPS:
+        return IMPROVED
+    if (interval[1] - interval[0]) / 2 > tolerance + EPS:
+        return TOO_SMALL
+    return OK
+
+
+#: per unit label: (baseline rows, current rows) of its steps, for the checks that test noise
+Samples = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+
+
+def _noise_test(check: Check, base_s: UnitSummary, cur_s: UnitSummary, sample: tuple | None):
+    """(interval, p-value or None, test name, significant) of ``check``'s change, or None when it has no
+    interval: paired on the same steps, unpaired on different steps, or from the summaries' intervals."""
+    from pipeline.results.compare import step_correct
+    from pipeline.results.stats import paired_difference, unpaired_difference
+
+    if check.metric != "accuracy" or check.relative:
+        return None
+    if sample is not None and sample[0] and sample[1]:
+        base_rows, cur_rows = sample
+        key = lambda r: (r["episode_id"], r["step_index"])  # noqa: E731
+        if len({r["episode_id"] for r in (*base_rows, *cur_rows)}) < 2:  # one episode: nothing to resample
+            return (-math.inf, math.inf), None, "one episode", False
+        if {key(r) for r in base_rows} == {key(r) for r in cur_rows}:
+            paired = paired_difference(cur_rows, base_rows, value=step_correct)
+            d = paired.difference
+            return (d.low, d.high), paired.p_value, "paired", paired.significant
+        d = unpaired_difference(cur_rows, base_rows, value=step_correct)
+        return (d.low, d.high), None, "unpaired", d.low > 0 or d.high < 0
+    lows = [s.metrics.get(f"{check.metric}_ci_low") for s in (base_s, cur_s)]
+    highs = [s.metrics.get(f"{check.metric}_ci_high") for s in (base_s, cur_s)]
+    if None in lows or None in highs:
+        return None
+    half = math.sqrt(sum(((h - lo) / 2) ** 2 for lo, h in zip(lows, highs)))
+    delta = cur_s.metrics[check.metric] - base_s.metrics[check.metric]
+    return (delta - half, delta + half), None, "intervals", abs(delta) > half
+
+
 def compare(baseline: list[UnitSummary], current: list[UnitSummary],
-            tolerances: dict[str, float | None]) -> list[Comparison]:
-    """Every check of every unit, units in (compressor, budget) order; see the module docstring."""
+            tolerances: dict[str, float | None], samples: Samples | None = None) -> list[Comparison]:
+    """Every check of every unit, units in (compressor, budget) order; see the module docstring.
+
+    With ``samples`` (or summaries carrying intervals) the accuracy check knows noise: a drop beyond the
+    tolerance is a regression only when it is significant (``judge_noise``)."""
     tol = {**DEFAULT_TOLERANCES, **tolerances}
     checks = _checks()
     base = {(s.compressor, float(s.budget)): s for s in baseline}
@@ -230,8 +290,15 @@ def compare(baseline: list[UnitSummary], current: list[UnitSummary],
                 rows.append(Comparison(label, check.name, check.metric, float(b), None, None, t, status, check.relative))
                 continue
             delta, status = judge(check, float(b), float(c), t)
+            noise = _noise_test(check, base[key], cur[key], (samples or {}).get(label))
+            if noise is None:
+                rows.append(Comparison(label, check.name, check.metric, float(b), float(c), delta, t, status,
+                                       check.relative))
+                continue
+            interval, p_value, test, significant = noise
+            status = judge_noise(check, delta, interval, t, significant)
             rows.append(Comparison(label, check.name, check.metric, float(b), float(c), delta, t, status,
-                                   check.relative))
+                                   check.relative, interval[0], interval[1], p_value, test))
     return rows
 
 
@@ -270,16 +337,25 @@ class RegressionReport:
                 "notes": self.notes, "rows": [_jsonable(asdict(r)) for r in self.rows]}
 
     def format_table(self) -> str:
-        head = ("unit", "metric", "baseline", "current", "delta", "tolerance", "status")
-        body = [(r.unit, r.check, _value(r.check, r.baseline), _value(r.check, r.current),
-                 _delta(r), _tolerance(r), r.status) for r in self.rows]
+        noise = any(r.ci_low is not None for r in self.rows)
+        head = ("unit", "metric", "baseline", "current", "delta", "tolerance", *(("95% CI", "test") if noise else ()),
+                "status")
+        body = [(r.unit, r.check, _value(r.check, r.baseline), _value(r.check, r.current), _delta(r), _tolerance(r),
+                 *((_interval(r), _test(r)) if noise else ()), r.status) for r in self.rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-        fmt = "  ".join(f"{{:<{w}}}" if i < 2 or i == 6 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        last = len(head) - 1
+        fmt = "  ".join(f"{{:<{w}}}" if i < 2 or i == last or (noise and i == last - 1) else f"{{:>{w}}}"
+                        for i, w in enumerate(widths))
         lines = [f"baseline: {self.baseline}", f"current:  {self.current}", "",
                  fmt.format(*head).rstrip(), "  ".join("-" * w for w in widths)]
         lines += [fmt.format(*row).rstrip() for row in body]
         lines.append("")
         lines += [f"note: {n}" for n in self.notes]
+        small = [r for r in self.rows if r.status == TOO_SMALL]
+        if small:
+            lines.append(f"note: {len(small)} check(s) TOO_SMALL: the sample's 95% interval is wider than the "
+                         "tolerance, so a change of that size cannot be told from noise (more episodes needed): "
+                         + ", ".join(f"{r.unit} {r.check}" for r in small))
         n = len(self.regressions)
         lines.append(f"{n} regression(s), {len(self.improvements)} improvement(s) in {len(self.rows)} comparisons"
                      + (": " + ", ".join(f"{r.unit} {r.check}" for r in self.regressions) if n else ""))
@@ -310,6 +386,18 @@ def _delta(r: Comparison) -> str:
         return f"{r.delta * 100:+.1f}%" if math.isfinite(r.delta) else ("+inf" if r.delta > 0 else "-inf")
     counted = r.check in CHECK_BY_NAME and CHECK_BY_NAME[r.check].unit == "count"
     return f"{r.delta:+g}" if counted else f"{r.delta:+.3f}"
+
+
+def _interval(r: Comparison) -> str:
+    if r.ci_low is None:
+        return "-"
+    return "unknown" if not math.isfinite(r.ci_high - r.ci_low) else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+
+
+def _test(r: Comparison) -> str:
+    if not r.test:
+        return "-"
+    return f"{r.test} p={r.p_value:.2g}" if r.p_value is not None else r.test
 
 
 def _tolerance(r: Comparison) -> str:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from pipeline.benchmarks.common.base import Benchmark
 from pipeline.metrics.registry import AGGREGATIONS, BENCHMARK_FIRST, Derived, summary_sources, table_columns
 from pipeline.metrics.units import unit_label
+from pipeline.results.stats import mean_interval, statistic_interval
 
 
 @dataclass
@@ -62,12 +63,56 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
                 metrics.setdefault(name, value)
             else:
                 metrics[name] = value
+        metrics.update(_intervals(items, metrics, benchmark))
         out.append(UnitSummary(comp, budget, metrics))
     return out
 
 
+def _correct(row: dict[str, Any]) -> float:
+    return 1.0 if row.get("correct") and not row.get("error") else 0.0
+
+
+def _intervals(items: list[dict[str, Any]], metrics: dict[str, float], benchmark: Benchmark) -> dict[str, float]:
+    """``<name>_ci_low`` / ``<name>_ci_high`` for each of the benchmark's interval metrics
+    (``Benchmark.interval_metrics``, accuracy by default): a plain mean of correct steps gets
+    ``stats.mean_interval`` (Wilson for single-step episodes, else a cluster bootstrap over episodes); a
+    benchmark's own figure (e.g. a macro average) is recomputed by its ``aggregate`` on resampled episodes."""
+    out: dict[str, float] = {}
+    step_mean = sum(_correct(r) for r in items) / len(items)
+    for name in getattr(benchmark, "interval_metrics", ("accuracy",)):
+        if name not in metrics:
+            continue
+        if name == "accuracy" and abs(metrics[name] - step_mean) < 1e-12:
+            interval = mean_interval(items, _correct)
+        else:
+            interval = statistic_interval(items, lambda rs, name=name: float(benchmark.aggregate(rs).get(name, 0.0)),
+                                          resamples=STATISTIC_RESAMPLES)
+        if interval.method != "none":  # one episode: its steps' spread says nothing of another run's
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
+    return out
+
+
+#: resamples of a benchmark's own aggregate (each recomputes it over a unit's rows)
+STATISTIC_RESAMPLES = 1000
+
+
 #: widths of the table's two identity columns; a metric column is as wide as its title plus two
 COMPRESSOR_WIDTH, BUDGET_WIDTH = 14, 8
+
+
+def _width(column) -> int:
+    return max(len(column.title) + 2, column.width)
+
+
+def _cell(metrics: dict[str, float], column) -> str:
+    """A table cell: the scaled value, or for an interval column ``[low, high]`` of the summary's interval
+    (``-`` when the unit has none)."""
+    if not column.interval:
+        return f"{metrics.get(column.summary, 0) * column.scale:{column.fmt}}"
+    low, high = metrics.get(f"{column.summary}_ci_low"), metrics.get(f"{column.summary}_ci_high")
+    if low is None or high is None:
+        return "-"
+    return f"[{low * column.scale:{column.fmt}}, {high * column.scale:{column.fmt}}]"
 
 
 def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
@@ -75,18 +120,19 @@ def format_table(summaries: list[UnitSummary], mem_device: str = "") -> str:
     ``TableColumn`` (``pipeline.metrics.registry``), by its ``order``."""
     columns = table_columns()
     head = f"{'compressor':<{COMPRESSOR_WIDTH}}{'budget%':>{BUDGET_WIDTH}}" + "".join(
-        f"{c.title:>{len(c.title) + 2}}" for c in columns)
+        f"{c.title:>{_width(c)}}" for c in columns)
     lines = [head, "-" * len(head)]
     for s in summaries:
-        cells = "".join(f"{s.metrics.get(c.summary, 0) * c.scale:>{len(c.title) + 2}{c.fmt}}" for c in columns)
+        cells = "".join(f"{_cell(s.metrics, c):>{_width(c)}}" for c in columns)
         lines.append(f"{s.compressor:<{COMPRESSOR_WIDTH}}{s.budget:>{BUDGET_WIDTH}g}" + cells)
-    lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; peak: "
-                 + (mem_device or "device-level figure") + ")")
+    lines.append("(peak>W: exact live tensor bytes above the weights, prefill or decode; own peak>W: the unit's "
+                 "own, as it runs alone; RSS: process RSS high-water mark, "
+                 + (mem_device or "device-level figure") + "; 95% CI: over episodes)")
     if any(s.metrics.get("shared_prefill_steps", 0) > 0 for s in summaries):
         lines.append(SHARED_PEAK_NOTE)
     return "\n".join(lines)
 
 
 SHARED_PEAK_NOTE = ("(shared prefill: one prefill holds every layer's full cache for all units, so peak>W is "
-                    "the sweep's, the same for every unit; to compare compressors' memory run with "
-                    "ray.shared_prefill: false)")
+                    "the sweep's, the same for every unit; own peak>W replays each unit alone on the last step "
+                    "of every episode)")

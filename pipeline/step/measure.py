@@ -119,6 +119,8 @@ def fill_measures(row: dict[str, Any], att: Any, account: MemoryAccount | None, 
     row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
                peak_mem_bytes=peak_bytes, mem_device=mem_device, prefill_s=prefill_s, compress_s=att.compress_s,
                decode_s=decode_s, **flags)
+    if account is not None and not flags.get("prefill_shared"):  # a step the unit ran alone: its own peak
+        row["own_peak_above_weights_bytes"] = row["peak_above_weights_bytes"]
 
 
 def step_error(err: BaseException) -> str:

@@ -16,6 +16,7 @@ first follow the unit's own output).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,11 +100,36 @@ def _sweep_step(runner: EpisodeRunner, episode: Episode, step: Step, members: li
                     outputs[m] = guarded(lambda m=m: runner.call(
                         episode, step, image, m.compressor, m.unit, m.history, rows[m]), rows[m])
             if shared:
+                alone = own_peak_copies(runner, episode, step, shared)
                 _run_shared(runner, step, image, text, images, shared, rows, outputs)
+                replay_own_peaks(runner, episode, step, image, alone, rows)
     for m in members:
         m.rows.append(rows[m])
         if image is not None:
             m.history.add(step, image, outputs.get(m, ""), runner.agent.history_source)
+
+
+def own_peak_copies(runner: EpisodeRunner, episode: Episode, step: Step,
+                    group: list[Member]) -> list[tuple[Member, Compressor]]:
+    """On the last step of an episode (its longest prompt), a copy of each unit's compressor as it stands
+    before the step, so the step can be replayed alone without advancing the unit's own state."""
+    if not runner.memory_accounting or step is not episode.steps[-1]:
+        return []
+    return [(m, copy.deepcopy(m.compressor)) for m in group]
+
+
+def replay_own_peaks(runner: EpisodeRunner, episode: Episode, step: Step, image,
+                     alone: list[tuple[Member, Compressor]], rows: dict[Member, dict[str, Any]]) -> None:
+    """Each unit's step run alone (``EpisodeRunner.call`` on the copy): its exact own peak above the
+    weights goes into its row's ``own_peak_above_weights_bytes``; nothing else of the replay is kept."""
+    for m, compressor in alone:
+        if rows[m]["error"] is not None:
+            continue
+        scratch = runner.new_row(episode, step, m.unit)
+        guarded(lambda m=m, compressor=compressor, scratch=scratch: runner.call(
+            episode, step, image, compressor, m.unit, m.history, scratch), scratch)
+        if scratch["error"] is None:
+            rows[m]["own_peak_above_weights_bytes"] = scratch["peak_above_weights_bytes"]
 
 
 def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: list, group: list[Member],

@@ -153,7 +153,10 @@ class Tracker:
                       if k not in existing_params}
             for chunk in _chunks(params, 90):
                 client.log_batch(pid, params=[_param(k, v) for k, v in chunk.items()])
-            client.set_tag(pid, NOTE_TAG, parent_note(job, summaries, tags.get("git_commit", "unknown")))
+            comparison = paired_comparison(rows)
+            client.set_tag(pid, NOTE_TAG, parent_note(job, summaries, tags.get("git_commit", "unknown"), comparison))
+            if comparison:
+                client.log_text(pid, comparison, "paired_comparison.txt")
             _log_metrics(client, pid, parent_metrics(summaries))
             with tempfile.TemporaryDirectory(prefix="starkv-mlflow-") as tmp:
                 for s in summaries:
@@ -193,6 +196,21 @@ class Tracker:
                 client.log_artifact(cid, str(path), "rows" if path.suffix == ".parquet" else None)
         if child.info.status != "FINISHED":
             client.set_terminated(cid, "FINISHED")
+
+
+def paired_comparison(rows: pa.Table | None, baseline: str = "full") -> str:
+    """The run's paired comparison against ``baseline`` (``pipeline.results.compare``), or "" without rows
+    or without that compressor."""
+    from pipeline.results.compare import CompareInputError, compare_units, format_comparison
+
+    if rows is None or rows.num_rows == 0:
+        return ""
+    try:
+        comparisons = compare_units(rows.select(["compressor", "budget", "episode_id", "step_index", "correct",
+                                                 "error"]).to_pylist(), baseline)
+    except CompareInputError:
+        return ""
+    return format_comparison(comparisons) if comparisons else ""
 
 
 def unit_artifacts(rows: pa.Table, s: UnitSummary, folder: Path) -> list[Path]:

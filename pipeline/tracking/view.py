@@ -104,11 +104,15 @@ def _cells(s: UnitSummary) -> list[str]:
 
 def summary_markdown(summaries: list[UnitSummary]) -> str:
     """A markdown table, one row per unit (compressor, budget, headline numbers, steps, errors)."""
-    head = ["compressor", "budget", *(h.title for h in HEADLINE), "steps", "errors"]
+    ci = any("accuracy_ci_low" in s.metrics for s in summaries)
+    head = ["compressor", "budget", *(h.title for h in HEADLINE), *(["accuracy 95% CI"] if ci else []), "steps",
+            "errors"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         counts = [f"{int(s.metrics.get('steps', 0))}", f"{int(s.metrics.get('errors', 0))}"]
-        lines.append("| " + " | ".join([s.compressor, budget_text(s.budget), *_cells(s), *counts]) + " |")
+        interval = ([f"[{s.metrics['accuracy_ci_low']:.3f}, {s.metrics['accuracy_ci_high']:.3f}]"
+                     if "accuracy_ci_low" in s.metrics else "–"] if ci else [])
+        lines.append("| " + " | ".join([s.compressor, budget_text(s.budget), *_cells(s), *interval, *counts]) + " |")
     return "\n".join(lines)
 
 
@@ -120,8 +124,9 @@ def _job_line(job: dict[str, Any]) -> str:
             f"**{bench.get('name', '?')}**{extra}, model `{(job.get('model') or {}).get('path', '?')}`.")
 
 
-def parent_note(job: dict[str, Any], summaries: list[UnitSummary], commit: str) -> str:
-    """The parent run's description: the job, the summary table first (the UI folds long notes), then detail."""
+def parent_note(job: dict[str, Any], summaries: list[UnitSummary], commit: str, comparison: str = "") -> str:
+    """The parent run's description: the job, the summary table first (the UI folds long notes), then the
+    paired comparison against the baseline (``starkv-eval compare``) and detail."""
     comps = ", ".join(describe_compressor(c) for c in job.get("compressors") or [])
     budgets = ", ".join(budget_text(float(b)) for b in job.get("budgets") or [])
     return "\n".join([
@@ -130,6 +135,8 @@ def parent_note(job: dict[str, Any], summaries: list[UnitSummary], commit: str) 
         "",
         summary_markdown(summaries),
         "",
+        *(["Paired against the full cache (`starkv-eval compare`):", "", "```", comparison, "```", ""]
+          if comparison else []),
         f"Compressors: {comps}. KV budgets: {budgets} of the prompt tokens kept per layer. Code: `{commit}`.",
         "",
         "Each child run is one (compressor, budget) with its step rows (`rows/*.parquet`) and a per-step "

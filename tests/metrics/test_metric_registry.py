@@ -58,7 +58,8 @@ def test_summarize(plugin_metric):
     assert snapkv.metrics["mean_thinking_tokens"] == (10 + 30) / 2 and snapkv.metrics["max_thinking_tokens"] == 30.0
     assert full.metrics["mean_thinking_tokens"] == (50 + 0) / 2 and full.metrics["max_thinking_tokens"] == 50.0
     # after every built-in summary, which keep their order
-    assert list(snapkv.metrics)[-3:] == ["accuracy", "mean_thinking_tokens", "max_thinking_tokens"]
+    assert list(snapkv.metrics)[-4:] == ["accuracy", "max_own_peak_above_weights_bytes", "mean_thinking_tokens",
+                                         "max_thinking_tokens"]
 
 
 def test_terminal_table(plugin_metric):

@@ -52,7 +52,9 @@ SNAPKV = {
     "max_peak_prefill_bytes": 3000.0, "max_peak_decode_bytes": 900.0, "weights_bytes": 5.0 * MIB,
     "mean_kv_bytes": 2000.0, "mean_kv_bytes_full": 4000.0, "kv_ratio": 6000 / 12000,
     "mean_prompt_tokens": 200.0, "mean_kept_tokens": 70.0, "mean_prefill_s": 1.0 / 3, "mean_decode_s": 1.0 / 3,
-    "steps_per_s": 3 / 2.0, "shared_prefill_steps": 2.0, "accuracy": 2 / 4,
+    "steps_per_s": 3 / 2.0, "shared_prefill_steps": 2.0, "accuracy": 2 / 4, "max_own_peak_above_weights_bytes": 0.0,
+    # both episodes have one right step of two: every resample of episodes gives 0.5
+    "accuracy_ci_low": 0.5, "accuracy_ci_high": 0.5,
 }
 FULL = {
     "steps": 2.0, "errors": 0.0, "episodes": 1.0,
@@ -61,14 +63,14 @@ FULL = {
     "max_peak_prefill_bytes": 0.0, "max_peak_decode_bytes": 0.0, "weights_bytes": 0.0,
     "mean_kv_bytes": 4000.0, "mean_kv_bytes_full": 4000.0, "kv_ratio": 1.0,
     "mean_prompt_tokens": 100.0, "mean_kept_tokens": 100.0, "mean_prefill_s": 0.5, "mean_decode_s": 0.5,
-    "steps_per_s": 2 / 2.0, "shared_prefill_steps": 0.0, "accuracy": 1.0,
+    "steps_per_s": 2 / 2.0, "shared_prefill_steps": 0.0, "accuracy": 1.0, "max_own_peak_above_weights_bytes": 0.0,
 }
 TABLE = """\
-compressor     budget%  steps  err  accuracy  KV kept MiB  KV full MiB  peak>W MiB  peak MiB  prefill ms  decode ms
--------------------------------------------------------------------------------------------------------------------
-full               100      2    0     1.000        0.004        0.004        0.00      20.0       500.0      500.0
-snapkv              20      4    1     0.500        0.002        0.004        3.00      12.0       333.3      333.3
-(peak>W: exact live tensor bytes above the weights, prefill or decode; peak: cpu_rss_hwm)
+compressor     budget%  steps  err  accuracy         95% CI  KV kept MiB  KV full MiB  peak>W MiB  own peak>W MiB  RSS MiB  prefill ms  decode ms
+-------------------------------------------------------------------------------------------------------------------------------------------------
+full               100      2    0     1.000              -        0.004        0.004        0.00            0.00     20.0       500.0      500.0
+snapkv              20      4    1     0.500   [0.50, 0.50]        0.002        0.004        3.00            0.00     12.0       333.3      333.3
+(peak>W: exact live tensor bytes above the weights, prefill or decode; own peak>W: the unit's own, as it runs alone; RSS: process RSS high-water mark, cpu_rss_hwm; 95% CI: over episodes)
 """ + SHARED_PEAK_NOTE
 
 
@@ -111,7 +113,8 @@ def test_format_table_text():
     assert format_table(_units(), "cpu_rss_hwm") == TABLE
     own = format_table([_units()[0]])
     assert own.splitlines()[-1] == ("(peak>W: exact live tensor bytes above the weights, prefill or decode; "
-                                    "peak: device-level figure)")
+                                    "own peak>W: the unit's own, as it runs alone; RSS: process RSS high-water "
+                                    "mark, device-level figure; 95% CI: over episodes)")
 
 
 def test_regression_checks_and_tolerances():
@@ -139,6 +142,8 @@ def test_regression_table_text():
     cur = _units()
     cur[1].metrics.update(max_peak_mem_bytes=18.0 * MIB, errors=2.0, accuracy=0.25)
     del cur[0].metrics["steps_per_s"]
+    for u in (*base, *cur):  # the tolerance-only table (no interval: tests/results/test_regress_noise.py)
+        u.metrics.pop("accuracy_ci_low", None), u.metrics.pop("accuracy_ci_high", None)
     report = RegressionReport("b", "c", resolve_tolerances(None, {"throughput": None}),
                               compare(base, cur, {"throughput": None}))
     assert report.format_table() == """\
@@ -194,6 +199,7 @@ def test_child_run_metrics():
     m = child_metrics(_units()[1])
     assert list(m) == [*SNAPKV, "mean_peak_mem_mib", "max_peak_mem_mib", "max_peak_above_weights_mib",
                        "mean_peak_above_weights_mib", "max_peak_prefill_mib", "max_peak_decode_mib", "weights_mib",
-                       "mean_kv_mib", "mean_kv_full_mib", "kv_ratio_pct", "budget_pct"]
+                       "mean_kv_mib", "mean_kv_full_mib", "max_own_peak_above_weights_mib", "kv_ratio_pct",
+                       "budget_pct"]
     assert m["max_peak_above_weights_mib"] == 3.0 and m["weights_mib"] == 5.0 and m["kv_ratio_pct"] == 50.0
     assert m["budget_pct"] == 20.0

@@ -17,7 +17,7 @@ def _units(shared_steps: float) -> list[UnitSummary]:
 
 def test_table_notes_shared_prefill_peaks_only_when_a_step_shared():
     shared = format_table(_units(4.0), "cpu_rss_hwm")
-    assert shared.splitlines()[-1] == SHARED_PEAK_NOTE and "ray.shared_prefill: false" in SHARED_PEAK_NOTE
+    assert shared.splitlines()[-1] == SHARED_PEAK_NOTE and "own peak>W replays each unit alone" in SHARED_PEAK_NOTE
     own = format_table(_units(0.0), "cpu_rss_hwm")
     assert SHARED_PEAK_NOTE not in own and own.splitlines()[-1].startswith("(peak>W: exact live tensor bytes")
 

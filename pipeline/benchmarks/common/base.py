@@ -163,6 +163,8 @@ class Benchmark(ABC):
     default_history_source: ClassVar[str] = "ground_truth"
     default_image_slots: ClassVar[int] = 5
     history_header: ClassVar[str] = "step"
+    #: aggregate() figures that are means over steps and get a 95 % interval in the summary
+    interval_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     system_prompt: ClassVar[str | None] = "You are a helpful assistant."
     protocols: ClassVar[tuple[str, ...]] = ("official",)  # the values option ``protocol`` accepts
 
