@@ -259,8 +259,8 @@ def load_data(cfg) -> tuple[Any, list, list[str]]:
         return None, [], [f"benchmark.path: {type(err).__name__}: {err}"]
 
 
-def step_prompts(cfg, benchmark, episodes: list, processor, min_pixels: int, max_pixels: int,
-                 size_of=None) -> tuple[list[StepPrompt], list[str]]:
+def step_prompts(cfg, benchmark, episodes: list, processor, min_pixels: int,
+                 max_pixels: int) -> tuple[list[StepPrompt], list[str]]:
     """Every step's prompt length, built by the step engine's own prompt code on header-only frames.
 
     The history follows the run's rules (``StepHistory``: a step joins it when its screenshot opens); with
@@ -282,24 +282,21 @@ def step_prompts(cfg, benchmark, episodes: list, processor, min_pixels: int, max
 
     def header(path: str) -> tuple[int, int] | str:
         if path not in sizes:
-            if size_of is not None:
-                sizes[path] = size_of(path)
-            else:
-                fs, inner = open_fs(path)
-                sizes[path] = image_size_at(fs, inner)
+            fs, inner = open_fs(path)
+            sizes[path] = image_size_at(fs, inner)
         return sizes[path]
 
-    unreadable: list[str] = []
+    errors: list[str] = []
     out: list[StepPrompt] = []
     for episode in episodes:
         history = StepHistory.for_agent(agent)
         for step in episode.steps:
             row = StepPrompt(episode.episode_id, step.step_index, 0)
             out.append(row)
-            size = None if step.error else header(step.image_path)
+            size = step.error or header(step.image_path)
             if not isinstance(size, tuple):
-                if size is not None:
-                    unreadable.append(f"{step.image_path} {size}")
+                errors.append(f"{episode.episode_id}/{step.step_index}: "
+                              + (step.error or f"screenshot {step.image_path} {size}"))
                 continue
             frame = Frame(size)
             views = ScrollViews.of(step)
@@ -324,7 +321,7 @@ def step_prompts(cfg, benchmark, episodes: list, processor, min_pixels: int, max
             # the processor replaces each image's one <|image_pad|> by its merged-patch tokens
             row.prompt_tokens = len(tokenizer(text)["input_ids"]) + sum(n - 1 for n in row.image_tokens)
             history.add(step, frame, "", agent.history_source)
-    return out, unreadable
+    return out, errors
 
 
 def worst_prompt(prompts: list[StepPrompt], min_pixels: int, max_pixels: int) -> tuple[int, tuple[int, int]]:
@@ -518,11 +515,10 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
     if problems:
         raise PlanProblems(problems)
     facts = model_facts(source, cfg)
-    prompts, unreadable = step_prompts(cfg, benchmark, episodes, facts.processor, source.min_pixels,
-                                       source.max_pixels)
-    if unreadable:
-        raise PlanProblems([f"benchmark.path: {len(unreadable)} screenshot(s) cannot be read, e.g. "
-                            + "; ".join(unreadable[:3])])
+    prompts, errors = step_prompts(cfg, benchmark, episodes, facts.processor, source.min_pixels,
+                                   source.max_pixels)
+    if len(errors) == len(prompts):
+        raise PlanProblems([f"benchmark.path: every step is an error row, e.g. {'; '.join(errors[:3])}"])
     echo(f"{len(episodes)} episodes, {len(prompts)} steps; simulating the longest prompt per unit")
     shots, size = worst_prompt(prompts, source.min_pixels, source.max_pixels)
     inputs, layout = prompt_inputs(facts.processor, shots, size)
@@ -575,7 +571,7 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
                   "attn_implementation": _attn(cfg), "min_pixels": source.min_pixels,
                   "max_pixels": source.max_pixels},
         "data": {"benchmark": cfg.benchmark.name, "path": cfg.benchmark.path, "episodes": len(episodes),
-                 "steps": len(prompts), "error_steps": sum(p.calls == 0 for p in prompts),
+                 "steps": len(prompts), "error_steps": len(errors), "error_examples": errors[:3],
                  "multi_call_steps": sum(p.calls > 1 for p in prompts), "image_slots": cfg.agent.image_slots},
         "prompt": {"longest_prompt_tokens": longest.prompt_tokens,
                    "longest_step": f"{longest.episode_id}/{longest.step_index}",
@@ -601,16 +597,18 @@ def format_plan(plan: dict[str, Any]) -> str:
     gib, unit = (GIB, "GiB") if m["peak_per_gpu_bytes"] >= GIB else (1024 ** 2, "MiB")  # MiB for small models
     lines = [f"job {plan['job']} (run {plan['run_id']}), model {plan['model']['path']} ({plan['model']['name']}, "
              f"{plan['model']['dtype']}, {plan['model']['attn_implementation']})",
-             f"data: {d['benchmark']} at {d['path']}: {d['episodes']} episodes, {d['steps']} steps "
+             f"data: {d['benchmark']} at {d['path'] or '(generated)'}: {d['episodes']} episodes, {d['steps']} steps "
              f"({d['error_steps']} error rows, {d['multi_call_steps']} multi-call), {d['image_slots']} screenshot(s) "
-             f"per prompt at most",
-             f"longest prompt: {p['longest_prompt_tokens']} tokens (step {p['longest_step']}); simulated: "
-             f"{p['simulated_screenshots']} x {p['simulated_resolution']} = {p['simulated_image_tokens']} image "
-             f"tokens, {p['simulated_prompt_tokens']} tokens",
-             f"memory per GPU ({m['actors_per_gpu']} actor(s) per GPU, {m['decode_steps_simulated']} of "
-             f"{m['max_new_tokens']} decode steps simulated, the rest at {m['decode_growth_bytes_per_step']:,} bytes "
-             f"each) against "
-             f"{m['gpu_memory_bytes'] / GIB:.2f} GiB:"]
+             f"per prompt at most"]
+    if d["error_steps"]:
+        lines.append(f"  {d['error_steps']} step(s) will be error rows (no model call), e.g. "
+                     + "; ".join(d["error_examples"]))
+    lines += [f"longest prompt: {p['longest_prompt_tokens']} tokens (step {p['longest_step']}); simulated: "
+              f"{p['simulated_screenshots']} x {p['simulated_resolution']} = {p['simulated_image_tokens']} image "
+              f"tokens, {p['simulated_prompt_tokens']} tokens",
+              f"memory per GPU ({m['actors_per_gpu']} actor(s) per GPU, {m['decode_steps_simulated']} of "
+              f"{m['max_new_tokens']} decode steps simulated, the rest at {m['decode_growth_bytes_per_step']:,} "
+              f"bytes each) against {m['gpu_memory_bytes'] / GIB:.2f} GiB:"]
     head = f"  {'unit':<24}{'weights':>9}{'prefill':>9}{'decode':>9}{'peak/GPU':>10}  verdict"
     lines += [head, "  " + "-" * (len(head) - 2)]
     for r in m["units"]:
@@ -621,7 +619,10 @@ def format_plan(plan: dict[str, Any]) -> str:
                  f"worst {m['worst_unit']}: {m['verdict']})")
 
     def hours(h):
-        return "n/a" if h is None else f"{h:.2f}"
+        return "n/a" if h is None else f"{h:.3f}"
+
+    def rate(r):
+        return "n/a (give --prefill-tokens-per-s / --decode-tokens-per-s)" if r is None else f"{r:g} tokens/s"
 
     lines += [f"tokens: {e['units']} units x {e['model_calls_per_unit']} model calls, up to "
               f"{e['decode_tokens_per_call']} decoded per call",
@@ -630,7 +631,7 @@ def format_plan(plan: dict[str, Any]) -> str:
               f"  shared prefill: prefill {e['shared']['prefill_tokens']:,}  decode {e['shared']['decode_tokens']:,}"
               f"  GPU-hours {hours(e['shared']['gpu_hours'])} ({e['sharing_units']} units share)",
               f"  the job ({'shared' if e['job_uses_shared_prefill'] else 'per unit'}): GPU-hours "
-              f"{hours(e['job_gpu_hours'])}, about {hours(e['wall_hours'])} h on {e['gpus']} GPU(s)",
-              f"throughput ({t['gpu']}, {t['model']}): prefill {t['prefill_tokens_per_s']} tokens/s, decode "
-              f"{t['decode_tokens_per_s']} tokens/s; {t['source']}"]
+              f"{hours(e['job_gpu_hours'])}, wall-clock hours {hours(e['wall_hours'])} on {e['gpus']} GPU(s)",
+              f"throughput ({t['gpu']}, {t['model']}): prefill {rate(t['prefill_tokens_per_s'])}, decode "
+              f"{rate(t['decode_tokens_per_s'])}; {t['source']}"]
     return "\n".join(lines)

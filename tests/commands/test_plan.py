@@ -28,6 +28,7 @@ MEMORY_KEYS = {"gpu_memory_bytes", "actors_per_gpu", "decode_steps_simulated", "
 UNIT_KEYS = {"unit", "compressor", "budget", "weights_bytes", "peak_prefill_bytes", "peak_decode_bytes",
              "decode_tail_bytes", "peak_above_weights_bytes", "peak_per_gpu_bytes", "peak_phase", "peak_part", "kv_bytes",
              "fits", "needs_bytes", "verdict"}
+DATA_KEYS = {"benchmark", "path", "episodes", "steps", "error_steps", "error_examples", "multi_call_steps", "image_slots"}
 ESTIMATE_KEYS = {"units", "sharing_units", "model_calls_per_unit", "decode_tokens_per_call", "per_unit", "shared",
                  "job_uses_shared_prefill", "job_gpu_hours", "gpus", "wall_hours"}
 
@@ -117,7 +118,7 @@ def test_peak_equals_bench_memory_for_the_same_prompt(ssv2_job, capsys):
     assert main(["plan", str(ssv2_job), "--gpu-memory", "80GiB", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert set(plan) == TOP_KEYS and set(plan["memory"]) == MEMORY_KEYS and set(plan["estimate"]) == ESTIMATE_KEYS
-    assert all(set(r) == UNIT_KEYS for r in plan["memory"]["units"])
+    assert all(set(r) == UNIT_KEYS for r in plan["memory"]["units"]) and set(plan["data"]) == DATA_KEYS
     # one screenshot per prompt; the largest in tokens of the fixture's three sizes
     tokens = {size: _tiny_image_tokens(size) for size in SIZES.values()}
     largest = max(tokens, key=tokens.get)
@@ -252,6 +253,15 @@ def test_data_that_does_not_load_is_a_problem(tmp_path, capsys):
     assert main(["plan", str(write_job(tmp_path)), "--gpu", "no-such-card"]) == 2
     err = capsys.readouterr().err
     assert "benchmark.path: BenchmarkDataError" in err and "--gpu: unknown GPU 'no-such-card'" in err
+
+
+def test_an_unreadable_screenshot_is_an_error_row_as_in_a_run(ssv2_job, capsys):
+    (ssv2_job.parent / "ssv2" / "screenspotv2_image" / "web_01.png").write_bytes(b"not a png")
+    assert main(["plan", str(ssv2_job), "--gpu-memory", "80GiB", "--decode-steps", "4", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["data"]["steps"] == 6 and plan["data"]["error_steps"] == 1
+    assert "web_01.png" in plan["data"]["error_examples"][0]
+    assert plan["estimate"]["model_calls_per_unit"] == 5  # no call for the error row
 
 
 def test_missing_model_and_data_of_the_screenspot_pro_job(capsys):
