@@ -126,8 +126,11 @@ class ModelFacts:
     tokens: dict[str, int] = field(default_factory=dict)
 
 
-def load_facts(model: str) -> ModelFacts:
-    """The vendored config (or the tiny one) and the offline processor at the model's pixel limits."""
+def load_facts(model: str, config_file: str | Path | None = None) -> ModelFacts:
+    """The vendored config (or the tiny one) and the offline processor at the model's pixel limits.
+
+    ``config_file``: a checkpoint's own ``config.json`` instead of the vendored one (``starkv-eval plan``).
+    """
     from transformers import GenerationConfig, Qwen2_5_VLConfig
 
     from pipeline.models.loader import (
@@ -143,10 +146,10 @@ def load_facts(model: str) -> ModelFacts:
     tok = processor.tokenizer
     tokens = {name: tok.convert_tokens_to_ids(f"<|{name}|>")
               for name in ("vision_start", "vision_end", "vision_pad", "image_pad", "video_pad", "im_end")}
-    if model == "tiny":
+    if model == "tiny" and config_file is None:
         config = Qwen2_5_VLConfig.from_pretrained(str(folder), local_files_only=True)
     else:
-        data = json.loads((CONFIG_DIR / f"{model}.json").read_text())
+        data = json.loads(Path(config_file or CONFIG_DIR / f"{model}.json").read_text())
         data.pop("_comment", None)
         config = Qwen2_5_VLConfig(**data)
         set_image_pixel_limits(processor.image_processor, UITARS_MIN_PIXELS, UITARS_MAX_PIXELS)
@@ -239,11 +242,12 @@ def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
             visual.forward = previous
 
 
-def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str, budget: float, attn: str,
+def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str | Any, budget: float, attn: str,
              decode_steps: int, dtype: torch.dtype, mlp_chunk: int = 0, per_image: bool = True,
              vision_cache: dict | None = None, prefill_mode: str = "full") -> dict[str, Any]:
     """One row: the step's exact memory on fake tensors (no data is computed).
 
+    ``compressor``: a registered name (its default parameters) or a built instance (a job's parameters).
     ``vision_cache``: shared by the rows of one prompt, so the vision tower runs once (see
     :func:`_vision_once`); None runs it every time.
     """
@@ -261,7 +265,8 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str,
         fake_inputs = session.to_fake(inputs)
         tracked = track_step(model, fake_inputs)
         with real_rope_index(model, session), \
-                starkv.attach(model, starkv.build(compressor), budget, layout) as att, \
+                starkv.attach(model, starkv.build(compressor) if isinstance(compressor, str) else compressor,
+                              budget, layout) as att, \
                 chunked_mlp(model, mlp_chunk), vision_per_image(model, per_image), tracked as account, \
                 _vision_once(model, tracked.tracker, vision_cache, (attn, per_image, str(dtype))):
             if prefill_mode == "full":
