@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.results.store import LeaseHeld, StoreError
+    from pipeline.tracking.preflight import TrackingAuthError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except StoreError as err:
         print(f"starkv-eval: result store: {err}", file=sys.stderr)
+        return 2
+    except TrackingAuthError as err:
+        print(f"starkv-eval: {err}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"starkv-eval: {err}", file=sys.stderr)
