@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 #: The endpoint the preflight asks: authenticated on a basic-auth server, and gated on READ of the
 #: experiment when it exists (404 when it does not: the credentials were accepted all the same).
 PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/get-by-name"
-PROBE_TIMEOUT_S = 10
 
 
 class TrackingAuthError(Exception):
@@ -55,15 +54,19 @@ def credentials_source() -> str:
 
 
 def probe(uri: str, experiment: str) -> ProbeResult:
-    """Ask the server for ``experiment`` with the credentials the MLflow client would send."""
+    """Ask the server for ``experiment`` with the credentials the MLflow client would send.
+
+    One try, within ``MLFLOW_HTTP_REQUEST_TIMEOUT`` seconds (10 unless set): the same cap the tracker uses.
+    """
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(PROBE_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")  # the tracker's own caps (client.py)
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
     try:
         resp = http_request(get_default_host_creds(uri), PROBE_ENDPOINT, "GET", max_retries=0,
-                            timeout=PROBE_TIMEOUT_S, params={"experiment_name": experiment})
+                            timeout=float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]),
+                            params={"experiment_name": experiment})
     except Exception as err:  # noqa: BLE001 - unreachable in any way: the run goes on, tracking warns later
         return ProbeResult(None, f"{type(err).__name__}: {err}".splitlines()[0])
     body = (resp.text or "").strip().splitlines()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.tracking.preflight import TrackingAuthError, check_tracking_access
+from pipeline.tracking.preflight import TrackingAuthError, check_tracking_access, probe
 from tests.helpers_mlflow import BasicAuth, Rest, free_port, kv, mlflow_server
 from tests.helpers_runs import small_synthetic_job, step_row, write_run_folder
 
@@ -44,12 +44,15 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def clean_env(tmp_path, monkeypatch):
-    """No ambient MLflow URI or credentials (nor a ~/.mlflow/credentials file); cwd in tmp."""
+    """No ambient MLflow URI or credentials (nor a ~/.mlflow/credentials file); cwd in tmp. A generous
+    request timeout: a basic-auth server hashes the password on every request, slow on a busy test machine,
+    and a timed-out probe counts as "unreachable", which is not what these tests are about."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in list(os.environ):
-        if name.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_")):
+        if name.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_HTTP_")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
 
 
 def login(monkeypatch, user: str, password: str) -> None:
@@ -88,7 +91,7 @@ def test_wrong_password_stops_the_run_before_any_work(server, tmp_path, clean_en
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", MLFLOW_TRACKING_USERNAME=RUNNER,
-               MLFLOW_TRACKING_PASSWORD="not-the-password")
+               MLFLOW_TRACKING_PASSWORD="not-the-password", MLFLOW_HTTP_REQUEST_TIMEOUT="120")
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--output", str(out),
                            "--tracking-uri", server], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -114,6 +117,7 @@ def test_a_user_without_access_to_the_experiment_is_refused(server, clean_env, m
     admin.post("users/permissions/grant", {"username": RUNNER, "resource_type": "experiment", "resource_id": exp_id,
                                            "permission": "DENY"}, api="3.0")
     login(monkeypatch, RUNNER, RUNNER_PASSWORD)
+    assert probe(server, "auth-locked").status == 403
     with pytest.raises(TrackingAuthError) as err:
         check_tracking_access(server, "auth-locked")
     assert str(err.value) == (f"MLflow server {server} denied user '{RUNNER}' access to experiment 'auth-locked' "
@@ -196,3 +200,62 @@ def test_an_unreachable_server_does_not_stop_the_run(clean_env, monkeypatch):
 def test_local_stores_are_not_probed(tmp_path, clean_env):
     assert check_tracking_access(f"sqlite:///{tmp_path / 'mlflow.db'}", "anything") is None
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.fixture
+def stub_server():
+    """A loopback HTTP server that answers every request with a set status and body (stdlib, no MLflow):
+    for the answers a basic-auth server does not give on its own, such as the Host-header guard's 403."""
+    import http.server
+    import threading
+
+    answer = {"status": 200, "body": b"{}"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(answer["status"])
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield answer, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "status, body, message",
+    [
+        (403, b"Invalid Host header - possible DNS rebinding attack detected",
+         "MLflow server {uri} rejected the host name (HTTP 403: Invalid Host header - possible DNS rebinding attack "
+         "detected); add '{netloc}' to the server's --allowed-hosts"),
+        (401, b"You are not authenticated.",
+         "MLflow server {uri} refused the username 'someone' and password from "
+         "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (HTTP 401 Unauthorized); fix the credentials before running"),
+        (200, b"{}", None),
+        (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}', None),  # no such experiment yet: credentials accepted
+        # a failing server stays non-fatal, like an unreachable one: MLflow's client gives up on a 500
+        # (a status it retries) with an exception, so there is no status, only what went wrong
+        (500, b"Internal Server Error", None),
+    ],
+    ids=["host-guard", "401", "200", "404", "500"],
+)
+def test_answers_map_to_one_line_or_go_on(stub_server, clean_env, monkeypatch, status, body, message):
+    answer, uri = stub_server
+    answer.update(status=status, body=body)
+    login(monkeypatch, "someone", "secret-password")
+    if message is None:
+        result = check_tracking_access(uri, "exp")
+        if status == 500:
+            assert result.status is None and "500 error responses" in result.detail
+        else:
+            assert result.status == status
+        return
+    with pytest.raises(TrackingAuthError) as err:
+        check_tracking_access(uri, "exp")
+    assert str(err.value) == message.format(uri=uri, netloc=uri.removeprefix("http://"))
