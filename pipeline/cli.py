@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.results.store import LeaseHeld, StoreError
+    from pipeline.tracking.preflight import TrackingAuthError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # the errors a user can fix: (kind, message prefix, exit code), the first match wins
         for kind, prefix, code in ((ConfigError, "config error: ", 2), (LeaseHeld, "", 3),
-                                   (StoreError, "result store: ", 2), (FileNotFoundError, "", 2),
+                                   (StoreError, "result store: ", 2), (TrackingAuthError, "", 2),
+                                   (FileNotFoundError, "", 2),
                                    (BenchmarkDataError, "benchmark data error: ", 2)):
             if isinstance(err, kind):
                 print(f"starkv-eval: {prefix}{err}", file=sys.stderr)

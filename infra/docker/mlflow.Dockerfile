@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# MLflow tracking server with the PostgreSQL driver (backend store) and boto3 (optional S3 artifacts).
+# MLflow tracking server with the PostgreSQL driver (backend store), boto3 (optional S3 artifacts) and
+# the `auth` extra (Flask-WTF), which `mlflow server --app-name basic-auth` needs for CSRF checks.
 # Name (single source of truth: infra/images.yaml); the tag is the MLflow version:
 #   ghcr.io/starkv-eval/mlflow:3.17.2
 # Build (the context needs no files):
@@ -12,7 +13,7 @@ ARG PSYCOPG2_VERSION=2.9.13
 ARG BOTO3_VERSION=1.44.8
 
 RUN pip install --no-cache-dir --disable-pip-version-check \
-        "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==${PSYCOPG2_VERSION}" "boto3==${BOTO3_VERSION}" \
+        "mlflow[auth]==${MLFLOW_VERSION}" "psycopg2-binary==${PSYCOPG2_VERSION}" "boto3==${BOTO3_VERSION}" \
  && useradd --uid 1000 --create-home --shell /usr/sbin/nologin mlflow
 
 USER 1000

@@ -42,6 +42,7 @@ from pipeline.run.progress import (
 )
 from pipeline.step.faults import fault_env
 from pipeline.tracking.mlflow_runs import Tracker, git_commit, job_tags, resolve_tracking_uri
+from pipeline.tracking.preflight import check_tracking_access
 from pipeline.tracking.view import runs_page
 
 if TYPE_CHECKING:
@@ -258,7 +259,8 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     """Run (or resume) a job: skip finished units, stream new rows to the store, summarise, log to MLflow.
 
     The run folder's lease is held from before the first write to the end; ``wait`` waits for a live
-    holder instead of failing. Store problems raise ``StoreError`` (one line naming the location). The
+    holder instead of failing. Store problems raise ``StoreError`` (one line naming the location); an MLflow
+    server that refuses the credentials raises ``TrackingAuthError`` before any work. The
     terminal shows one progress display; Ray's scheduler logs only with ``verbose``.
     """
     out = open_store(output or cfg.output)
@@ -268,6 +270,7 @@ def run_job(cfg: JobConfig, output: str | None = None, tracking_uri: str | None 
     rdir = run_store.location("rows")
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, out.mlflow_home())
     result = RunResult(run_id=run_id, output_dir=out.location(), rows_dir=rdir, tracking_uri=uri)
+    check_tracking_access(uri, cfg.tracking.experiment)  # refused credentials fail here; unreachable passes
 
     model = resolve_job_model(cfg, echo)  # once, here, before any work: actors get the folder
     benchmark = make_benchmark(cfg)

@@ -17,6 +17,7 @@ from pipeline.tracking.mlflow_runs import (
     local_artifact_location,
     resolve_tracking_uri,
 )
+from pipeline.tracking.preflight import check_tracking_access
 from pipeline.tracking.view import runs_page
 
 
@@ -58,6 +59,9 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
     for run in runs:
         cfg = parse_config(_config(run))
         run_id = run.root.rstrip("/").rsplit("/", 1)[-1]
+        home = Path(run.root).parent if run.local else run.mlflow_home()
+        uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, home)
+        check_tracking_access(uri, cfg.tracking.experiment)  # refused credentials: one line, before the work
         rows = run.location("rows")
         table = read_rows(rows)
         benchmark = make_benchmark(cfg)
@@ -71,8 +75,6 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
         figures = _figures(summaries, run_dir, f"run {run_id} · {cfg.benchmark.name} · model {cfg.model.path}",
                            mem_device, echo)
         extra = [p for p in (run_dir / "summary.json",) if p.is_file()]
-        home = Path(run.root).parent if run.local else run.mlflow_home()
-        uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri, home)
         tracker = Tracker(uri, cfg.tracking.experiment)
         meta = run_metadata(rows)
         commit = meta.get("git_commit") or git_commit()  # the code that ran

@@ -507,7 +507,9 @@ def test_mlflow_dockerfile_pins() -> None:
     args = dockerfile_args(MLFLOW_DOCKERFILE)
     text = MLFLOW_DOCKERFILE.read_text()
     assert args["MLFLOW_VERSION"] == pinned("mlflow")
-    assert '"mlflow==${MLFLOW_VERSION}"' in text
+    assert (
+        '"mlflow[auth]==${MLFLOW_VERSION}"' in text
+    )  # the auth extra: `--app-name basic-auth` needs Flask-WTF
     assert '"psycopg2-binary==${PSYCOPG2_VERSION}"' in text and '"boto3==${BOTO3_VERSION}"' in text
     assert re.search(r"^FROM python:3\.\d+-slim", text, re.M)
 
@@ -742,6 +744,250 @@ def test_mlflow_server_stores() -> None:
     )
 
 
+# ================================================================ tests: MLflow authentication
+
+
+AUTH_SECRET = "mlflow-auth"
+
+
+def _secret_source(env: dict[str, dict], name: str) -> tuple[str, str] | None:
+    ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+    return (ref["name"], ref["key"]) if ref else None
+
+
+def render_init_container() -> dict:
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    return next(c for c in pod["initContainers"] if c["name"] == "render-auth-config")
+
+
+def test_mlflow_server_runs_the_basic_auth_app() -> None:
+    container = mlflow_container()
+    args, env = container["args"], env_of(container)
+    assert option(args, "--app-name") == "basic-auth"
+    # MLflow creates the admin from these on its first start, and its auth app needs the CSRF key.
+    assert _secret_source(env, "MLFLOW_AUTH_ADMIN_USERNAME") == (AUTH_SECRET, "admin_username")
+    assert _secret_source(env, "MLFLOW_AUTH_ADMIN_PASSWORD") == (AUTH_SECRET, "admin_password")
+    assert _secret_source(env, "MLFLOW_FLASK_SERVER_SECRET_KEY") == (AUTH_SECRET, "flask_secret_key")
+    # The config file the server reads is the one the init container renders, on a memory-only volume.
+    config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if config_path.parent == Path(m["mountPath"]))
+    assert volumes[mount["name"]]["emptyDir"].get("medium") == "Memory", "the rendered file holds a password"
+    init = render_init_container()
+    assert any(m["name"] == mount["name"] for m in init["volumeMounts"])
+    assert str(config_path) in init["args"][0]
+    # The template comes from the ConfigMap kustomize generates from infra/mlflow/basic_auth.ini.
+    generated = {g["name"]: g["files"] for g in kustomization()["configMapGenerator"]}
+    template_volume = next(
+        volumes[m["name"]] for m in init["volumeMounts"] if "configMap" in volumes[m["name"]]
+    )
+    assert generated[template_volume["configMap"]["name"]] == ["mlflow/basic_auth.ini"]
+
+
+def test_auth_config_renders_into_what_mlflow_reads(tmp_path, monkeypatch) -> None:
+    """Run the init container's own script on the template, as Kubernetes would, and read the result with
+    MLflow's own config reader: the auth database is the runs' PostgreSQL database with the real password."""
+    from mlflow.server.auth.config import read_auth_config
+    from mlflow.server.auth.permissions import ALL_PERMISSIONS
+
+    init = render_init_container()
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    script = init["args"][0]
+    (tmp_path / "template").mkdir()
+    (tmp_path / "rendered").mkdir()
+    for m in init["volumeMounts"]:  # the pod's paths, moved into tmp
+        local = tmp_path / ("template" if "configMap" in volumes[m["name"]] else "rendered")
+        script = script.replace(m["mountPath"], str(local))
+    (tmp_path / "template" / "basic_auth.ini").write_text((INFRA / "mlflow" / "basic_auth.ini").read_text())
+    password = "0123456789abcdef0123456789abcdef"
+    env = {}
+    for e in init["env"]:  # Kubernetes expands $(VAR) from the variables defined before
+        env[e["name"]] = (
+            password if "valueFrom" in e else re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], e["value"])
+        )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    exec(compile(script, "render-auth-config", "exec"), {})  # noqa: S102 - the manifest's own script
+    rendered = (
+        tmp_path / "rendered" / Path(env_of(mlflow_container())["MLFLOW_AUTH_CONFIG_PATH"]["value"]).name
+    )
+    assert rendered.stat().st_mode & 0o077 == 0, "the rendered config must be private to the mlflow user"
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(rendered))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    config = read_auth_config()
+    backend = option(mlflow_container()["args"], "--backend-store-uri").replace(
+        "$(POSTGRES_PASSWORD)", password
+    )
+    assert config.database_uri == backend == f"postgresql://mlflow:{password}@postgres:5432/mlflow"
+    assert config.default_permission in ALL_PERMISSIONS
+    assert config.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert config.admin_password is None, "no admin password in the file: it comes from the Secret"
+
+
+def test_pipeline_pods_log_in_with_the_admin_of_the_secret() -> None:
+    """Every container that talks to MLflow sends MLFLOW_TRACKING_USERNAME/PASSWORD, and those are the
+    account the server creates (the same Secret keys)."""
+    server = env_of(mlflow_container())
+    expected = (
+        _secret_source(server, "MLFLOW_AUTH_ADMIN_USERNAME"),
+        _secret_source(server, "MLFLOW_AUTH_ADMIN_PASSWORD"),
+    )
+    clients = 0
+    for path, doc in MANIFESTS:
+        for where, pod in pod_specs(doc):
+            for c in containers(pod):
+                env = env_of(c)
+                if "MLFLOW_TRACKING_URI" in env:
+                    clients += 1
+                    got = (
+                        _secret_source(env, "MLFLOW_TRACKING_USERNAME"),
+                        _secret_source(env, "MLFLOW_TRACKING_PASSWORD"),
+                    )
+                    assert got == expected, f"{rel(path)} {where}/{c['name']}: {got}"
+    assert clients >= 4  # head and GPU worker of the RayCluster and of the nightly RayJob
+
+
+# ---------------------------------------------------------------- the placeholder check before an apply
+
+
+def _check_secrets_module():
+    import sys
+
+    spec = importlib.util.spec_from_file_location("check_secrets", INFRA / "check_secrets.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+REAL_VALUES = {  # generated like the README says (openssl rand -hex 24 / -hex 32)
+    ("mlflow-postgres", "password"): "3f9c2a7d1e5b4c8a9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6",
+    ("mlflow-auth", "admin_username"): "admin",
+    ("mlflow-auth", "admin_password"): "8b1e0c4f7a2d9e3b6c5a1f0e2d4c6b8a9e7f1d3c5b7a9e1f",
+    ("mlflow-auth", "flask_secret_key"): "c0ffee12deadbeef34567890abcdef12c0ffee12deadbeef34567890abcdef12",
+    ("starkv-ray-auth", "auth_token"): "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90",
+}
+
+
+def _secret_files(tmp_path: Path, values: dict[tuple[str, str], str], encoded: bool = False) -> list[str]:
+    """The repository's Secret manifests with ``values`` filled in (``encoded``: as base64 ``data``, the
+    form `kubectl create secret --dry-run=client -o yaml` writes)."""
+    import base64
+
+    paths = []
+    for path, doc in MANIFESTS:
+        if doc["kind"] != "Secret":
+            continue
+        doc = json.loads(json.dumps(doc))
+        name = doc["metadata"]["name"]
+        filled = {k: values.get((name, k), v) for k, v in doc.pop("stringData").items()}
+        if encoded:
+            doc["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in filled.items()}
+        else:
+            doc["stringData"] = filled
+        out = tmp_path / path.name
+        out.write_text(yaml.safe_dump(doc))
+        paths.append(str(out))
+    return paths
+
+
+def test_check_secrets_refuses_the_placeholders_of_the_repository(capsys) -> None:
+    check = _check_secrets_module()
+    assert check.main([str(INFRA)]) == 2
+    err = capsys.readouterr().err
+    for name, key in [
+        ("mlflow-postgres", "password"),
+        ("mlflow-auth", "admin_password"),
+        ("mlflow-auth", "flask_secret_key"),
+        ("starkv-ray-auth", "auth_token"),
+    ]:
+        assert re.search(rf"Secret {name} key {key} still holds a placeholder", err), (name, key)
+    assert "refusing to deploy: 4 problem(s)" in err
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["stringData", "data"])
+def test_check_secrets_accepts_real_values(tmp_path, capsys, encoded: bool) -> None:
+    check = _check_secrets_module()
+    files = _secret_files(tmp_path, REAL_VALUES, encoded)
+    assert len(files) == 3
+    assert check.main(files) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "3 Secret(s) hold real values" in out
+    for value in REAL_VALUES.values():
+        assert value == "admin" or value not in out  # never prints a secret
+
+
+@pytest.mark.parametrize(
+    "secret, value, why",
+    [
+        (
+            ("mlflow-auth", "admin_password"),
+            "abcdefghij1",
+            "is 11 characters, at least 12",
+        ),  # MLflow's own minimum
+        (
+            ("mlflow-auth", "admin_password"),
+            "password1234",
+            "placeholder ('password1234')",
+        ),  # MLflow's old default
+        (("mlflow-auth", "admin_password"), "", "is empty"),
+        (("mlflow-auth", "flask_secret_key"), "Change-Me-Before-Applying", "placeholder ('change-me')"),
+        (("mlflow-postgres", "password"), "abc@def:ghi/jkl?mno", "need escaping in a URI"),
+        (("starkv-ray-auth", "auth_token"), "short", "is 5 characters, at least 16"),
+    ],
+)
+def test_check_secrets_refuses_values_the_services_would_reject(tmp_path, capsys, secret, value, why) -> None:
+    check = _check_secrets_module()
+    assert check.main(_secret_files(tmp_path, {**REAL_VALUES, secret: value})) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"Secret {secret[0]} key {secret[1]} .*{re.escape(why)}", err), err
+    assert err.count("check_secrets:") == 2  # one line for the problem, one summary
+
+
+def test_check_secrets_accepts_exactly_twelve_character_admin_passwords(tmp_path) -> None:
+    check = _check_secrets_module()
+    assert (
+        check.main(
+            _secret_files(tmp_path, {**REAL_VALUES, ("mlflow-auth", "admin_password"): "abcdefghij12"})
+        )
+        == 0
+    )
+
+
+def test_check_secrets_reads_the_rendered_kustomization(monkeypatch, capsys) -> None:
+    """`kubectl kustomize infra/ | check_secrets.py -`: the placeholders are refused in that form too."""
+    import io
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not on PATH (optional check)")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(INFRA)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    monkeypatch.setattr("sys.stdin", io.StringIO(rendered))
+    assert _check_secrets_module().main(["-"]) == 2
+    assert "refusing to deploy: 4 problem(s)" in capsys.readouterr().err
+
+
+def test_readme_runs_the_secret_check_before_applying() -> None:
+    """Every apply of infra/ in the README's commands is chained behind the check (`check && apply`)."""
+    readme = (INFRA / "README.md").read_text()
+    commands = [
+        line for block in re.findall(r"```bash\n(.*?)```", readme, re.S) for line in block.splitlines()
+    ]
+    applies = [c for c in commands if "kubectl apply -k infra/" in c and "--dry-run" not in c]
+    assert applies, "infra/README.md has no `kubectl apply -k infra/` command"
+    for line in applies:
+        assert re.match(
+            r"^python infra/check_secrets\.py infra/ && kubectl apply -k infra/$", line.strip()
+        ), line
+
+
 # ================================================================ tests: references resolve
 
 
@@ -894,7 +1140,7 @@ def test_kustomization_lists_every_manifest() -> None:
     for name in listed | generated:
         assert (INFRA / name).is_file(), f"kustomization names missing file {name}"
     manifest_files = {rel(p).removeprefix("infra/") for p, d in MANIFESTS if d["kind"] != "Kustomization"}
-    assert manifest_files == listed | generated
+    assert manifest_files == listed | {f for f in generated if f.endswith((".yaml", ".yml"))}
     # Applying the RayJob directly would start a run at apply time.
     rayjob_files = {rel(p).removeprefix("infra/") for p, d in MANIFESTS if d["kind"] == "RayJob"}
     assert not rayjob_files & listed and rayjob_files <= generated
@@ -926,6 +1172,9 @@ def test_readme_covers_the_operator_steps() -> None:
         "/data",
         "runtime_env",
         "RayCronJob",
+        "--app-name basic-auth",
+        "MLFLOW_TRACKING_USERNAME",
+        "python infra/check_secrets.py infra/",
     ]:
         assert needle in readme, f"infra/README.md does not mention {needle!r}"
 
@@ -942,10 +1191,20 @@ def test_kustomize_renders_when_kubectl_is_available() -> None:
         [kubectl, "kustomize", str(INFRA)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
-    configmaps = [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"]
+    configmaps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
     cronjob = next(d for d in docs if d["kind"] == "CronJob")
-    volumes = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
-    assert [v["configMap"]["name"] for v in volumes if "configMap" in v] == configmaps
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    mounted = [
+        v["configMap"]["name"]
+        for pod in (
+            cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            deployment["spec"]["template"]["spec"],
+        )
+        for v in pod["volumes"]
+        if "configMap" in v
+    ]
+    # kustomize renamed both generated ConfigMaps (hash suffix) and the pods follow the new names
+    assert sorted(mounted) == sorted(configmaps) and len(configmaps) == 2
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
         kustomization()["namespace"]
     }
