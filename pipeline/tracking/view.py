@@ -32,20 +32,14 @@ COMPRESSOR_KIND = "compressor"
 #: the Runs-table columns the link opens with (metric names of the unit runs, in this order)
 TABLE_COLUMNS: tuple[str, ...] = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "kv_ratio_pct",
                                   "max_peak_above_weights_mib", "mean_prefill_ms", "mean_decode_ms")
-#: metrics of a compressor run, one point per budget; the first ``len(BUDGET_CHARTS)`` are drawn by default
+#: metrics of a compressor run, one point per budget (``BUDGET_CHARTS`` are drawn by default)
 BUDGET_METRICS: tuple[str, ...] = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "max_peak_above_weights_mib",
                                    "kv_ratio_pct", "mean_kv_mib", "max_peak_mem_mib", "mean_prefill_ms",
                                    "mean_decode_ms", "steps_per_s", "budget_pct")
-#: the line charts (metric vs budget, one line per compressor) the link's chart view shows, with their titles
-BUDGET_CHARTS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "accuracy vs KV budget (%)"),
-    ("max_peak_above_weights_mib", "peak above weights (MiB) vs KV budget (%)"),
-    ("kv_ratio_pct", "KV kept of full (%) vs KV budget (%)"),
-    ("accuracy_ci_low", "accuracy 95% CI low vs KV budget (%)"),
-    ("accuracy_ci_high", "accuracy 95% CI high vs KV budget (%)"),
-    ("mean_prefill_ms", "prefill (ms) vs KV budget (%)"),
-    ("mean_decode_ms", "decode (ms) vs KV budget (%)"),
-)
+#: the line charts the link's chart view shows: each metric over ``budget_pct``, one line per compressor run (the
+#: UI titles a chart with its metric name)
+BUDGET_CHARTS: tuple[str, ...] = ("accuracy", "max_peak_above_weights_mib", "kv_ratio_pct", "accuracy_ci_low",
+                                  "accuracy_ci_high", "mean_prefill_ms", "mean_decode_ms")
 
 
 @dataclass(frozen=True)
@@ -151,23 +145,23 @@ def view_state(run_id: str) -> dict[str, Any]:
 
     Filter: the job's runs (its parent with the units folded under it, and its compressor runs). Columns:
     ``TABLE_COLUMNS`` in this order (Dataset, Source, Models, empty for these runs, left out). Charts: one line
-    chart per ``BUDGET_CHARTS`` entry in a section kept first, x = step (the budget), every run shown. Only
+    chart per ``BUDGET_CHARTS`` entry in a section kept first, x = ``budget_pct`` (points paired by step), every
+    run shown. Only
     keys MLflow's shared-view loader reads are set; the rest take the UI's defaults.
     """
     section = "starkv-budget-section"
     charts = [{"uuid": f"starkv-chart-{key}", "type": "LINE", "runsCountToCompare": 10, "metricSectionId": section,
-               "deleted": False, "isGenerated": False, "displayName": title, "metricKey": key,
+               "deleted": False, "isGenerated": False, "metricKey": key,
                "selectedMetricKeys": [key], "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
-               "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "displayPoints": True,
+               "range": {}, "xAxisKey": "metric", "selectedXAxisMetricKey": "budget_pct", "displayPoints": True,
                "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": False,
                "useGlobalLineSmoothing": False}
-              for key, title in BUDGET_CHARTS]
+              for key in BUDGET_CHARTS]
     return {
         "searchFilter": f"tags.`starkv.run_id` = '{run_id}'", "orderByKey": "attributes.start_time",
         "orderByAsc": False,
         "selectedColumns": [f"metrics.`{key}`" for key in TABLE_COLUMNS],
-        "columnOrder": ["attributes.`Run Name`", "attributes.`Created`", "attributes.`Duration`",
-                        *(f"metrics.`{key}`" for key in TABLE_COLUMNS)],
+        "columnOrder": [f"metrics.`{key}`" for key in TABLE_COLUMNS],
         "compareRunCharts": charts,
         "compareRunSections": [{"uuid": section, "name": "by KV budget (one line per compressor)",
                                 "display": True, "isReordered": False, "deleted": False, "isExpanded": True}],

@@ -130,6 +130,7 @@ def test_printed_link_opens_key_columns_and_budget_charts(tmp_path, capsys):
                 # drawn over the budget: the x axes span the budgets' steps (10 to 50), not one step 0
                 ticks = [float(t) for t in page.locator(".xtick text").all_text_contents() if t.strip()]
                 assert ticks and min(ticks) <= 20 and max(ticks) >= 40 and 0 <= min(ticks), sorted(set(ticks))
+                assert set(page.locator(".xtitle").all_text_contents()) == {"budget_pct"}
                 assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 3 * len(COMPRESSORS)
             finally:
                 browser.close()

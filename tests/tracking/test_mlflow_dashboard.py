@@ -225,7 +225,7 @@ def test_compressor_runs_draw_each_metric_over_the_budget_once(tmp_path):
     assert state["selectedColumns"][:3] == ["metrics.`accuracy`", "metrics.`accuracy_ci_low`",
                                             "metrics.`accuracy_ci_high`"]
     charts = {c["metricKey"]: c for c in state["compareRunCharts"]}
-    assert charts["accuracy"]["type"] == "LINE" and charts["accuracy"]["xAxisKey"] == "step"
+    assert charts["accuracy"]["type"] == "LINE" and charts["accuracy"]["selectedXAxisMetricKey"] == "budget_pct"
     assert "max_peak_above_weights_mib" in charts
 
 
