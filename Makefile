@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint mutation venv clean
+.PHONY: demo test test-fast lint mutation venv browser clean
 
 venv: $(STAMP)
 
@@ -20,10 +20,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
+# A Chromium for the browser test (tests/e2e/test_mlflow_browser.py): Playwright drives the system one, since
+# its own browser download needs the internet. Debian: the `chromium` package (apt, as root or with sudo).
+browser:
+	@if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium || echo /usr/lib/chromium/chromium)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium; \
+	else \
+		echo "no apt-get: install a Chromium and set STARKV_CHROMIUM to its binary"; exit 1; \
+	fi
+
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/starkv-eval run jobs/smoke.yaml
 
 test: $(STAMP)
+	@$(MAKE) --no-print-directory browser || echo "no Chromium could be installed: the browser test skips"
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q tests
 
 # The inner loop: unit tests only (no Ray cluster, no MLflow server, no CLI subprocess run), under 3 minutes.

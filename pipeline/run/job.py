@@ -408,6 +408,6 @@ def _run_leased(cfg: JobConfig, result: RunResult, run_store, benchmark: Benchma
     if tracker.ok:
         echo(f"[starkv-eval] MLflow: {uri} (experiment '{cfg.tracking.experiment}', parent run "
              f"{result.mlflow_parent_id}); browse with: mlflow ui --backend-store-uri {uri}")
-        echo(f"[starkv-eval] then open {runs_page(tracker.experiment_id)}")
+        echo(f"[starkv-eval] then open {runs_page(tracker.experiment_id, run_id)}")
     else:
         echo(f"[starkv-eval] WARNING: MLflow not updated ({tracker.error}); run `starkv-eval sync {out_dir}` later")

@@ -1,4 +1,5 @@
-"""MLflow tracking: one parent run per job, one child per (compressor, budget); never fatal to a run.
+"""MLflow tracking: one parent run per job, one child per (compressor, budget) and one per compressor (its
+metrics over the budgets, step = budget); never fatal to a run.
 
 Runs are found again by tags (``starkv.run_id``, ``starkv.unit``), so a resumed job or a later
 ``starkv-eval sync`` updates the same runs instead of creating duplicates.
@@ -6,7 +7,9 @@ Runs are found again by tags (``starkv.run_id``, ``starkv.unit``), so a resumed 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -22,17 +25,22 @@ from pipeline.results.summary import UnitSummary
 from pipeline.tracking.artifact_move import relocate_local_store
 from pipeline.tracking.view import (
     COLOUR_TAG,
+    COMPRESSOR_KIND,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
     budget_text,
     child_metrics,
     child_note,
+    compressor_note,
+    compressor_points,
     job_params,
     parent_metrics,
     parent_note,
     run_mode,
     unit_slug,
+    view_state,
+    view_tag,
 )
 
 log = logging.getLogger(__name__)
@@ -161,6 +169,10 @@ class Tracker:
             with tempfile.TemporaryDirectory(prefix="starkv-mlflow-") as tmp:
                 for s in summaries:
                     self._log_child(pid, run_id, job, s, tags, rows, Path(tmp))
+            for label, points in compressor_points(summaries).items():
+                self._log_compressor(pid, run_id, job, label, points, tags)
+            client.set_experiment_tag(self._experiment_id, view_tag(run_id),
+                                      json.dumps(view_state(run_id), separators=(",", ":")))
             client.log_text(pid, table_text, "summary_table.txt")
             for path in artifacts:
                 client.log_artifact(pid, str(path))
@@ -196,6 +208,62 @@ class Tracker:
                 client.log_artifact(cid, str(path), "rows" if path.suffix == ".parquet" else None)
         if child.info.status != "FINISHED":
             client.set_terminated(cid, "FINISHED")
+
+
+    def _log_compressor(self, parent_id: str, run_id: str, job: dict[str, Any], label: str,
+                        points: dict[str, dict[int, float]], tags: dict[str, str]) -> None:
+        """One run per compressor whose metrics have one point per budget (step = budget %).
+
+        A top-level run (tag ``starkv.parent_run`` names the job's parent): MLflow's charts draw only the runs
+        shown as table rows, and runs nested under a parent stay folded in a link's view.
+
+        A re-log adds only the points the run lacks; a point whose value changed (a resumed job with more rows)
+        cannot be overwritten in MLflow, so the run is then deleted and logged anew.
+        """
+        client = self._client
+        found = f"tags.`starkv.run_id` = '{run_id}' and tags.`starkv.kind` = '{COMPRESSOR_KIND}'"
+        run = self._find(f"{found} and tags.`starkv.compressor` = '{label}'")
+        missing = points
+        if run is not None:
+            missing = _missing_points(client, run.info.run_id, points)
+            if missing is None:
+                client.delete_run(run.info.run_id)
+                run, missing = None, points
+        if run is None:
+            run = client.create_run(self._experiment_id, run_name=f"{label} (by budget)", tags={
+                **tags, "starkv.parent_run": parent_id, "starkv.run_id": run_id, "starkv.kind": COMPRESSOR_KIND,
+                "starkv.compressor": label})
+            client.log_batch(run.info.run_id, params=[_param("compressor", label)])
+        rid = run.info.run_id
+        client.set_tag(rid, COLOUR_TAG, compressor_colour(label))
+        client.set_tag(rid, NOTE_TAG, compressor_note(label, job, points))
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, per in missing.items() for step, v in sorted(per.items())]
+        for i in range(0, len(metrics), 500):
+            client.log_batch(rid, metrics=metrics[i:i + 500])
+        if run.info.status != "FINISHED":
+            client.set_terminated(rid, "FINISHED")
+
+
+def _missing_points(client, run_id: str, points: dict[str, dict[int, float]]) -> dict[str, dict[int, float]] | None:
+    """The points of ``points`` the run's metric history lacks; None when the history holds a point that is not
+    in ``points`` (another value at a step, or a step no longer there)."""
+    missing: dict[str, dict[int, float]] = {}
+    for key, per in points.items():
+        have: dict[int, set[float]] = {}
+        for m in client.get_metric_history(run_id, key):
+            have.setdefault(m.step, set()).add(m.value)
+        if any(step not in per or not all(_same(v, per[step]) for v in values) for step, values in have.items()):
+            return None
+        if rest := {step: v for step, v in per.items() if step not in have}:
+            missing[key] = rest
+    return missing
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def paired_comparison(rows: pa.Table | None, baseline: str = "full") -> str:

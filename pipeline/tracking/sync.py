@@ -88,7 +88,7 @@ def sync_output(output: str | Path, tracking_uri: str | None = None, echo=print)
         if tracker.ok:
             synced += 1
             echo(f"[starkv-eval] synced {run_id}: {len(summaries)} units -> {uri} (parent {parent}); in "
-                 f"`mlflow ui` open {runs_page(tracker.experiment_id)}")
+                 f"`mlflow ui` open {runs_page(tracker.experiment_id, run_id)}")
         else:
             echo(f"[starkv-eval] could not sync {run_id}: {tracker.error}")
     return synced

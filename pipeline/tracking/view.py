@@ -23,6 +23,23 @@ EXPERIMENT_KIND = "custom_model_development"
 #: run tags the UI reads: the run's description (markdown) and its colour in tables and charts
 NOTE_TAG = "mlflow.note.content"
 COLOUR_TAG = "mlflow.runColor"
+#: URL parameter and experiment-tag prefix of MLflow's shared views; each job's view is one such tag
+VIEW_PARAM = "viewStateShareKey"
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+#: ``starkv.kind`` of the run that draws one compressor over the budgets (metrics logged at step = budget)
+COMPRESSOR_KIND = "compressor"
+#: the Runs-table columns the link opens with (metric names of the unit runs, in this order)
+TABLE_COLUMNS: tuple[str, ...] = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "kv_ratio_pct",
+                                  "max_peak_above_weights_mib", "mean_prefill_ms", "mean_decode_ms")
+#: metrics of a compressor run, one point per budget (``BUDGET_CHARTS`` are drawn by default)
+BUDGET_METRICS: tuple[str, ...] = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "max_peak_above_weights_mib",
+                                   "kv_ratio_pct", "mean_kv_mib", "max_peak_mem_mib", "mean_prefill_ms",
+                                   "mean_decode_ms", "steps_per_s", "budget_pct")
+#: the line charts the link's chart view shows: each metric over ``budget_pct``, one line per compressor run (the
+#: UI titles a chart with its metric name)
+BUDGET_CHARTS: tuple[str, ...] = ("accuracy", "max_peak_above_weights_mib", "kv_ratio_pct", "accuracy_ci_low",
+                                  "accuracy_ci_high", "mean_prefill_ms", "mean_decode_ms")
 
 
 @dataclass(frozen=True)
@@ -44,14 +61,26 @@ HEADLINE: tuple[Headline, ...] = (
 )
 
 
-def runs_page(experiment_id: str | None, base: str = "http://127.0.0.1:5000") -> str:
-    """The experiment's Runs table in the MLflow UI.
+def runs_page(experiment_id: str | None, run_id: str | None = None, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's Runs table in the MLflow UI; with ``run_id``, in the job's view (``view_state``).
 
     MLflow 3.17's UI picks its GenAI or model-training layout from the ``workflowType`` URL parameter (else
     the browser's last choice, GenAI at first), not from the experiment kind; this link asks for the
-    model-training layout.
+    model-training layout. ``viewStateShareKey`` names the experiment tag (``view_tag``) whose JSON the UI
+    loads as the page's filter, columns and charts, as for a view shared with its own "Share" button.
     """
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    page = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{page}&{VIEW_PARAM}={view_key(run_id)}" if run_id else page
+
+
+def view_key(run_id: str) -> str:
+    """``starkv-<run id>``: the job's shared-view key, only URL-safe characters."""
+    return "starkv-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
+
+
+def view_tag(run_id: str) -> str:
+    """The experiment tag holding the job's view (``mlflow.sharedViewState.<key>``)."""
+    return f"{SHARED_VIEW_TAG_PREFIX}{view_key(run_id)}"
 
 
 def budget_text(budget: float) -> str:
@@ -70,9 +99,75 @@ def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
             out[key.replace("_bytes", "") + "_mib"] = float(value) / MIB  # mean_kv_bytes_full -> mean_kv_full_mib
         elif summary_unit(key) == "bytes":
             out[key + "_mib"] = float(value) / MIB
+        elif summary_unit(key) == "s" and key.endswith("_s"):
+            out[key[:-2] + "_ms"] = 1e3 * float(value)  # mean_prefill_s -> mean_prefill_ms
     if "kv_ratio" in metrics:
         out["kv_ratio_pct"] = 100.0 * float(metrics["kv_ratio"])
     return out
+
+
+def budget_step(budget: float) -> int:
+    """The metric step of a budget on a compressor run: the budget in whole percent (MLflow steps are integers;
+    ``budget_pct`` at the same step keeps the exact value)."""
+    return int(round(float(budget)))
+
+
+def compressor_points(summaries: list[UnitSummary]) -> dict[str, dict[str, dict[int, float]]]:
+    """Per compressor, per metric of ``BUDGET_METRICS``: ``{step: value}``, one point per budget.
+
+    Budgets that share a whole percent cannot share a step; the first (in ``summaries`` order) keeps it.
+    """
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for s in summaries:
+        values = child_metrics(s)
+        per_metric = out.setdefault(s.compressor, {})
+        for key in BUDGET_METRICS:
+            if key in values:
+                per_metric.setdefault(key, {}).setdefault(budget_step(s.budget), float(values[key]))
+    return out
+
+
+def compressor_note(label: str, job: dict[str, Any], points: dict[str, dict[int, float]]) -> str:
+    """A compressor run's description: what its lines are and where the per-budget runs are."""
+    budgets = ", ".join(f"{b}%" for b in sorted(points.get("budget_pct", {})))
+    return "\n".join([
+        f"### {label} over the KV budgets",
+        f"Each metric is logged once per budget with step = budget in percent ({budgets}), so MLflow's chart "
+        "view draws it as a line over the budget, one line per compressor.",
+        "",
+        _job_line(job),
+        "The per-budget runs (`<compressor>@<budget>%`) hold the step rows and the full set of metrics.",
+    ])
+
+
+def view_state(run_id: str) -> dict[str, Any]:
+    """The experiment page's view (MLflow 3.17 ``ExperimentPageUIState`` + search facets) the job's link opens.
+
+    Filter: the job's runs (its parent with the units folded under it, and its compressor runs). Columns:
+    ``TABLE_COLUMNS`` in this order (Dataset, Source, Models, empty for these runs, left out). Charts: one line
+    chart per ``BUDGET_CHARTS`` entry in a section kept first, x = ``budget_pct`` (points paired by step), every
+    run shown. Only
+    keys MLflow's shared-view loader reads are set; the rest take the UI's defaults.
+    """
+    section = "starkv-budget-section"
+    charts = [{"uuid": f"starkv-chart-{key}", "type": "LINE", "runsCountToCompare": 10, "metricSectionId": section,
+               "deleted": False, "isGenerated": False, "metricKey": key,
+               "selectedMetricKeys": [key], "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+               "range": {}, "xAxisKey": "metric", "selectedXAxisMetricKey": "budget_pct", "displayPoints": True,
+               "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": False,
+               "useGlobalLineSmoothing": False}
+              for key in BUDGET_CHARTS]
+    return {
+        "searchFilter": f"tags.`starkv.run_id` = '{run_id}'", "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "selectedColumns": [f"metrics.`{key}`" for key in TABLE_COLUMNS],
+        "columnOrder": [f"metrics.`{key}`" for key in TABLE_COLUMNS],
+        "compareRunCharts": charts,
+        "compareRunSections": [{"uuid": section, "name": "by KV budget (one line per compressor)",
+                                "display": True, "isReordered": False, "deleted": False, "isExpanded": True}],
+        "isAccordionReordered": True, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True, "useGroupedValuesInCharts": True,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
 
 
 def child_metrics(s: UnitSummary) -> dict[str, float]:

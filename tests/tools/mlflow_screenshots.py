@@ -129,7 +129,8 @@ def find_runs(base: str, experiment: str | None, parent_name: str | None) -> tup
         def tags(r: dict) -> dict:
             return {t["key"]: t["value"] for t in r["data"].get("tags", [])}
 
-        parents = [r for r in runs if "mlflow.parentRunId" not in tags(r)]
+        # top-level runs, without the per-compressor runs (top-level too, so the charts draw them)
+        parents = [r for r in runs if "mlflow.parentRunId" not in tags(r) and tags(r).get("starkv.kind") != "compressor"]
         if parent_name:
             parents = [r for r in parents if r["info"]["run_name"] == parent_name]
         if not parents:

@@ -69,7 +69,8 @@ def test_moved_output_folder_serves_everything_through_the_rest_api(tmp_path, ca
         rest = Rest(base)
         exp = rest.get("experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
         assert kv(exp.get("tags"))["mlflow.experimentKind"] == "custom_model_development"
-        assert link == f"http://127.0.0.1:5000/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+        assert link == (f"http://127.0.0.1:5000/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+                        "&viewStateShareKey=starkv-dash-1")
         assert urllib.request.urlopen(base, timeout=30).status == 200  # the UI itself is served
         assert exp["artifact_location"] == (moved / "mlartifacts").as_uri()
         runs = rest.runs(exp["experiment_id"])
@@ -152,7 +153,8 @@ def test_sync_rebuilds_a_complete_store_elsewhere(tmp_path):
     assert exp.artifact_location == (store / "mlartifacts").as_uri()
     for run in client.search_runs([exp.experiment_id]):
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        expected = {"overview.png", "summary_table.txt"} if run.data.tags["starkv.kind"] == "job" else {"rows", "unit.png"}
+        expected = {"job": {"overview.png", "summary_table.txt"}, "unit": {"rows", "unit.png"},
+                    "compressor": set()}[run.data.tags["starkv.kind"]]
         assert expected <= names, (run.info.run_name, names)
     assert len(list((store / "mlartifacts").rglob("*.parquet"))) == len(COMPRESSORS) * len(BUDGETS)
     assert not (output / "mlflow.db").exists()
@@ -187,3 +189,70 @@ def test_relocate_leaves_a_store_in_place_alone(tmp_path):
     assert main(["sync", str(output)]) == 0
     assert relocate_local_store(f"sqlite:///{output / 'mlflow.db'}") == []
     assert relocate_local_store(f"sqlite:///{tmp_path / 'missing.db'}") == []
+
+
+def test_compressor_runs_draw_each_metric_over_the_budget_once(tmp_path):
+    """One top-level run per compressor, ``accuracy`` and the memory logged at step = budget; a second sync adds
+    no point, and the job's view (columns, filter, budget charts) is the experiment tag the link names."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    output = tmp_path / "out"
+    fake_output(output)
+    assert main(["sync", str(output)]) == 0
+    assert main(["sync", str(output)]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{output / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], "tags.`starkv.kind` = 'compressor'")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`starkv.kind` = 'job'")
+    assert sorted(r.info.run_name for r in runs) == ["full (by budget)", "snapkv (by budget)", "starkv (by budget)"]
+    for run in runs:
+        assert "mlflow.parentRunId" not in run.data.tags  # a row of its own, so the charts draw it
+        assert run.data.tags["starkv.parent_run"] == parent.info.run_id
+        full = run.data.tags["starkv.compressor"] == "full"
+        # 4 of 6 steps right at every budget (fake_output); the kept KV is the budget, all of it for full
+        history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+                   for k in ("accuracy", "kv_ratio_pct", "budget_pct", "max_peak_mem_mib")}
+        assert history["accuracy"] == [(20, pytest.approx(4 / 6)), (50, pytest.approx(4 / 6))]
+        assert history["kv_ratio_pct"] == ([(20, pytest.approx(100.0)), (50, pytest.approx(100.0))] if full
+                                           else [(20, pytest.approx(20.0)), (50, pytest.approx(50.0))])
+        assert history["budget_pct"] == [(20, 20.0), (50, 50.0)]
+        keep = [1.0, 1.0] if full else [0.2, 0.5]
+        assert [v for _, v in history["max_peak_mem_mib"]] == [pytest.approx(700 + 50 * k) for k in keep]
+    state = json.loads(exp.tags["mlflow.sharedViewState.starkv-dash-1"])
+    assert state["searchFilter"] == "tags.`starkv.run_id` = 'dash-1'"
+    assert state["selectedColumns"][:3] == ["metrics.`accuracy`", "metrics.`accuracy_ci_low`",
+                                            "metrics.`accuracy_ci_high`"]
+    charts = {c["metricKey"]: c for c in state["compareRunCharts"]}
+    assert charts["accuracy"]["type"] == "LINE" and charts["accuracy"]["selectedXAxisMetricKey"] == "budget_pct"
+    assert "max_peak_above_weights_mib" in charts
+
+
+def test_a_changed_value_replaces_the_compressor_run(tmp_path):
+    """MLflow cannot overwrite a point: a re-log with another value at a budget logs the run anew (the old one
+    deleted), so the line never holds two values at one budget."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.results.summary import UnitSummary
+    from pipeline.tracking.mlflow_runs import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = {"name": "j", "model": {"path": "tiny"}, "benchmark": {"name": "synthetic"}, "compressors": [],
+           "budgets": [20, 50]}
+
+    def log(accuracy_at_50: float) -> tuple[str, list]:
+        summaries = [UnitSummary("snapkv", 20.0, {"accuracy": 0.25, "kv_ratio": 0.2}),
+                     UnitSummary("snapkv", 50.0, {"accuracy": accuracy_at_50, "kv_ratio": 0.5})]
+        tracker = Tracker(uri, "replace-test")
+        assert tracker.log_job(run_id="j-1", job=job, summaries=summaries, tags={}, table_text="") is not None
+        client = MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([tracker.experiment_id], "tags.`starkv.kind` = 'compressor'")
+        return run.info.run_id, [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")]
+
+    first, points = log(0.5)
+    assert points == [(20, 0.25), (50, 0.5)]
+    same, points = log(0.5)
+    assert same == first and points == [(20, 0.25), (50, 0.5)]
+    other, points = log(0.75)
+    assert other != first and points == [(20, 0.25), (50, 0.75)]

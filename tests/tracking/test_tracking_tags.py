@@ -32,7 +32,8 @@ def test_readme_filter_tags_on_parent_and_child_runs(tmp_path):
     def names(filter_string: str) -> set[str]:
         return {r.info.run_name for r in client.search_runs([exp.experiment_id], filter_string=filter_string)}
 
-    everything = {"tagjob-1", *UNITS}  # the parent (named by the run id) and one child per unit
+    # the parent (named by the run id), one child per unit and one run per compressor (its lines over the budget)
+    everything = {"tagjob-1", *UNITS, "full (by budget)", "snapkv (by budget)"}
     assert names("tags.job = 'tagjob'") == everything
     assert names("tags.benchmark = 'synthetic'") == everything
     assert names("tags.model = 'tiny'") == everything
