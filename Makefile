@@ -26,7 +26,7 @@ browser:
 	@if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1; then \
 		echo "chromium: $$(command -v chromium || echo /usr/lib/chromium/chromium)"; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; \
 	else \
 		echo "no apt-get: install a Chromium and set STARKV_CHROMIUM to its binary"; exit 1; \
 	fi
