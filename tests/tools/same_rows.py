@@ -45,14 +45,16 @@ def differences(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
     return out
 
 
-def fingerprints(rows: dict[str, dict]) -> dict[str, str]:
-    """A digest of each step's deterministic columns, by ``step_key`` (what a golden file stores)."""
+def fingerprints(rows: dict[str, dict], columns: list[str] | None = None) -> dict[str, str]:
+    """A digest of each step's deterministic columns (or of ``columns``: a golden file keeps the columns it
+    was written with, so a column added later does not change it), by ``step_key``."""
     import hashlib
     import json
 
     out = {}
     for key, row in sorted(rows.items()):
-        kept = {c: v for c, v in sorted(row.items()) if c not in VOLATILE and c != "run_id"}
+        kept = {c: v for c, v in sorted(row.items())
+                if c not in VOLATILE and c != "run_id" and (columns is None or c in columns)}
         out[key] = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return out
 
@@ -61,7 +63,10 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "--golden":  # write a golden file of a run's fingerprints
         import json
 
-        Path(argv[2]).write_text(json.dumps(fingerprints(rows_of(argv[1])), indent=0, sort_keys=True) + "\n")
+        rows = rows_of(argv[1])
+        columns = sorted(c for c in next(iter(rows.values())) if c not in VOLATILE and c != "run_id")
+        golden = {"columns": columns, "rows": fingerprints(rows, columns)}
+        Path(argv[2]).write_text(json.dumps(golden, indent=0, sort_keys=True) + "\n")
         return 0
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
