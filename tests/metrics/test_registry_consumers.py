@@ -199,7 +199,7 @@ def test_child_run_metrics():
     m = child_metrics(_units()[1])
     assert list(m) == [*SNAPKV, "mean_peak_mem_mib", "max_peak_mem_mib", "max_peak_above_weights_mib",
                        "mean_peak_above_weights_mib", "max_peak_prefill_mib", "max_peak_decode_mib", "weights_mib",
-                       "mean_kv_mib", "mean_kv_full_mib", "max_own_peak_above_weights_mib", "kv_ratio_pct",
-                       "budget_pct"]
+                       "mean_kv_mib", "mean_kv_full_mib", "mean_prefill_ms", "mean_decode_ms",
+                       "max_own_peak_above_weights_mib", "kv_ratio_pct", "budget_pct"]
     assert m["max_peak_above_weights_mib"] == 3.0 and m["weights_mib"] == 5.0 and m["kv_ratio_pct"] == 50.0
     assert m["budget_pct"] == 20.0

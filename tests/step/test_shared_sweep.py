@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 import torch
 
+import pipeline.step.sweep as sweep_module
 import starkv
 import starkv.hook as hook
 from pipeline.config import AgentConfig
@@ -149,6 +150,8 @@ def test_full_cache_at_several_budgets_decodes_once_per_step(setup, monkeypatch)
     calls = []
     inner = runner.generate
     monkeypatch.setattr(runner, "generate", lambda *a, **kw: calls.append(1) or inner(*a, **kw))
+    # counted without the last step's own-peak replays (each unit alone, tests/step/test_own_peak.py)
+    monkeypatch.setattr(sweep_module, "own_peak_copies", lambda *a: [])
     shared = run_sweep(runner, episode, _units(specs))
     # per step: the shared prefill and one full-cache decode (alone: a budget-free unit fills a decode batch,
     # pipeline.step.sweep.decode_batches) for both budgets; snapkv's two budgets decode as one batch of rows

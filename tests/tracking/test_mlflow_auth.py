@@ -151,7 +151,7 @@ def test_right_credentials_sync_a_run_into_the_server(server, tmp_path, clean_en
     exp = rest.get("experiments/get-by-name", experiment_name="auth-sync")["experiment"]
     runs = rest.runs(exp["experiment_id"])
     kinds = sorted(kv(r["data"].get("tags")).get("starkv.kind") for r in runs)
-    assert kinds == ["job", "unit"]
+    assert kinds == ["compressor", "job", "unit"]  # the per-compressor budget-axis run beside job and unit
     child = next(r for r in runs if kv(r["data"]["tags"]).get("starkv.kind") == "unit")
     assert kv(child["data"]["tags"])["starkv.unit"] == "snapkv@50"
     metrics = {m["key"]: m["value"] for m in child["data"]["metrics"]}
@@ -179,7 +179,7 @@ def test_right_credentials_run_a_job_and_log_it(server, tmp_path, clean_env, mon
     exp = rest.get("experiments/get-by-name", experiment_name="auth-run")["experiment"]
     runs = rest.runs(exp["experiment_id"])
     tags = [kv(r["data"]["tags"]) for r in runs]
-    assert sorted(t["starkv.kind"] for t in tags) == ["job", "unit"]
+    assert sorted(t["starkv.kind"] for t in tags) == ["compressor", "job", "unit"]
     assert {t["starkv.run_id"] for t in tags} == {run_dir.name}
     summary = json.loads((run_dir / "summary.json").read_text())
     child = next(r for r, t in zip(runs, tags) if t["starkv.kind"] == "unit")
