@@ -287,7 +287,7 @@ def heldout_accuracy(model: Any, processor: Any, agent: AgentConfig, episodes: i
     return split_accuracy(records)
 
 
-def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path) -> None:
+def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path, colour_loss: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,7 +301,7 @@ def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path) -> 
         ax.plot(range(window, len(losses) + 1), smooth, color="C0", lw=1.5, label=f"mean of {window}")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("training loss: answer cross-entropy + attention hints")
+    ax.set_ylabel("training loss: answer cross-entropy + attention hints" + (" + colour" if colour_loss else ""))
     if evals:
         ax2 = ax.twinx()
         steps = [e["step"] for e in evals]
@@ -447,7 +447,7 @@ def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: Train
     model.set_attn_implementation("sdpa")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    _loss_plot(result.losses, result.evals, tmp / "loss_curve.png")
+    _loss_plot(result.losses, result.evals, tmp / "loss_curve.png", cfg.colour_weight > 0)
     manifest = {
         "recipe_version": MICRO_RECIPE_VERSION,
         "train_config": recipe_fields(cfg),
