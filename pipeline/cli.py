@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in the output folder)")
     sync.set_defaults(func=_cmd_sync)
 
-    for extra in ("regress", "compare", "report", "bench", "plan", "train_micro", "wait_head", "data"):  # one module each in pipeline/commands/
+    for extra in ("regress", "compare", "report", "bench", "plan", "train_micro", "micro_diagnose", "wait_head",
+                  "data"):  # one module each in pipeline/commands/
         importlib.import_module(f"pipeline.commands.{extra}").add_parser(sub)
     return parser
 

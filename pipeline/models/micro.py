@@ -64,15 +64,17 @@ def build_micro_tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer(_corpus(), split_digits=True, vocab_size=MICRO_VOCAB_SIZE)
 
 
-def build_micro_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
+def build_micro_config(tokenizer: PreTrainedTokenizerFast, rope_theta: float = MICRO_ROPE_THETA) -> Qwen2_5_VLConfig:
+    """The micro agent's config; ``rope_theta`` is saved in ``config.json``, so a folder loads with its own."""
     return build_config(special_token_ids(tokenizer), vocab_size=len(tokenizer), text_sizes=MICRO_TEXT_SIZES,
-                        vision_sizes=MICRO_VISION_SIZES, rope_theta=MICRO_ROPE_THETA)
+                        vision_sizes=MICRO_VISION_SIZES, rope_theta=rope_theta)
 
 
-def init_micro(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
-    """Untrained micro model (weights from ``seed``) and its processor."""
+def init_micro(seed: int, rope_theta: float | None = None) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
+    """Untrained micro model (weights from ``seed``) and its processor; ``rope_theta`` None: ``MICRO_ROPE_THETA``."""
     tokenizer = build_micro_tokenizer()
-    model = init_model(build_micro_config(tokenizer), tokenizer, seed)
+    theta = MICRO_ROPE_THETA if rope_theta is None else rope_theta
+    model = init_model(build_micro_config(tokenizer, theta), tokenizer, seed)
     return model, make_processor(tokenizer, MICRO_MIN_PIXELS, MICRO_MAX_PIXELS)
 
 
@@ -81,5 +83,6 @@ def weights_sha256(model_dir: str | Path) -> str:
 
 
 __all__ = ["MANIFEST_FILE", "MICRO_DIR", "MICRO_MAX_PIXELS", "MICRO_MIN_PIXELS", "MICRO_RECIPE_VERSION",
+           "MICRO_ROPE_THETA",
            "build_micro_config", "build_micro_tokenizer", "init_micro", "micro_model_dir", "read_manifest",
            "weights_sha256"]

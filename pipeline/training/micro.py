@@ -31,7 +31,15 @@ from pipeline.models.micro import (
     read_manifest,
     weights_sha256,
 )
-from pipeline.training.micro_data import IGNORE_INDEX, collate, episode_prompts, training_examples
+from pipeline.training.micro_data import (
+    COLOUR_CLASSES,
+    IGNORE_INDEX,
+    NO_ICON,
+    collate,
+    episode_steps,
+    step_examples,
+    training_examples,
+)
 
 HELDOUT_STREAM = "micro-heldout"
 
@@ -71,6 +79,27 @@ class TrainConfig:
     # sittings); ``start_phase`` skips the curriculum's first phases, the rest keep their relative shares.
     init_from: str | None = None
     start_phase: int = 0
+    # Recipe options (``RECIPE_OPTIONS``; at their defaults they leave the recipe, and its manifest, as before).
+    # Auxiliary colour loss: a linear head (training only, never saved) on the language model's hidden state
+    # entering layer ``colour_loss_layer`` (0: the image embeddings the vision tower hands over) predicts, at
+    # every image token, the colour class of the icon in its cell or "none"; weight 0 turns it off.
+    colour_weight: float = 0.0
+    colour_loss_layer: int = 1
+    rope_theta: float | None = None  # None: MICRO_ROPE_THETA (100); a fresh init only
+    # The last phase's recall steps: probability that a step with a recallable icon recalls one (None: the
+    # generator's 0.4) and weights of the distance drawn, 1, 2, 3, 4 screenshots back (None: uniform over icons)
+    recall_probability: float | None = None
+    recall_back: tuple[float, ...] | None = None
+    # Held-out evaluation: "greedy" (generate, parse, score: what the benchmark does) or "forced" (one
+    # teacher-forced batched pass; a step counts when every answer token is the argmax: the greedy answer is
+    # then exactly the right click, so it is a lower bound of greedy accuracy, many times cheaper)
+    eval_mode: str = "greedy"
+
+
+#: Fields added after the shipped recipe, with their defaults: written into the manifest only when changed,
+#: so a default run's manifest has today's ``train_config`` fields and values.
+RECIPE_OPTIONS: dict[str, Any] = {"colour_weight": 0.0, "colour_loss_layer": 1, "rope_theta": None,
+                                  "recall_probability": None, "recall_back": None, "eval_mode": "greedy"}
 
 
 @dataclass
@@ -88,7 +117,10 @@ class TrainResult:
 def _phase_streams(cfg: TrainConfig, processor: Any, agent: AgentConfig) -> list[Any]:
     """One example stream per curriculum phase; phase k draws episodes from its own slice of the seed's
     stream (``start = k * 10**7``), so phases never repeat an episode."""
-    return [training_examples(cfg.seed, processor, agent, lo, hi, start=k * 10**7, icon_counts=icons)
+    last = len(cfg.phases) - 1
+    return [training_examples(cfg.seed, processor, agent, lo, hi, start=k * 10**7, icon_counts=icons,
+                              recall_probability=cfg.recall_probability if k == last else None,
+                              recall_back=cfg.recall_back if k == last else None, colours=cfg.colour_weight > 0)
             for k, (_, lo, hi, icons) in enumerate(cfg.phases)]
 
 
@@ -107,7 +139,9 @@ def _phase_at(step: int, cfg: TrainConfig) -> int:
 def _initial_model(cfg: TrainConfig) -> tuple[Any, Any]:
     """``seed``'s random init, or the weights and processor of the micro-agent folder ``init_from``."""
     if cfg.init_from is None:
-        return init_micro(cfg.seed)
+        return init_micro(cfg.seed, cfg.rope_theta)
+    if cfg.rope_theta is not None:
+        raise ValueError("rope_theta applies to a fresh init; --init-from keeps the folder's own")
     folder = Path(cfg.init_from)
     if read_manifest(folder) is None or not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"--init-from {folder}: not a micro-agent folder (no {MANIFEST_FILE} "
@@ -129,7 +163,9 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_weight: float = 0.0,
-                target_layer: int = 1, colour_layer: int | None = 0, head: int = 0) -> torch.Tensor:
+                target_layer: int = 1, colour_layer: int | None = 0, head: int = 0, *,
+                colour_head: torch.nn.Module | None = None, colour_weight: float = 0.0,
+                colour_loss_layer: int = 1) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens; the vocabulary projection runs only where there is a
     label (a few tokens per example instead of the whole prompt).
 
@@ -139,12 +175,18 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_weight: fl
     two-hop lookup (which colour is asked for, then which image token has it) is what a small model
     otherwise learns last, after a long plateau at chance; with the hint it learns it first and the
     coordinates follow. Inference is unchanged: the model simply attends where it learnt to.
+
+    ``colour_head`` with ``colour_weight`` > 0 adds the auxiliary colour loss: cross-entropy of the head's
+    colour class at every image token (``batch["image_colours"]``) from the hidden state entering layer
+    ``colour_loss_layer``, times ``colour_weight``.
     """
     labels = batch.pop("labels")
+    image_colours = batch.pop("image_colours", None)
     hints = [(target_layer, batch.pop("target_token", None)), (colour_layer, batch.pop("colour_token", None))]
     hints = [(layer, pos) for layer, pos in hints if layer is not None and pos is not None and bool((pos >= 0).all())]
     supervise = attention_weight > 0 and bool(hints)
-    out = model.model(**batch, output_attentions=supervise)
+    colour = colour_head is not None and colour_weight > 0 and image_colours is not None
+    out = model.model(**batch, output_attentions=supervise, **({"output_hidden_states": True} if colour else {}))
     hidden = out.last_hidden_state
     targets = labels[:, 1:]
     where = targets != IGNORE_INDEX
@@ -155,41 +197,98 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], attention_weight: fl
             probs = out.attentions[layer][:, head, :-1]  # (B, L-1 queries, L keys)
             on = probs.gather(2, pos.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(2)
             loss = loss + attention_weight * -(on[where] + 1e-6).log().mean()
+    if colour:
+        cells = image_colours != IGNORE_INDEX
+        states = out.hidden_states[colour_loss_layer][cells]
+        loss = loss + colour_weight * torch.nn.functional.cross_entropy(colour_head(states).float(),
+                                                                        image_colours[cells])
     return loss
+
+
+def _hit(output: str, answer: str) -> bool:
+    """The benchmark's rule: the parsed click falls inside the target icon's box (9 px of its centre)."""
+    from pipeline.benchmarks.synthetic.launcher import CELL
+
+    action = parse_action(output, image_size=(SCREEN_SIZE, SCREEN_SIZE), resized_size=(SCREEN_SIZE, SCREEN_SIZE))
+    want = parse_action(answer, image_size=(SCREEN_SIZE, SCREEN_SIZE), resized_size=(SCREEN_SIZE, SCREEN_SIZE)).point
+    return action.point is not None and want is not None and all(
+        abs(p - w) * SCREEN_SIZE < CELL / 2 - 5 for p, w in zip(action.point, want))
+
+
+def split_accuracy(records: list[tuple[str, int, int]]) -> dict[str, float]:
+    """``(kind, steps back, hit)`` records -> ``accuracy``, ``steps``, ``accuracy_<kind>``,
+    ``steps_<kind>``, ``accuracy_back<k>``, ``steps_back<k>`` (k = 0 is the current screen)."""
+    result = {"accuracy": sum(h for *_, h in records) / max(1, len(records)), "steps": float(len(records))}
+    for key, group in (("", {r[0] for r in records}), ("back", {r[1] for r in records})):
+        for value in sorted(group):
+            hits = [h for kind, back, h in records if (back if key else kind) == value]
+            result[f"accuracy_{key}{value}"] = sum(hits) / len(hits)
+            result[f"steps_{key}{value}"] = float(len(hits))
+    return result
+
+
+@torch.no_grad()
+def heldout_forced(model: Any, processor: Any, agent: AgentConfig, episodes: int, seed: int,
+                   min_steps: int = 3, max_steps: int = 6, batch_size: int = 16,
+                   colour_head: torch.nn.Module | None = None, colour_loss_layer: int = 1) -> dict[str, float]:
+    """The held-out episodes of ``heldout_accuracy`` in one teacher-forced pass per batch: a step counts
+    when the argmax at every answer position is the answer token (then greedy decoding writes exactly the
+    right click). With ``colour_head``, also its accuracy on the icon tokens (``colour_head_accuracy``)."""
+    model.eval()
+    examples = []
+    for index in range(episodes):
+        rng = random.Random(f"{HELDOUT_STREAM}:{seed}:{index}")
+        examples += list(step_examples(rng, processor, agent, min_steps, max_steps, colours=colour_head is not None))
+    records: list[tuple[str, int, int]] = []
+    colour_hits = colour_total = 0
+    for lo in range(0, len(examples), batch_size):
+        chunk = examples[lo:lo + batch_size]
+        batch = collate(chunk, processor.tokenizer.pad_token_id)
+        labels = batch.pop("labels")
+        image_colours = batch.pop("image_colours", None)
+        for key in ("target_token", "colour_token"):
+            batch.pop(key)
+        out = model.model(**batch, output_hidden_states=colour_head is not None)
+        targets = labels[:, 1:]
+        where = targets != IGNORE_INDEX
+        right = (model.lm_head(out.last_hidden_state[:, :-1]).argmax(-1) == targets) | ~where
+        for e, ok in zip(chunk, right.all(dim=1).tolist()):
+            records.append((e.kind, e.steps_back, int(ok)))
+        if colour_head is not None and image_colours is not None:
+            icons = (image_colours != IGNORE_INDEX) & (image_colours != NO_ICON)
+            guess = colour_head(out.hidden_states[colour_loss_layer][icons]).argmax(-1)
+            colour_hits += int((guess == image_colours[icons]).sum())
+            colour_total += int(icons.sum())
+    model.train()
+    result = split_accuracy(records)
+    if colour_total:
+        result["colour_head_accuracy"] = colour_hits / colour_total
+    return result
 
 
 @torch.no_grad()
 def heldout_accuracy(model: Any, processor: Any, agent: AgentConfig, episodes: int, seed: int,
                      min_steps: int = 3, max_steps: int = 6) -> dict[str, float]:
     """Greedy answers on held-out episodes (a stream training never draws), scored as the benchmark does:
-    the parsed click must fall inside the target icon's box."""
-    from pipeline.benchmarks.synthetic.launcher import CELL
+    the parsed click must fall inside the target icon's box. Split by step kind and screenshots back
+    (``split_accuracy``)."""
 
     model.eval()
-    hits: dict[str, list[int]] = {}
+    records: list[tuple[str, int, int]] = []
     end_ids = model.generation_config.eos_token_id
     for index in range(episodes):
         rng = random.Random(f"{HELDOUT_STREAM}:{seed}:{index}")
-        for text, images, answer, kind in episode_prompts(rng, min_steps, max_steps, agent, processor):
+        for text, images, step in episode_steps(rng, min_steps, max_steps, agent, processor):
             inputs = processor(text=[text], images=images, return_tensors="pt")
             out = model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=end_ids,
                                  pad_token_id=processor.tokenizer.pad_token_id)
             output = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            action = parse_action(output, image_size=(SCREEN_SIZE, SCREEN_SIZE),
-                                  resized_size=(SCREEN_SIZE, SCREEN_SIZE))
-            want = parse_action(answer, image_size=(SCREEN_SIZE, SCREEN_SIZE),
-                                resized_size=(SCREEN_SIZE, SCREEN_SIZE)).point
-            hit = action.point is not None and want is not None and all(
-                abs(p - w) * SCREEN_SIZE < CELL / 2 - 5 for p, w in zip(action.point, want))
-            hits.setdefault(kind, []).append(int(hit))
+            records.append((step.kind, step.steps_back, int(_hit(output, step.answer))))
     model.train()
-    total = [h for v in hits.values() for h in v]
-    result = {"accuracy": sum(total) / max(1, len(total)), "steps": float(len(total))}
-    result.update({f"accuracy_{k}": sum(v) / len(v) for k, v in sorted(hits.items())})
-    return result
+    return split_accuracy(records)
 
 
-def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path) -> None:
+def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path, colour_loss: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,11 +302,15 @@ def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path) -> 
         ax.plot(range(window, len(losses) + 1), smooth, color="C0", lw=1.5, label=f"mean of {window}")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("training loss: answer cross-entropy + attention hints")
+    ax.set_ylabel("training loss: answer cross-entropy + attention hints" + (" + colour" if colour_loss else ""))
     if evals:
         ax2 = ax.twinx()
-        ax2.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "o-", color="C3",
-                 label="held-out accuracy")
+        steps = [e["step"] for e in evals]
+        ax2.plot(steps, [e["accuracy"] for e in evals], "o-", color="C3", label="held-out accuracy")
+        for key, colour, name in (("accuracy_icon", "C2", "current screen"),
+                                  ("accuracy_recalled_icon", "C1", "recall")):
+            if all(key in e for e in evals):
+                ax2.plot(steps, [e[key] for e in evals], ".--", color=colour, lw=1, label=f"held-out {name}")
         ax2.set_ylim(0, 1.02)
         ax2.set_ylabel("held-out step accuracy")
         ax2.legend(loc="center right")
@@ -227,6 +330,8 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
     agent = AgentConfig(image_slots=cfg.image_slots)
     if not 0 <= cfg.start_phase < len(cfg.phases):
         raise ValueError(f"start_phase {cfg.start_phase} is not a phase of the curriculum (0..{len(cfg.phases) - 1})")
+    if cfg.eval_mode not in ("greedy", "forced"):
+        raise ValueError(f"eval_mode {cfg.eval_mode!r}: 'greedy' or 'forced'")
     init_manifest = read_manifest(cfg.init_from) if cfg.init_from is not None else None
     model, processor = _initial_model(cfg)
     if cfg.attention_weight > 0:
@@ -234,6 +339,12 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
     model.train()
     pad_id = processor.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
+    colour_head = None
+    if cfg.colour_weight > 0:  # training only: never part of the saved model; its own RNG scope
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 7919)
+            colour_head = torch.nn.Linear(model.config.text_config.hidden_size, len(COLOUR_CLASSES))
+        params = params + list(colour_head.parameters())
     optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     streams = _phase_streams(cfg, processor, agent)
     losses: list[float] = []
@@ -248,7 +359,8 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
                 group["lr"] = _lr_at(step, cfg)
             stream = streams[_phase_at(step, cfg)]
             loss = answer_loss(model, collate([next(stream) for _ in range(cfg.batch_size)], pad_id),
-                               cfg.attention_weight, cfg.target_layer, cfg.colour_layer)
+                               cfg.attention_weight, cfg.target_layer, cfg.colour_layer, colour_head=colour_head,
+                               colour_weight=cfg.colour_weight, colour_loss_layer=cfg.colour_loss_layer)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
@@ -259,11 +371,22 @@ def train_micro(out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, p
             out_of_time = ((cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s)
                            or (cfg.stop_after is not None and step + 1 >= cfg.stop_after))
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last or out_of_time:
-                result = heldout_accuracy(model, processor, agent, cfg.eval_episodes, cfg.seed,
-                                          cfg.min_steps, cfg.max_steps)
-                evals.append({"step": step + 1, "wall_s": round(time.perf_counter() - start, 1), **result})
+                began = time.perf_counter()
+                if cfg.eval_mode == "forced":
+                    result = heldout_forced(model, processor, agent, cfg.eval_episodes, cfg.seed, cfg.min_steps,
+                                            cfg.max_steps, colour_head=colour_head,
+                                            colour_loss_layer=cfg.colour_loss_layer)
+                else:
+                    result = heldout_accuracy(model, processor, agent, cfg.eval_episodes, cfg.seed,
+                                              cfg.min_steps, cfg.max_steps)
+                evals.append({"step": step + 1, "wall_s": round(time.perf_counter() - start, 1),
+                              "eval_s": round(time.perf_counter() - began, 1), **result})
                 log(f"[train-micro] step {step + 1}: loss {losses[-1]:.4f}, held-out accuracy "
-                    f"{result['accuracy']:.3f} ({', '.join(f'{k} {v:.2f}' for k, v in result.items() if k.startswith('accuracy_'))})")
+                    f"{result['accuracy']:.3f} on {int(result['steps'])} steps ("
+                    + ", ".join(f"{k[9:]} {v:.2f}/{int(result['steps_' + k[9:]])}"
+                                for k, v in result.items() if k.startswith("accuracy_"))
+                    + (f"; colour head {result['colour_head_accuracy']:.2f}" if "colour_head_accuracy" in result
+                       else "") + ")")
                 if out_of_time:
                     break
     bar.close()
@@ -307,6 +430,15 @@ def train_recipe(out_dir: str | os.PathLike, stages: tuple[dict[str, Any], ...] 
     return results
 
 
+def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The manifest's ``train_config``: every field, but the ``RECIPE_OPTIONS`` only where changed."""
+    fields = asdict(cfg)
+    for name, default in RECIPE_OPTIONS.items():
+        if fields[name] == default:
+            del fields[name]
+    return fields
+
+
 def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: TrainResult,
           init_manifest: dict | None = None) -> None:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -316,10 +448,10 @@ def _save(model: Any, processor: Any, out: Path, cfg: TrainConfig, result: Train
     model.set_attn_implementation("sdpa")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    _loss_plot(result.losses, result.evals, tmp / "loss_curve.png")
+    _loss_plot(result.losses, result.evals, tmp / "loss_curve.png", cfg.colour_weight > 0)
     manifest = {
         "recipe_version": MICRO_RECIPE_VERSION,
-        "train_config": asdict(cfg),
+        "train_config": recipe_fields(cfg),
         "train_stream": f"micro-train:{cfg.seed}:<episode>",
         "heldout_stream": f"{HELDOUT_STREAM}:{cfg.seed}:<episode>",
         "steps_done": result.steps_done,
@@ -381,4 +513,5 @@ class _progress:
             self.bar.close()
 
 
-__all__ = ["SHIPPED_STAGES", "TrainConfig", "TrainResult", "heldout_accuracy", "train_micro", "train_recipe"]
+__all__ = ["RECIPE_OPTIONS", "SHIPPED_STAGES", "TrainConfig", "TrainResult", "heldout_accuracy", "heldout_forced",
+           "recipe_fields", "split_accuracy", "train_micro", "train_recipe"]

@@ -22,17 +22,24 @@ from pipeline.agent.history import HistoryConfig
 from pipeline.benchmarks.common.base import Episode, Step
 from pipeline.benchmarks.synthetic.benchmark import LauncherBenchmark
 from pipeline.benchmarks.synthetic.launcher import (
+    COLOURS,
     GRID,
     ICONS_PER_SCREEN,
+    MEMORY_WINDOW,
+    LauncherIcon,
     LauncherStep,
     launcher_episode,
     launcher_goal,
+    render_launcher,
 )
 from pipeline.config import AgentConfig
 from pipeline.step.prompt import StepHistory, step_messages
 
 TRAIN_STREAM = "micro-train"
 IGNORE_INDEX = -100
+#: Colour classes of the auxiliary colour loss: the launcher's colours in their order, then "no icon".
+COLOUR_CLASSES = (*COLOURS, "none")
+NO_ICON = len(COLOURS)
 
 
 @dataclass
@@ -48,6 +55,55 @@ class Example:
     answer: str
     target_token: int = -1  # position of the target icon's image token in input_ids (-1: unknown)
     colour_token: int = -1  # position of the instruction's colour word in input_ids (-1: unknown)
+    image_colours: torch.Tensor | None = None  # (L,) colour class of every image token, IGNORE_INDEX elsewhere
+    steps_back: int = 0  # 0: the target is on the current screen; k: on the screen k steps earlier
+
+
+def screen_colour_labels(icons: tuple[LauncherIcon, ...] | list[LauncherIcon]) -> list[int]:
+    """Colour class (index in ``COLOUR_CLASSES``) of each of a launcher screen's ``GRID * GRID`` language-model
+    image tokens, row-major: one icon = one 28-px cell = one merged token, so the token of cell (row, col)
+    is ``row * GRID + col``; cells without an icon are ``NO_ICON``."""
+    names = list(COLOURS)
+    labels = [NO_ICON] * (GRID * GRID)
+    for icon in icons:
+        labels[icon.row * GRID + icon.col] = names.index(icon.colour)
+    return labels
+
+
+def _training_episode(rng: random.Random, num_steps: int, icons_per_screen: int, recall_probability: float,
+                      recall_back: tuple[float, ...] | None) -> Iterator[LauncherStep]:
+    """``launcher_episode`` with another recall probability and, with ``recall_back``, the recalled target's
+    distance drawn by weight (``recall_back[k - 1]`` for k screenshots back, among the distances that have a
+    recallable icon; none with weight > 0: a current-screen step). Same draws as the generator, so with
+    ``recall_back`` None and the generator's probability it yields the generator's episode."""
+    screens: list[tuple[LauncherIcon, ...]] = []
+    targets: list[LauncherIcon] = []
+    names = list(COLOURS)
+    for _ in range(num_steps):
+        recent = [icon.colour for screen in screens[-MEMORY_WINDOW:] for icon in screen]
+        colours = rng.sample([c for c in names if c not in recent], icons_per_screen)
+        cells = rng.sample(range(GRID * GRID), icons_per_screen)
+        icons = tuple(LauncherIcon(c, cell // GRID, cell % GRID) for c, cell in zip(colours, cells))
+        recallable = [icon for screen in screens[-MEMORY_WINDOW:] for icon in screen if icon not in targets]
+        target = None
+        if recallable and rng.random() < recall_probability:
+            if recall_back is None:
+                target = rng.choice(recallable)
+            else:
+                back = {k: [i for i in screens[-k] if i not in targets]
+                        for k in range(1, min(MEMORY_WINDOW, len(screens)) + 1)}
+                choices = [k for k, found in back.items() if found and k <= len(recall_back) and recall_back[k - 1] > 0]
+                if choices:
+                    k = rng.choices(choices, weights=[recall_back[k - 1] for k in choices])[0]
+                    target = rng.choice(back[k])
+        if target is not None:
+            kind = "recalled_icon"
+            steps_back = next(k for k in range(1, len(screens) + 1) if target in screens[-k])
+        else:
+            target, kind, steps_back = rng.choice(icons), "icon", 0
+        screens.append(icons)
+        targets.append(target)
+        yield LauncherStep(render_launcher(icons), icons, target, kind, steps_back)
 
 
 def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig,
@@ -58,14 +114,27 @@ def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: A
 
 
 def episode_steps(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig, processor: Any,
-                  icons_per_screen: int = ICONS_PER_SCREEN) -> Iterator[tuple[str, list[Any], LauncherStep]]:
-    """``(chat text, images, generated step)`` per step of one launcher episode drawn from ``rng``."""
+                  icons_per_screen: int = ICONS_PER_SCREEN, recall_probability: float | None = None,
+                  recall_back: tuple[float, ...] | None = None,
+                  ) -> Iterator[tuple[str, list[Any], LauncherStep]]:
+    """``(chat text, images, generated step)`` per step of one launcher episode drawn from ``rng``.
+
+    ``recall_probability`` / ``recall_back``: see ``_training_episode`` (None: the generator's own draw).
+    The prompt's images are the last ``len(images)`` generated screens, oldest first (``step_icons``)."""
     benchmark = LauncherBenchmark
     agent = agent.resolved(benchmark)
     history_cfg = HistoryConfig(image_slots=agent.image_slots, text_history=agent.text_history,
                                 source=agent.history_source, system_prompt=benchmark.system_prompt)
     goal = launcher_goal(rng)
-    generated = list(launcher_episode(rng, rng.randint(min_steps, max_steps), icons_per_screen=icons_per_screen))
+    num_steps = rng.randint(min_steps, max_steps)
+    if recall_probability is None and recall_back is None:
+        generated = list(launcher_episode(rng, num_steps, icons_per_screen=icons_per_screen))
+    else:
+        from pipeline.benchmarks.synthetic.launcher import RECALL_PROBABILITY
+
+        generated = list(_training_episode(rng, num_steps, icons_per_screen,
+                                           RECALL_PROBABILITY if recall_probability is None else recall_probability,
+                                           recall_back))
     steps = [Step(step_index=k, image_path="", instruction=g.instruction, history_text=g.history_text)
              for k, g in enumerate(generated)]
     episode = Episode(episode_id="train", benchmark="launcher", goal=goal, steps=steps)
@@ -78,12 +147,15 @@ def episode_steps(rng: random.Random, min_steps: int, max_steps: int, agent: Age
 
 
 def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str,
-           target: tuple[int, int] | None = None, colour: str | None = None) -> Example:
+           target: tuple[int, int] | None = None, colour: str | None = None,
+           screens: list[tuple[LauncherIcon, ...]] | None = None, steps_back: int = 0) -> Example:
     """Tokenise a prompt and its answer; the answer ends with ``<|im_end|>``, where generation stops.
 
     ``target``: (image index in the prompt, cell index row-major) of the icon the answer clicks; its image
     token's position is recorded for attention supervision (merged image tokens are laid out row-major);
     so is the position of ``colour``'s (first) token in the instruction, its last occurrence in the prompt.
+    ``screens``: the icons of each prompt image in order; every image token gets its cell's colour class
+    (``screen_colour_labels``) in ``image_colours``, for the auxiliary colour loss.
     """
     inputs = processor(text=[text], images=images, return_tensors="pt")
     tokenizer = processor.tokenizer
@@ -104,26 +176,48 @@ def encode(processor: Any, text: str, images: list[Any], answer: str, kind: str,
         word = tokenizer(f" {colour}", add_special_tokens=False)["input_ids"][0]
         where = (prompt_ids == word).nonzero().flatten()
         colour_token = int(where[-1]) if len(where) else -1
+    image_colours = None
+    if screens is not None:
+        image_colours = torch.full_like(input_ids, IGNORE_INDEX)
+        where = (input_ids == processor.image_token_id).nonzero().flatten()
+        cells = [label for icons in screens for label in screen_colour_labels(icons)]
+        if len(where) != len(cells):
+            raise ValueError(f"{len(where)} image tokens for {len(screens)} screens of {GRID * GRID} cells")
+        image_colours[where] = torch.tensor(cells)
     return Example(input_ids, labels, inputs["pixel_values"], inputs["image_grid_thw"], mm, kind, answer,
-                   target_token, colour_token)
+                   target_token, colour_token, image_colours, steps_back)
+
+
+def step_examples(rng: random.Random, processor: Any, agent: AgentConfig, min_steps: int, max_steps: int,
+                  icons_per_screen: int = ICONS_PER_SCREEN, recall_probability: float | None = None,
+                  recall_back: tuple[float, ...] | None = None, colours: bool = False) -> Iterator[Example]:
+    """The encoded steps of one episode drawn from ``rng`` (``colours``: with ``image_colours`` labels)."""
+    generated: list[LauncherStep] = []
+    for text, images, step in episode_steps(rng, min_steps, max_steps, agent, processor, icons_per_screen,
+                                            recall_probability, recall_back):
+        generated.append(step)
+        cell = step.target.row * GRID + step.target.col
+        screens = [g.icons for g in generated[len(generated) - len(images):]] if colours else None
+        yield encode(processor, text, images, step.answer, step.kind, (len(images) - 1 - step.steps_back, cell),
+                     step.target.colour, screens, step.steps_back)
 
 
 def training_examples(seed: int, processor: Any, agent: AgentConfig, min_steps: int = 3,
                       max_steps: int = 6, start: int = 0,
-                      icon_counts: tuple[int, ...] = (ICONS_PER_SCREEN,)) -> Iterator[Example]:
+                      icon_counts: tuple[int, ...] = (ICONS_PER_SCREEN,), recall_probability: float | None = None,
+                      recall_back: tuple[float, ...] | None = None, colours: bool = False) -> Iterator[Example]:
     """An endless stream of training examples, episode ``start`` onwards of the ``seed`` stream.
 
     ``icon_counts``: icons per screen, drawn per episode. Screens with one or two icons are easier
     (reading a place before telling colours apart) and speed up learning; evaluation always has three.
+    ``recall_probability``, ``recall_back``, ``colours``: see ``step_examples``.
     """
     index = start
     while True:
         rng = random.Random(f"{TRAIN_STREAM}:{seed}:{index}")
         icons = icon_counts[0] if len(icon_counts) == 1 else rng.choice(icon_counts)
-        for text, images, step in episode_steps(rng, min_steps, max_steps, agent, processor, icons):
-            cell = step.target.row * GRID + step.target.col
-            yield encode(processor, text, images, step.answer, step.kind, (len(images) - 1 - step.steps_back, cell),
-                         step.target.colour)
+        yield from step_examples(rng, processor, agent, min_steps, max_steps, icons, recall_probability,
+                                 recall_back, colours)
         index += 1
 
 
@@ -147,8 +241,13 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
              "image_grid_thw": torch.cat([e.image_grid_thw for e in examples])}
     if any(e.mm_token_type_ids is not None for e in examples):
         batch["mm_token_type_ids"] = mm
+    if all(e.image_colours is not None for e in examples):
+        colours = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        for i, e in enumerate(examples):
+            colours[i, :len(e.input_ids)] = e.image_colours
+        batch["image_colours"] = colours
     return batch
 
 
-__all__ = ["Example", "IGNORE_INDEX", "TRAIN_STREAM", "collate", "encode", "episode_prompts",
-           "training_examples"]
+__all__ = ["COLOUR_CLASSES", "Example", "IGNORE_INDEX", "NO_ICON", "TRAIN_STREAM", "collate", "encode",
+           "episode_prompts", "screen_colour_labels", "step_examples", "training_examples"]
