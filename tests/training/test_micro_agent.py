@@ -189,7 +189,7 @@ def test_nightly_catches_a_random_compressor_on_accuracy(ray_local, tmp_path, ca
     """The nightly job's own settings and tolerances; the current run swaps STaR-KV for random keep."""
     from pipeline.cli import main
     from pipeline.config import parse_config
-    from pipeline.run.job import job as run_mod
+    from pipeline.run import job as run_mod
 
     nightly = yaml.safe_load((ROOT / "jobs" / "nightly.yaml").read_text())
     assert nightly["model"]["path"] == "micro"
