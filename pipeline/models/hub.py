@@ -101,6 +101,18 @@ def _cached_refs(cache: Path, repo_id: str) -> list[str]:
     return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
 
 
+def _hub_refusal(err: Exception, repo_id: str, revision: str | None, cache) -> HubModelError:
+    """The Hub's answer that the repo or revision is not there for us, as one message naming both."""
+    from huggingface_hub.errors import GatedRepoError, RevisionNotFoundError
+
+    where = _where(repo_id, revision, cache)
+    if isinstance(err, RevisionNotFoundError):
+        return HubModelError(f"{where}: the revision does not exist on the Hub")
+    if isinstance(err, GatedRepoError):
+        return HubModelError(f"{where}: the repo is gated; accept its terms on the Hub and set HF_TOKEN")
+    return HubModelError(f"{where}: no such repo on the Hub (or it is private: set HF_TOKEN)")
+
+
 def _where(repo_id: str, revision: str, cache: Path) -> str:
     return f"Hugging Face repo {repo_id!r} (revision {revision!r}; hub cache searched: {cache})"
 
@@ -155,14 +167,8 @@ def resolve_repo(repo_id: str, revision: str | None = None, *, download: bool = 
         why = ("HF_HUB_OFFLINE=1 forbids downloading" if hub_offline() else
                "only the cache is searched here" if not download else f"the Hub is unreachable ({err})")
         raise _offline_miss(repo_id, revision, cache, why) from None
-    except RevisionNotFoundError:
-        raise HubModelError(f"{_where(repo_id, revision, cache)}: the revision does not exist on the Hub") from None
-    except GatedRepoError:
-        raise HubModelError(f"{_where(repo_id, revision, cache)}: the repo is gated; accept its terms on the Hub "
-                            "and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise HubModelError(f"{_where(repo_id, revision, cache)}: no such repo on the Hub (or it is private: "
-                            "set HF_TOKEN)") from None
+    except (RevisionNotFoundError, GatedRepoError, RepositoryNotFoundError) as err:
+        raise _hub_refusal(err, repo_id, revision, cache) from None
     except (HfHubHTTPError, OSError) as err:
         raise HubModelError(f"{_where(repo_id, revision, cache)}: {type(err).__name__}: {err}") from None
     path = Path(folder)
@@ -193,14 +199,8 @@ def check_repo(repo_id: str, revision: str | None = None) -> str:
     cache = hub_cache_dir()
     try:
         info = HfApi().model_info(repo_id, revision=revision)
-    except RevisionNotFoundError:
-        raise HubModelError(f"{_where(repo_id, revision, cache)}: the revision does not exist on the Hub") from None
-    except GatedRepoError:
-        raise HubModelError(f"{_where(repo_id, revision, cache)}: the repo is gated; accept its terms on the Hub "
-                            "and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise HubModelError(f"{_where(repo_id, revision, cache)}: no such repo on the Hub (or it is private: "
-                            "set HF_TOKEN)") from None
+    except (RevisionNotFoundError, GatedRepoError, RepositoryNotFoundError) as err:
+        raise _hub_refusal(err, repo_id, revision, cache) from None
     except (HfHubHTTPError, OSError) as err:
         raise _offline_miss(repo_id, revision, cache, f"the Hub is unreachable ({type(err).__name__})") from None
     return info.sha or ""
