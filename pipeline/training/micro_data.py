@@ -25,12 +25,10 @@ from pipeline.benchmarks.synthetic.launcher import (
     COLOURS,
     GRID,
     ICONS_PER_SCREEN,
-    MEMORY_WINDOW,
     LauncherIcon,
     LauncherStep,
     launcher_episode,
     launcher_goal,
-    render_launcher,
 )
 from pipeline.config import AgentConfig
 from pipeline.step.prompt import StepHistory, step_messages
@@ -73,37 +71,10 @@ def screen_colour_labels(icons: tuple[LauncherIcon, ...] | list[LauncherIcon]) -
 def _training_episode(rng: random.Random, num_steps: int, icons_per_screen: int, recall_probability: float,
                       recall_back: tuple[float, ...] | None) -> Iterator[LauncherStep]:
     """``launcher_episode`` with another recall probability and, with ``recall_back``, the recalled target's
-    distance drawn by weight (``recall_back[k - 1]`` for k screenshots back, among the distances that have a
-    recallable icon; none with weight > 0: a current-screen step). Same draws as the generator, so with
-    ``recall_back`` None and the generator's probability it yields the generator's episode."""
-    screens: list[tuple[LauncherIcon, ...]] = []
-    targets: list[LauncherIcon] = []
-    names = list(COLOURS)
-    for _ in range(num_steps):
-        recent = [icon.colour for screen in screens[-MEMORY_WINDOW:] for icon in screen]
-        colours = rng.sample([c for c in names if c not in recent], icons_per_screen)
-        cells = rng.sample(range(GRID * GRID), icons_per_screen)
-        icons = tuple(LauncherIcon(c, cell // GRID, cell % GRID) for c, cell in zip(colours, cells))
-        recallable = [icon for screen in screens[-MEMORY_WINDOW:] for icon in screen if icon not in targets]
-        target = None
-        if recallable and rng.random() < recall_probability:
-            if recall_back is None:
-                target = rng.choice(recallable)
-            else:
-                back = {k: [i for i in screens[-k] if i not in targets]
-                        for k in range(1, min(MEMORY_WINDOW, len(screens)) + 1)}
-                choices = [k for k, found in back.items() if found and k <= len(recall_back) and recall_back[k - 1] > 0]
-                if choices:
-                    k = rng.choices(choices, weights=[recall_back[k - 1] for k in choices])[0]
-                    target = rng.choice(back[k])
-        if target is not None:
-            kind = "recalled_icon"
-            steps_back = next(k for k in range(1, len(screens) + 1) if target in screens[-k])
-        else:
-            target, kind, steps_back = rng.choice(icons), "icon", 0
-        screens.append(icons)
-        targets.append(target)
-        yield LauncherStep(render_launcher(icons), icons, target, kind, steps_back)
+    distance drawn by weight; with ``recall_back`` None and the generator's probability it is the
+    generator's episode."""
+    return launcher_episode(rng, num_steps, icons_per_screen=icons_per_screen, recall_probability=recall_probability,
+                            recall_back=recall_back)
 
 
 def episode_prompts(rng: random.Random, min_steps: int, max_steps: int, agent: AgentConfig,

@@ -117,9 +117,13 @@ def render_launcher(icons: tuple[LauncherIcon, ...]) -> Image.Image:
 
 
 def launcher_episode(rng: random.Random, num_steps: int, *, memory_window: int = MEMORY_WINDOW,
-                     icons_per_screen: int = ICONS_PER_SCREEN,
-                     recall_probability: float = RECALL_PROBABILITY) -> Iterator[LauncherStep]:
-    """The steps of one episode, drawn from ``rng`` (deterministic for its state)."""
+                     icons_per_screen: int = ICONS_PER_SCREEN, recall_probability: float = RECALL_PROBABILITY,
+                     recall_back: tuple[float, ...] | None = None) -> Iterator[LauncherStep]:
+    """The steps of one episode, drawn from ``rng`` (deterministic for its state).
+
+    ``recall_back`` (training only) draws a recalled target's distance by weight (``recall_back[k - 1]``
+    for k screenshots back, among the distances that have a recallable icon; none with weight > 0: a
+    current-screen step); None draws among all recallable icons, the benchmark's own rule."""
     if (memory_window + 1) * icons_per_screen > len(COLOURS):
         raise ValueError(f"{icons_per_screen} icons on {memory_window + 1} screens need more than "
                          f"{len(COLOURS)} distinct colours")
@@ -133,14 +137,30 @@ def launcher_episode(rng: random.Random, num_steps: int, *, memory_window: int =
         icons = tuple(LauncherIcon(c, cell // GRID, cell % GRID) for c, cell in zip(colours, cells))
         # A recalled target: an icon of a visible earlier screen that was not that step's target.
         recallable = [icon for screen in screens[-memory_window:] for icon in screen if icon not in targets]
+        target = None
         if recallable and rng.random() < recall_probability:
-            target, kind = rng.choice(recallable), "recalled_icon"
+            target = rng.choice(recallable) if recall_back is None else _recall_by_distance(
+                rng, screens, targets, memory_window, recall_back)
+        if target is not None:
+            kind = "recalled_icon"
             steps_back = next(k for k in range(1, len(screens) + 1) if target in screens[-k])
         else:
             target, kind, steps_back = rng.choice(icons), "icon", 0
         screens.append(icons)
         targets.append(target)
         yield LauncherStep(render_launcher(icons), icons, target, kind, steps_back)
+
+
+def _recall_by_distance(rng: random.Random, screens: list, targets: list, memory_window: int,
+                        weights: tuple[float, ...]) -> LauncherIcon | None:
+    """A recallable icon whose distance (screenshots back) is drawn by ``weights``; None when no distance
+    with a positive weight has one."""
+    back = {k: [i for i in screens[-k] if i not in targets] for k in range(1, min(memory_window, len(screens)) + 1)}
+    choices = [k for k, found in back.items() if found and k <= len(weights) and weights[k - 1] > 0]
+    if not choices:
+        return None
+    k = rng.choices(choices, weights=[weights[k - 1] for k in choices])[0]
+    return rng.choice(back[k])
 
 
 def launcher_goal(rng: random.Random) -> str:
