@@ -79,7 +79,7 @@ class EpisodeRunner:
             def work() -> str:
                 inject_fault(row["step_key"])  # test-only; a no-op unless STARKV_FAULT_* is set
                 if ScrollViews.of(step) is not None:  # the model may scroll to other screenshots
-                    return run_views(self, episode, step, image, compressor, unit, history, row)
+                    return run_views(self.call, episode, step, image, compressor, unit, history, row)
                 return self.call(episode, step, image, compressor, unit, history, row)
 
             output_text = guarded(work, row)

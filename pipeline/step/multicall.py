@@ -16,6 +16,7 @@ the calls and ``meta_json["calls"]`` lists ``{view, action_type, direction}`` pe
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.agent.actions import ParsedAction
@@ -27,16 +28,16 @@ if TYPE_CHECKING:
 
     from pipeline.benchmarks.common.base import Episode, Step
     from pipeline.metrics.units import Unit
-    from pipeline.step.engine import EpisodeRunner
     from pipeline.step.prompt import StepHistory
     from starkv import Compressor
 
 SUMMED = ("prefill_s", "decode_s", "compress_s", "generated_tokens")
 
 
-def run_views(runner: EpisodeRunner, episode: Episode, step: Step, image: Image, compressor: Compressor,
+def run_views(call: Callable[..., str], episode: Episode, step: Step, image: Image, compressor: Compressor,
               unit: Unit, history: StepHistory, row: dict[str, Any]) -> str:
-    """All calls of a views step into ``row``; returns the last call's output text."""
+    """All calls of a views step into ``row``, each one ``call`` (``EpisodeRunner.call``: prompt, prefill,
+    compression, decode, parse, score); returns the last call's output text."""
     views = ScrollViews.of(step)
     if views is None:
         raise ValueError(f"step {step.step_index} declares no views")
@@ -45,7 +46,7 @@ def run_views(runner: EpisodeRunner, episode: Episode, step: Step, image: Image,
     peak = 0
     call_step, call_image = step, image
     while True:
-        output = runner.call(episode, call_step, call_image, compressor, unit, history, row)
+        output = call(episode, call_step, call_image, compressor, unit, history, row)
         for key in SUMMED:
             sums[key] += row[key]
         peak = max(peak, int(row["peak_mem_bytes"]))
