@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -30,10 +29,9 @@ def rows_of_run(spec: str) -> tuple[str, list[dict]]:
     from pipeline.tracking.sources import resolve_run
 
     resolved = resolve_run(spec)
-    if resolved.run_dir is None:
+    if resolved.rows_dir is None:
         raise ValueError(f"{spec}: compare needs a run's Parquet rows (a run, rows or output folder)")
-    rows_dir = resolved.run_dir / "rows" if isinstance(resolved.run_dir, Path) else f"{resolved.run_dir}/rows"
-    return str(resolved.run_dir), read_rows(rows_dir).to_pylist()
+    return str(resolved.run_dir), read_rows(resolved.rows_dir).to_pylist()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,11 +65,10 @@ def _unit_rows(side: ResolvedRun) -> dict[str, list[dict]] | None:
     from pipeline.metrics.units import unit_label
     from pipeline.results.parquet import read_rows
 
-    if side.kind != "run" or side.run_dir is None:
+    if side.rows_dir is None:
         return None
-    rows_dir = side.run_dir / "rows" if isinstance(side.run_dir, Path) else f"{side.run_dir}/rows"
     try:
-        rows = read_rows(rows_dir, columns=["compressor", "budget", "episode_id", "step_index", "correct", "error"])
+        rows = read_rows(side.rows_dir, columns=["compressor", "budget", "episode_id", "step_index", "correct", "error"])
     except Exception:  # noqa: BLE001 - no rows here (summary.json only): the gate uses tolerances alone
         return None
     out: dict[str, list[dict]] = {}

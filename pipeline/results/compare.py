@@ -12,12 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.metrics.units import unit_label
-from pipeline.results.stats import PairedDifference, paired_difference
-
-
-def step_correct(row: dict[str, Any]) -> float:
-    """A step's outcome as the accuracy counts it: right and without an error."""
-    return 1.0 if row.get("correct") and not row.get("error") else 0.0
+from pipeline.results.stats import PairedDifference, paired_difference, step_correct
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,7 @@ Samples = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 def _noise_test(check: Check, base_s: UnitSummary, cur_s: UnitSummary, sample: tuple | None):
     """(interval, p-value or None, test name, significant) of ``check``'s change, or None when it has no
     interval: paired on the same steps, unpaired on different steps, or from the summaries' intervals."""
-    from pipeline.results.compare import step_correct
-    from pipeline.results.stats import paired_difference, unpaired_difference
+    from pipeline.results.stats import paired_difference, step_correct, unpaired_difference
 
     if check.metric != "accuracy" or check.relative:
         return None

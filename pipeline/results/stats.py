@@ -48,6 +48,11 @@ class Interval:
         return (self.high - self.low) / 2
 
 
+def step_correct(row: dict[str, Any]) -> float:
+    """A step's outcome as the accuracy counts it: right and without an error."""
+    return 1.0 if row.get("correct") and not row.get("error") else 0.0
+
+
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (``(0, 1)`` when there is no observation)."""
     if n <= 0:

@@ -12,7 +12,7 @@ import pyarrow as pa
 from pipeline.benchmarks.common.base import Benchmark
 from pipeline.metrics.registry import AGGREGATIONS, BENCHMARK_FIRST, Derived, summary_sources, table_columns
 from pipeline.metrics.units import unit_label
-from pipeline.results.stats import mean_interval, statistic_interval
+from pipeline.results.stats import mean_interval, statistic_interval, step_correct
 
 
 @dataclass
@@ -68,22 +68,18 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
     return out
 
 
-def _correct(row: dict[str, Any]) -> float:
-    return 1.0 if row.get("correct") and not row.get("error") else 0.0
-
-
 def _intervals(items: list[dict[str, Any]], metrics: dict[str, float], benchmark: Benchmark) -> dict[str, float]:
     """``<name>_ci_low`` / ``<name>_ci_high`` for each of the benchmark's interval metrics
     (``Benchmark.interval_metrics``, accuracy by default): a plain mean of correct steps gets
     ``stats.mean_interval`` (Wilson for single-step episodes, else a cluster bootstrap over episodes); a
     benchmark's own figure (e.g. a macro average) is recomputed by its ``aggregate`` on resampled episodes."""
     out: dict[str, float] = {}
-    step_mean = sum(_correct(r) for r in items) / len(items)
+    step_mean = sum(step_correct(r) for r in items) / len(items)
     for name in getattr(benchmark, "interval_metrics", ("accuracy",)):
         if name not in metrics:
             continue
         if name == "accuracy" and abs(metrics[name] - step_mean) < 1e-12:
-            interval = mean_interval(items, _correct)
+            interval = mean_interval(items, step_correct)
         else:
             interval = statistic_interval(items, lambda rs, name=name: float(benchmark.aggregate(rs).get(name, 0.0)),
                                           resamples=STATISTIC_RESAMPLES)

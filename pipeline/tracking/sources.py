@@ -47,6 +47,13 @@ class ResolvedRun:
     def experiment(self) -> str:
         return ((self.config or {}).get("tracking") or {}).get("experiment") or "starkv-eval"
 
+    @property
+    def rows_dir(self) -> Path | str | None:
+        """The run's Parquet rows folder (a local Path or a URL), None for expected values or MLflow runs."""
+        if self.kind != "run" or self.run_dir is None:
+            return None
+        return self.run_dir / "rows" if isinstance(self.run_dir, Path) else f"{self.run_dir}/rows"
+
     def describe(self) -> str:
         what = {"expected": "expected values", "run": "run", "mlflow": "MLflow run"}[self.kind]
         ident = self.run_id or ""
