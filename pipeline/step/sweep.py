@@ -121,15 +121,23 @@ def own_peak_copies(runner: EpisodeRunner, episode: Episode, step: Step,
 def replay_own_peaks(runner: EpisodeRunner, episode: Episode, step: Step, image,
                      alone: list[tuple[Member, Compressor]], rows: dict[Member, dict[str, Any]]) -> None:
     """Each unit's step run alone (``EpisodeRunner.call`` on the copy): its exact own peak above the
-    weights goes into its row's ``own_peak_above_weights_bytes``; nothing else of the replay is kept."""
+    weights goes into its row's ``own_peak_above_weights_bytes``; nothing else of the replay is kept.
+    A budget-free compressor (full) runs the same step at every budget, so it replays once per class and
+    its other budgets take that peak (the rule ``_copy_decode`` follows for the decode)."""
+    budget_free: dict[type, int] = {}
     for m, compressor in alone:
         if rows[m]["error"] is not None:
+            continue
+        if compressor.budget_free and type(compressor) in budget_free:
+            rows[m]["own_peak_above_weights_bytes"] = budget_free[type(compressor)]
             continue
         scratch = runner.new_row(episode, step, m.unit)
         guarded(lambda m=m, compressor=compressor, scratch=scratch: runner.call(
             episode, step, image, compressor, m.unit, m.history, scratch), scratch)
         if scratch["error"] is None:
             rows[m]["own_peak_above_weights_bytes"] = scratch["peak_above_weights_bytes"]
+            if compressor.budget_free:
+                budget_free[type(compressor)] = scratch["peak_above_weights_bytes"]
 
 
 def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: list, group: list[Member],

@@ -12,7 +12,8 @@ from pipeline.step.engine import EpisodeRunner
 from pipeline.step.sweep import run_sweep
 from tests.step.tiny_setup import tiny_episode
 
-UNITS = (("snapkv", 10.0), ("starkv", 50.0), ("full", 100.0))
+#: full at two budgets: the second takes the first replay's peak (a budget-free unit replays once per class)
+UNITS = (("snapkv", 10.0), ("starkv", 50.0), ("full", 100.0), ("full", 30.0))
 #: columns a replay may not touch (besides the one it fills) and that a shared row shares with its per-unit run
 SAME = ("prediction", "raw_output", "correct", "kept_tokens", "kv_bytes", "kv_bytes_full", "generated_tokens")
 
