@@ -27,6 +27,7 @@ class FullCache(Compressor):
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
     budget_free: ClassVar[bool] = True  # every budget keeps everything: a sweep decodes it once per step
+    family: ClassVar[str] = "reference"
 
     @property
     def uniform_layers(self) -> bool:

@@ -65,6 +65,7 @@ class GUIKV(ScorerCompressor):
     """
 
     hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
+    query_aware: ClassVar[bool] = True
 
     kernel_size: int = 5
     alpha: float = 2.0

@@ -60,6 +60,7 @@ class PyramidKV(SnapKV):
     """
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
+    query_aware: ClassVar[bool] = True
 
     beta: int = 20
 

@@ -35,6 +35,7 @@ class RandomKeep(ScorerCompressor):
     """
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
+    family: ClassVar[str] = "reference"
 
     seed: int = 0
 

@@ -34,6 +34,7 @@ class SnapKV(ScorerCompressor):
     """
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
+    query_aware: ClassVar[bool] = True
 
     kernel_size: int = 5
 

@@ -70,6 +70,7 @@ class VLCache(ScorerCompressor):
     """
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
+    query_aware: ClassVar[bool] = True
 
     kernel_size: int = 1
     threshold: float = 0.01

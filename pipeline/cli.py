@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=_cmd_sync)
 
     for extra in ("regress", "compare", "report", "bench", "plan", "train_micro", "micro_diagnose", "wait_head",
-                  "data"):  # one module each in pipeline/commands/
+                  "data", "listing"):  # one module each in pipeline/commands/
         importlib.import_module(f"pipeline.commands.{extra}").add_parser(sub)
     return parser
 

@@ -95,6 +95,34 @@ class Compressor:
     #: True when the kept cache never depends on the budget or on episode state (the full cache): in a shared
     #: sweep its units at different budgets are one computation, decoded once per step (``pipeline.step.sweep``).
     budget_free: ClassVar[bool] = False
+    #: Traits ``starkv-eval list compressors`` and ``docs/methods.md`` show. ``family``: reference, eviction,
+    #: allocation (a wrapper that splits the budget over heads or layers), merging or pruning.
+    family: ClassVar[str] = "eviction"
+    #: scores with the prompt's queries (observation window, last query, all queries)
+    query_aware: ClassVar[bool] = False
+    #: KV heads of a layer keep different numbers of tokens (ragged per-head storage)
+    head_adaptive: ClassVar[bool] = False
+    #: evicted entries are merged into kept ones (values rewritten), not dropped
+    merging: ClassVar[bool] = False
+    #: tokens leave the prefill itself after some layer (later layers compute on fewer tokens)
+    pruning: ClassVar[bool] = False
+
+    @classmethod
+    def paper(cls) -> str:
+        """The paper link of the class docstring's ``Paper:`` line ("" for reference points)."""
+        for line in (cls.__doc__ or "").splitlines():
+            if line.strip().startswith("Paper:"):
+                return line.split("Paper:", 1)[1].strip()
+        return ""
+
+    @classmethod
+    def traits(cls) -> dict[str, bool]:
+        """The yes/no traits by name; layer-adaptive: budgets vary by layer (always, or as an option)."""
+        declared = cls.layer_adaptive
+        layer = not cls.budget_free and (not isinstance(declared, bool) or declared
+                                         or cls.layer_capacity is not Compressor.layer_capacity)
+        return {"query_aware": cls.query_aware, "head_adaptive": cls.head_adaptive, "layer_adaptive": layer,
+                "merging": cls.merging, "pruning": cls.pruning}
 
     @property
     def uniform_layers(self) -> bool:

@@ -38,7 +38,7 @@ from pipeline.models.tiny import (
     special_token_ids,
 )
 
-MICRO_RECIPE_VERSION = 1
+MICRO_RECIPE_VERSION = 2
 MICRO_MIN_PIXELS = 56 * 56
 MICRO_MAX_PIXELS = 64 * 28 * 28  # a 224 x 224 screen; launcher screens (168 x 168) are never resized
 MICRO_VOCAB_SIZE = 1024
