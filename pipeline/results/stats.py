@@ -121,6 +121,28 @@ def statistic_interval(rows: Sequence[dict[str, Any]], statistic: Callable[[list
     return Interval(estimate, low, high, "cluster_bootstrap")
 
 
+def statistics_intervals(rows: Sequence[dict[str, Any]], statistics: Callable[[list[dict[str, Any]]], dict[str, float]],
+                         names: Sequence[str], cluster: str = "episode_id", resamples: int = RESAMPLES,
+                         seed: int = SEED) -> dict[str, Interval]:
+    """``statistic_interval`` for several figures of one aggregate (a benchmark's ``aggregate``): each resample
+    computes it once and reads every name (a resample whose aggregate lacks a name, e.g. a rare step kind not
+    drawn, is left out of that name's percentiles)."""
+    if not rows or not names:
+        return {}
+    groups = _groups(rows, cluster)
+    estimate = statistics(list(rows))
+    if len(groups) < 2:
+        return {n: Interval(*(float(estimate.get(n, 0.0)),) * 3, "none") for n in names}
+    idx = _resample_indices(len(groups), resamples, seed)
+    drawn = [statistics([r for i in draw for r in groups[i]]) for draw in idx]
+    out = {}
+    for n in names:
+        values = np.array([float(d[n]) for d in drawn if n in d])
+        low, high = _percentiles(values) if len(values) else (float("nan"),) * 2
+        out[n] = Interval(float(estimate.get(n, 0.0)), low, high, "cluster_bootstrap")
+    return out
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """A unit against a baseline on the same steps.

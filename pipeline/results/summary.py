@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ import pyarrow as pa
 from pipeline.benchmarks.common.base import Benchmark
 from pipeline.metrics.registry import AGGREGATIONS, BENCHMARK_FIRST, Derived, summary_sources, table_columns
 from pipeline.metrics.units import unit_label
-from pipeline.results.stats import mean_interval, statistic_interval, step_correct
+from pipeline.results.stats import mean_interval, statistics_intervals, step_correct
 
 
 @dataclass
@@ -70,19 +71,23 @@ def summarize(table: pa.Table, benchmark: Benchmark) -> list[UnitSummary]:
 
 def _intervals(items: list[dict[str, Any]], metrics: dict[str, float], benchmark: Benchmark) -> dict[str, float]:
     """``<name>_ci_low`` / ``<name>_ci_high`` for each of the benchmark's interval metrics
-    (``Benchmark.interval_metrics``, accuracy by default): a plain mean of correct steps gets
-    ``stats.mean_interval`` (Wilson for single-step episodes, else a cluster bootstrap over episodes); a
-    benchmark's own figure (e.g. a macro average) is recomputed by its ``aggregate`` on resampled episodes."""
+    (``Benchmark.interval_metrics``: names or patterns such as ``accuracy_*``, matched against the summary's
+    names): accuracy as a plain mean of correct steps gets ``stats.mean_interval`` (Wilson for single-step
+    episodes, else a cluster bootstrap over episodes); the benchmark's other figures (per-kind means, macro
+    averages) are recomputed by its ``aggregate`` on the same resampled episodes, one aggregate per resample."""
     out: dict[str, float] = {}
     step_mean = sum(step_correct(r) for r in items) / len(items)
-    for name in getattr(benchmark, "interval_metrics", ("accuracy",)):
-        if name not in metrics:
-            continue
-        if name == "accuracy" and abs(metrics[name] - step_mean) < 1e-12:
-            interval = mean_interval(items, step_correct)
-        else:
-            interval = statistic_interval(items, lambda rs, name=name: float(benchmark.aggregate(rs).get(name, 0.0)),
-                                          resamples=STATISTIC_RESAMPLES)
+    patterns = getattr(benchmark, "interval_metrics", ("accuracy",))
+    names = [n for n in metrics if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+             and not n.endswith(("_ci_low", "_ci_high"))]
+    intervals = {}
+    if "accuracy" in names and abs(metrics["accuracy"] - step_mean) < 1e-12:
+        intervals["accuracy"] = mean_interval(items, step_correct)
+    rest = [n for n in names if n not in intervals]
+    intervals.update(statistics_intervals(items, lambda rs: {k: float(v) for k, v in benchmark.aggregate(rs).items()},
+                                          rest, resamples=STATISTIC_RESAMPLES))
+    for name in names:
+        interval = intervals[name]
         if interval.method != "none":  # one episode: its steps' spread says nothing of another run's
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
     return out

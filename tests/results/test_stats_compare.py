@@ -88,3 +88,26 @@ def test_unknown_baseline_names_what_the_run_has():
 
     with pytest.raises(CompareInputError, match="'guikv' is not a compressor of this run.*full, snapkv"):
         compare_units(run_rows(3, 1), baseline="guikv")
+
+
+def test_per_kind_means_get_intervals_from_one_bootstrap(tmp_path):
+    """The launcher benchmark declares ``accuracy_*``: every step kind gets an interval. Each of 4 episodes
+    has one current-screen step right and one wrong (every resample: 0.5 exactly) and one recall step, right
+    in episodes 0 and 1 only: a resample's recall accuracy is X/4 with X ~ Binomial(4, 1/2), so its 2.5 %
+    and 97.5 % percentiles are 0 and 1 (P(X = 0) = P(X = 4) = 1/16 > 2.5 %)."""
+    from pipeline.benchmarks.common.base import get_benchmark
+    from pipeline.metrics.rows import rows_to_table
+    from pipeline.results.summary import summarize
+    from tests.helpers_runs import step_row
+
+    rows = []
+    for e in range(4):
+        for s, (kind, ok) in enumerate((("icon", True), ("icon", False), ("recalled_icon", e < 2))):
+            rows.append(step_row("r", "full", 100.0, s, episode_id=f"ep{e}", step_key=f"full@100/ep{e}/{s}",
+                                 correct=ok, meta_json=f'{{"element_type": "{kind}"}}'))
+    (unit,) = summarize(rows_to_table(rows), get_benchmark("launcher")(str(tmp_path)))
+    m = unit.metrics
+    assert m["accuracy_icon"] == 0.5 and (m["accuracy_icon_ci_low"], m["accuracy_icon_ci_high"]) == (0.5, 0.5)
+    assert m["accuracy_recalled_icon"] == 0.5
+    assert (m["accuracy_recalled_icon_ci_low"], m["accuracy_recalled_icon_ci_high"]) == (0.0, 1.0)
+    assert m["accuracy"] == pytest.approx(6 / 12) and m["accuracy_ci_low"] < 0.5 < m["accuracy_ci_high"]

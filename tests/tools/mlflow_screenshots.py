@@ -3,16 +3,17 @@
     python tests/tools/mlflow_screenshots.py STORE_DIR_OR_MLFLOW_DB OUT_DIR [--port 5055]
 
 Starts ``mlflow ui`` on loopback on a copy of the store (the UI may migrate or write to its database; the
-artifacts are read where the runs point), opens four views and saves them as PNGs into OUT_DIR:
+artifacts are read where the runs point), opens five views and saves them as PNGs into OUT_DIR:
 
-- ``runs_table.png``: the Runs table through the link ``starkv-eval run`` prints
-  (``#/experiments/<id>/runs?workflowType=machine_learning``), the parent unfolded, a few metric columns;
+- ``runs_table.png``: the Runs table through the link ``starkv-eval run`` prints (the model-training layout
+  and the job's shared view, ``viewStateShareKey``: its filter and metric columns, nothing chosen by hand);
+- ``budget_charts.png``: the same link's chart view: accuracy and peak memory vs budget, a line per compressor;
 - ``parent_run.png``: the parent run's page, its description (the run note with the summary) unfolded;
 - ``child_run.png``: one child run's page (``--child``, default ``snapkv@20%``);
 - ``compare.png``: the Compare view of a few children (``--compare``), parallel coordinates vs accuracy.
 
 Then it stops the server it started. Every wait is bounded (``--start-timeout`` for the server, ``--timeout``
-per page) and a watchdog ends everything after ``--max-seconds``. Exit 0 when all four PNGs were written.
+per page) and a watchdog ends everything after ``--max-seconds``. Exit 0 when all five PNGs were written.
 
 Needs Playwright (``pip install playwright``) and a Chromium; its own browser download is not needed: the
 Debian one (``apt-get install chromium``, ``/usr/lib/chromium/chromium``) is launched with ``--no-sandbox``.
@@ -39,10 +40,6 @@ from pathlib import Path
 HOST = "127.0.0.1"
 #: without it a fresh browser shows MLflow's GenAI layout; the link ``starkv-eval run`` prints carries it
 ML = "workflowType=machine_learning"
-#: metric columns added to the Runs table
-TABLE_METRICS = ("accuracy", "max_peak_mem_mib", "mean_kv_mib", "kv_ratio_pct", "steps_per_s")
-#: default attribute columns taken out of the Runs table (empty for these runs) to make room
-TABLE_HIDDEN = ("Dataset", "Source", "Models")
 
 
 def log(msg: str) -> None:
@@ -196,50 +193,25 @@ class Shooter:
 
     # --- the four views -------------------------------------------------------------------------------------
 
-    def runs_table(self, exp_id: str, parent: dict, children: list[dict]) -> Path:
-        pname = parent["info"]["run_name"]
-        self.open(f"/experiments/{exp_id}/runs?{ML}", pname)
-        row = self.page.locator(".ag-row").filter(has_text=pname).first
-        row.locator('button[data-component-id*="runnamecellrenderer"]').first.click(timeout=self.timeout)
-        self.page.get_by_text(children[0]["info"]["run_name"], exact=True).first.wait_for(
-            timeout=self.timeout
-        )
-        self.choose_columns()
+    def runs_table(self, exp_id: str, parent: dict) -> Path:
+        """The printed link as is: the job's view brings its filter, columns and charts (no clicks)."""
+        from pipeline.tracking.view import runs_page
+
+        run_id = {t["key"]: t["value"] for t in parent["data"].get("tags", [])}.get("starkv.run_id")
+        link = runs_page(exp_id, run_id, self.base)
+        self.page.goto(link, timeout=self.timeout)
+        self.page.get_by_role("columnheader").filter(has_text="accuracy").first.wait_for(timeout=self.timeout)
+        self.close_assistant()
+        self.settle()
         return self.shot("runs_table.png")
 
-    def choose_columns(self) -> None:
+    def budget_charts(self) -> Path:
+        """The chart view of the same page: the view's section of budget charts."""
         page = self.page
-        page.get_by_role("button", name="Columns", exact=True).click(timeout=self.timeout)
-        popup = page.locator('[data-component-id="mlflow.experiment_page.runs_table.column_selector"]')
-        popup.wait_for(timeout=self.timeout)
-        search = popup.get_by_placeholder("Search columns")
-
-        def toggle(label: str, want: bool) -> None:
-            search.fill(label)
-            page.wait_for_timeout(400)
-            node = (
-                popup.locator(".du-bois-light-tree-treenode")
-                .filter(has=page.get_by_text(label, exact=True))
-                .first
-            )
-            try:
-                node.wait_for(timeout=5000)
-            except Exception:  # noqa: BLE001
-                log(f"  (no column {label!r})")
-                return
-            checked = "du-bois-light-tree-treenode-checkbox-checked" in (node.get_attribute("class") or "")
-            if checked != want:
-                node.get_by_text(label, exact=True).first.click()
-
-        for label in TABLE_HIDDEN:
-            toggle(label, False)
-        for label in TABLE_METRICS:
-            toggle(label, True)
-        search.fill("")
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(500)
-        if popup.count() and popup.is_visible():
-            page.mouse.click(5, 5)
+        page.locator("label").filter(has=page.locator("input[type=radio][value=CHART]")).first.click()
+        page.get_by_text("by KV budget (one line per compressor)", exact=True).first.wait_for(timeout=self.timeout)
+        self.settle(4000)
+        return self.shot("budget_charts.png")
 
     def run_page(self, exp_id: str, run: dict, name: str) -> Path:
         rname = run["info"]["run_name"]
@@ -340,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 page = browser.new_page(viewport={"width": width, "height": height})
                 s = Shooter(page, base, args.out, int(args.timeout * 1000))
-                written.append(s.runs_table(exp_id, parent, children))
+                written.append(s.runs_table(exp_id, parent))
+                written.append(s.budget_charts())
                 written.append(s.run_page(exp_id, parent, "parent_run.png"))
                 written.append(s.run_page(exp_id, child, "child_run.png"))
                 written.append(s.compare(exp_id, compared))
@@ -352,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"{len(written)} screenshots in {args.out}")
-    return 0 if len(written) == 4 else 1
+    return 0 if len(written) == 5 else 1
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def fake_output(output: Path, run_id: str = "dash-1") -> Path:
                     key = f"{c['name']}@{budget:g}"
                     rows.append(step_row(run_id, c["name"], budget, step, episode_id=ep, step_key=f"{key}/{ep}/{step}",
                                          correct=step < 2, kv_bytes=int(8 * MIB * keep), kv_bytes_full=8 * MIB,
-                                         peak_mem_bytes=int((700 + 50 * keep) * MIB)))
+                                         peak_mem_bytes=int((700 + 50 * keep) * MIB),
+                                         own_peak_above_weights_bytes=int((2 + 4 * keep) * MIB)))
     return write_run_folder(output, run_id, config, rows)
 
 
@@ -103,7 +104,8 @@ def _check_parent(rest: Rest, parent: dict, children: list[dict]) -> None:
         ctags = kv(child["data"]["tags"])
         slug = f"{ctags['compressor']}_{ctags['budget']}pct"
         cm = {m["key"]: m["value"] for m in child["data"]["metrics"]}
-        for metric in ("accuracy", "max_peak_mem_mib", "mean_kv_mib", "kv_ratio_pct", "steps_per_s"):
+        for metric in ("accuracy", "max_own_peak_above_weights_mib", "max_peak_mem_mib", "mean_kv_mib",
+                       "kv_ratio_pct", "steps_per_s"):
             assert metrics[f"{metric}/{slug}"] == pytest.approx(cm[metric]), (metric, slug)
     files = {f["path"] for f in rest.get("artifacts/list", run_id=parent["info"]["run_id"])["files"]}
     assert {"overview.png", "accuracy_vs_budget.png", "summary_table.txt"} <= files
@@ -213,20 +215,22 @@ def test_compressor_runs_draw_each_metric_over_the_budget_once(tmp_path):
         full = run.data.tags["starkv.compressor"] == "full"
         # 4 of 6 steps right at every budget (fake_output); the kept KV is the budget, all of it for full
         history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
-                   for k in ("accuracy", "kv_ratio_pct", "budget_pct", "max_peak_mem_mib")}
+                   for k in ("accuracy", "kv_ratio_pct", "budget_pct", "max_own_peak_above_weights_mib")}
         assert history["accuracy"] == [(20, pytest.approx(4 / 6)), (50, pytest.approx(4 / 6))]
         assert history["kv_ratio_pct"] == ([(20, pytest.approx(100.0)), (50, pytest.approx(100.0))] if full
                                            else [(20, pytest.approx(20.0)), (50, pytest.approx(50.0))])
         assert history["budget_pct"] == [(20, 20.0), (50, 50.0)]
         keep = [1.0, 1.0] if full else [0.2, 0.5]
-        assert [v for _, v in history["max_peak_mem_mib"]] == [pytest.approx(700 + 50 * k) for k in keep]
+        # peak memory is the unit's own exact peak above the weights, never the process RSS
+        assert [v for _, v in history["max_own_peak_above_weights_mib"]] == [pytest.approx(2 + 4 * k) for k in keep]
+        assert client.get_metric_history(run.info.run_id, "max_peak_mem_mib") == []
     state = json.loads(exp.tags["mlflow.sharedViewState.starkv-dash-1"])
     assert state["searchFilter"] == "tags.`starkv.run_id` = 'dash-1'"
     assert state["selectedColumns"][:3] == ["metrics.`accuracy`", "metrics.`accuracy_ci_low`",
                                             "metrics.`accuracy_ci_high`"]
     charts = {c["metricKey"]: c for c in state["compareRunCharts"]}
     assert charts["accuracy"]["type"] == "LINE" and charts["accuracy"]["selectedXAxisMetricKey"] == "budget_pct"
-    assert "max_peak_above_weights_mib" in charts
+    assert "max_own_peak_above_weights_mib" in charts and "max_peak_mem_mib" not in charts
 
 
 def test_a_changed_value_replaces_the_compressor_run(tmp_path):

@@ -249,6 +249,8 @@ class AgentNetBenchmark(DriverBenchmark):
     URL, default ``<path>/images``), ``ctrl_quirk``, ``protocol`` (``official`` | ``reference``: the
     STaR-KV / GUI-KV driver's conversion, scoring and aggregation, ``agentnet_reference``)."""
 
+    interval_metrics = ("accuracy", "overall_score", "average_trajectory_score", "milestone_score", "score_*")
+
     prompt_kind = "agentnet"
     # GUI-KV driver: --image_slots 5, the model's own earlier outputs as history ("# Step k:\nStep k:\n..."),
     # no system turn.

@@ -349,6 +349,8 @@ class AndroidControlBenchmark(DriverBenchmark):
     ``cache_dir``, ``verify_crc`` (default True), ``invert_scroll`` (default False).
     """
 
+    interval_metrics = ("accuracy", "type_accuracy", "grounding_accuracy", "accuracy_*")
+
     prompt_kind = "androidcontrol"
     # GUI-KV driver with --use_history_frames (the "five screenshots" setting): up to 4 past GT screenshots,
     # each followed by "Step k:\n<GT step instruction>"; image_slots 1 gives its default mode instead

@@ -92,6 +92,8 @@ class Mind2Web(DriverBenchmark):
     select / click) with the earlier actions under ``## Previous Actions``.
     """
 
+    interval_metrics = ("accuracy", "ele_acc", "op_f1", "step_sr", "task_sr", "*_micro")
+
     prompt_kind = "mind2web"
     # GUI-KV driver (MM_MIND2WEB_PROMPT): one screenshot, earlier actions as "## Previous Actions" text.
     default_history_source = "ground_truth"

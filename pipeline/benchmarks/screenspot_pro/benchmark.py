@@ -51,6 +51,8 @@ class ScreenSpotPro(GroundingBenchmark):
     in sorted name order (the reference uses ``os.listdir`` order; the metric does not depend on it).
     """
 
+    interval_metrics = ("accuracy", "micro_accuracy", "*_acc")
+
     # Same protocol as ScreenSpot-v2 (GroundingBenchmark); reference: as the v2 driver — a missing
     # screenshot is skipped (the Pro driver crashes on one) and the point is the first action input.
 

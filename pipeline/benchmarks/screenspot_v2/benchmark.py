@@ -66,6 +66,8 @@ class ScreenSpotV2(GroundingBenchmark):
     is extracted; default ``$STARKV_CACHE`` or ``~/.cache/starkv-eval``).
     """
 
+    interval_metrics = ("accuracy", "micro_accuracy", "*_acc", "*_acc_micro")
+
     def load(self) -> Iterable[Episode]:
         fs, root = open_fs(self.path)
         splits = _parse_splits(self.options.get("splits"))

@@ -468,6 +468,8 @@ class SyntheticBenchmark(Benchmark):
     prompt.
     """
 
+    interval_metrics = ("accuracy", "accuracy_*")  # per element type / step kind
+
     prompt_kind = "computer"
     generator_style: ClassVar[str] = "windows"  # what a job without a path generates
 
