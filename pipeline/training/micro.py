@@ -309,12 +309,14 @@ def _loss_plot(losses: list[float], evals: list[dict[str, Any]], path: Path, col
         steps = [e["step"] for e in evals]
         ax2.plot(steps, [e["accuracy"] for e in evals], "o-", color="C3", label="held-out accuracy")
         for key, colour, name in (("accuracy_icon", "C2", "current screen"),
-                                  ("accuracy_recalled_icon", "C1", "recall")):
+                                  ("accuracy_recalled_icon", "C1", "recall"),
+                                  *((f"accuracy_back{k}", f"C{3 + k}", f"recall {k} back") for k in range(1, 5))):
             if all(key in e for e in evals):
-                ax2.plot(steps, [e[key] for e in evals], ".--", color=colour, lw=1, label=f"held-out {name}")
+                style = ".--" if "back" not in key else ":"
+                ax2.plot(steps, [e[key] for e in evals], style, color=colour, lw=1, label=f"held-out {name}")
         ax2.set_ylim(0, 1.02)
         ax2.set_ylabel("held-out step accuracy")
-        ax2.legend(loc="center right")
+        ax2.legend(loc="center right", fontsize="small")
     ax.legend(loc="upper right")
     ax.set_title("micro agent training")
     fig.tight_layout()

@@ -102,3 +102,42 @@ def test_entropy_adaptive_extension_keeps_the_uniform_total(model_and_inputs):
     # random weights give near-uniform attention, hence near-equal temperatures; that the split really
     # follows the temperatures (and changes the selection) is shown on crafted inputs in test_starkv_method
     assert sum(kept[True]) == sum(kept[False]) == loaded.num_layers * int(L * 20 / 100)
+
+
+@pytest.fixture(scope="module")
+def models_by_attention(tiny_model_dir):
+    from pipeline.models.loader import ModelSpec, load_model
+
+    models = {impl: load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
+                                         attn_implementation=impl)) for impl in ("eager", "sdpa")}
+    prompts = {n: prompt_inputs(models["sdpa"].processor, num_images=n, size=(224, 168)) for n in (1, 5)}
+    return models, prompts
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("num_images", [1, 5])
+@pytest.mark.parametrize("name", starkv.available())
+def test_compressor_on_1_to_5_screenshots_with_each_attention(models_by_attention, name, num_images, attention):
+    """Every method at 20 % on one screenshot and on five (a full history), eager and sdpa: it decodes from the
+    cut cache, keeps the budget's bytes, or (eager with per-layer lengths) is refused before any work."""
+    models, prompts = models_by_attention
+    loaded = models[attention]
+    model = loaded.model
+    inputs, layout = prompts[num_images]
+    L = inputs["input_ids"].shape[1]
+    compressor = starkv.build(name)
+    compressor.reset()
+    if attention == "eager" and not compressor.uniform_layers:
+        with pytest.raises(ValueError, match="eager attention"):
+            with starkv.attach(model, compressor, 20, layout):
+                pass
+        return
+    with torch.inference_mode(), starkv.attach(model, compressor, 20, layout) as att:
+        model.model.rope_deltas = None
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    assert out.sequences.shape[1] == L + 2
+    assert len(att.stats) == loaded.num_layers
+    if name == "full":
+        assert att.kv_bytes == att.kv_bytes_full
+    else:  # the kept bytes are the budget's: C = int(L * 20 / 100) tokens per layer on average
+        assert att.kv_bytes == pytest.approx(att.kv_bytes_full * int(L * 20 / 100) / L, rel=1e-9)
