@@ -108,8 +108,8 @@ class ExpectedAttention(ScorerCompressor):
     window_size : int
         Planned window W (8), always kept; also the fewest query rows the statistics use.
     n_queries : int
-        Most prompt query rows the mean and covariance are estimated from (32), clipped to the text
-        after the last screenshot.
+        Most prompt query rows the mean and covariance are estimated from (16), clipped to the text
+        after the last screenshot; more rows cost more (N + 1 rows per head are scored against the keys).
     n_future_positions : int
         Future positions the statistics are rotated to and averaged over (512, kvpress's default).
     n_sink : int
@@ -128,7 +128,7 @@ class ExpectedAttention(ScorerCompressor):
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
     query_aware: ClassVar[bool] = True
 
-    n_queries: int = 32
+    n_queries: int = 16
     n_future_positions: int = 512
     n_sink: int = 4
     use_covariance: bool = True

@@ -23,9 +23,9 @@ from starkv.context import LayerContext
 
 def key_dissimilarity(keys: torch.Tensor) -> torch.Tensor:
     """``−cos(k_i, mean_j k_j/‖k_j‖)`` for every token, (H_kv, L) fp32 from keys (1, H_kv, L, d)."""
-    unit = F.normalize(keys[0].float(), dim=-1)
-    anchor = unit.mean(dim=1, keepdim=True)
-    return -F.cosine_similarity(unit, anchor, dim=-1)
+    unit = F.normalize(keys[0].float(), dim=-1)  # (H_kv, L, d)
+    anchor = F.normalize(unit.mean(dim=1), dim=-1)  # (H_kv, d); its norm does not change the cosine
+    return -torch.matmul(unit, anchor.unsqueeze(-1)).squeeze(-1)
 
 
 @register("keydiff")

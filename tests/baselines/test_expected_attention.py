@@ -99,10 +99,11 @@ def test_mean_rotation_averages_the_future_offsets():
 
 
 def test_query_rows_and_rope_base():
-    comp = starkv.build("expected_attention")  # n_queries 32, window 8
-    assert comp.query_window(PromptLayout(((10, 80),), 100), 100) == 20  # the 20 text tokens after the image
+    comp = starkv.build("expected_attention")  # n_queries 16, window 8
+    assert comp.query_window(PromptLayout(((10, 88),), 100), 100) == 12  # the 12 text tokens after the image
+    assert comp.query_window(PromptLayout(((10, 80),), 100), 100) == 16  # at most n_queries
     assert comp.query_window(PromptLayout(((10, 97),), 100), 100) == 8  # at least the window
-    assert comp.query_window(PromptLayout((), 100), 100) == 32
+    assert comp.query_window(PromptLayout((), 100), 100) == 16
     assert layer_rope_theta(types.SimpleNamespace(rope_parameters={"rope_theta": 1e4}), 1e6) == 1e4
     assert layer_rope_theta(None, 1e6) == 1e6
     assert comp.query_aware and comp.hidden_needs() == "none"
