@@ -1,3 +1,17 @@
 """Baseline compressors, one module each; importing this package registers them by name."""
 
-from baselines import full, guikv, pyramidkv, random_keep, snapkv, streamingllm, vlcache  # noqa: F401
+from baselines import (  # noqa: F401
+    criticalkv,
+    expected_attention,
+    full,
+    guikv,
+    h2o,
+    keydiff,
+    knorm,
+    pyramidkv,
+    random_keep,
+    snapkv,
+    streamingllm,
+    tova,
+    vlcache,
+)

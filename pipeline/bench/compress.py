@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -103,12 +104,17 @@ def make_context(dims: Dims, layout: PromptLayout, budget: float, seed: int = 0,
 
 
 def select_fn(name: str, ctx: LayerContext) -> Callable[[], object]:
+    """A call of ``name``'s selection on ``ctx``, given the query rows it captures and a stand-in layer module."""
     comp = starkv.build(name)
-    if name == "vlcache":  # needs the post-vision query rows, not only the 8-token window
-        rows = comp.query_window(ctx.layout, ctx.length)
-        g = torch.Generator().manual_seed(1)
+    rows = min(ctx.length, max(1, comp.query_window(ctx.layout, ctx.length)))  # the hook's rule
+    g = torch.Generator().manual_seed(1)
+    if rows != ctx.queries.shape[2]:  # e.g. VL-Cache's post-vision rows, H2O's every row, TOVA's last one
         queries = torch.randn(1, ctx.num_heads, rows, ctx.head_dim, generator=g).to(ctx.keys)
         ctx = LayerContext(**{**ctx.__dict__, "queries": queries})
+    if ctx.module is None:  # what a method may read of the layer (CriticalKV: o_proj), at the layer's dimensions
+        o_proj = SimpleNamespace(weight=torch.randn(ctx.hidden_states.shape[-1], ctx.num_heads * ctx.head_dim,
+                                                    generator=g).to(ctx.keys))
+        ctx = LayerContext(**{**ctx.__dict__, "module": SimpleNamespace(o_proj=o_proj)})
     if name == "starkv":
         for _ in range(comp.mi_profile_steps + 2):  # steady state: MI prior and temporal state active
             comp.select(ctx)

@@ -17,6 +17,12 @@ BUILTIN_COLOURS: dict[str, str] = {
     "streamingllm": "#ff7f0e",  # orange
     "vlcache": "#17becf",       # cyan
     "random": "#bcbd22",        # olive
+    "tova": "#9edae5",          # light cyan
+    "h2o": "#c49c94",           # light brown
+    "knorm": "#98df8a",         # light green
+    "keydiff": "#dbdb8d",       # light olive
+    "expected_attention": "#c5b0d5",  # light purple
+    "criticalkv": "#aec7e8",    # light blue (its default inner scorer is SnapKV, blue)
 }
 
 EXTRA_COLOURS = ("#8c564b", "#e377c2", "#7f7f00", "#003f5c", "#ff9da7", "#59a14f", "#b07aa1", "#9c755f",
