@@ -225,7 +225,11 @@ def test_eager_attention_slices_the_mask(tiny, tiny_model_dir):
 
 
 def test_layer_beyond_the_model_is_refused(tiny):
+    from starkv.shared import PrefillRecord, compress_record
+
     loaded, _, layout, _ = tiny
+    with pytest.raises(ValueError, match="shared"):
+        compress_record(loaded.model, PrefillRecord(layout=layout), starkv.build("fastv"), 20)
     with pytest.raises(ValueError, match="beyond"):
         with starkv.attach(loaded.model, starkv.build("fastv", layer=4), 20, layout):
             pass
