@@ -3,11 +3,13 @@
 from baselines import (  # noqa: F401
     criticalkv,
     expected_attention,
+    fastv,
     full,
     guikv,
     h2o,
     keydiff,
     knorm,
+    lookm,
     pyramidkv,
     random_keep,
     snapkv,

@@ -302,9 +302,14 @@ def validate(cfg: JobConfig) -> None:
     if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:
         raise ConfigError(f"model.mlp_chunk_tokens: must be an integer >= 0 (0: off), got {cfg.model.mlp_chunk_tokens!r}")
     try:
-        PrefillMode.parse(cfg.model.prefill_mode)
+        mode = PrefillMode.parse(cfg.model.prefill_mode)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if mode is PrefillMode.CHUNKED_COMPRESS:
+        for i, c in enumerate(cfg.compressors):
+            if starkv.build(c.name, **c.params).pruning:  # its later layers must see the whole prompt's survivors
+                raise ConfigError(f"compressors[{i}] ({c.display}): a pruning method drops tokens inside the "
+                                  "prefill and cannot run with model.prefill_mode: chunked_compress (use full)")
     agent = cfg.agent
     if agent.image_slots is not None and (isinstance(agent.image_slots, bool) or not isinstance(agent.image_slots, int)
                                           or agent.image_slots < 1):

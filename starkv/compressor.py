@@ -159,6 +159,22 @@ class Compressor:
         """Kept token indices, shape (H_kv, C), ascending per row."""
         raise NotImplementedError
 
+    def merge(self, ctx: LayerContext, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Kept keys and values (1, H_kv, C, d) with the evicted entries folded in, or None for the plain gather.
+
+        Called by the hook after ``select`` only for ``merging`` classes; ``kept`` is what ``select`` returned
+        and ``ctx.keys`` / ``ctx.values`` still hold every token of the layer.
+        """
+        return None
+
+    def prune_layer(self, num_layers: int) -> int:
+        """For ``pruning`` classes: the 0-based index of the layer whose ``select`` picks the tokens that go on.
+
+        The layers after it run the prefill on the kept tokens only; the caches of it and the layers before it
+        are cut to the same tokens (``starkv.pruning``).
+        """
+        raise NotImplementedError(f"compressor {self.name!r} is not a pruning method")
+
 
 @dataclass
 class ScorerCompressor(Compressor):

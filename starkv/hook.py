@@ -27,6 +27,7 @@ from starkv.compressor import Compressor, ScorerCompressor, topk_with_window
 from starkv.context import LayerContext
 from starkv.early_cut import capacity_bound, positions_in, superset
 from starkv.layout import PromptLayout
+from starkv.pruning import PruneState, install_pruning
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Attachment:
     #: seconds spent selecting and gathering (inside the prefill), summed over the layers of the last prefill
     compress_s: float = 0.0
     pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
+    #: the in-prefill token pruning of a ``pruning`` compressor (``starkv.pruning``); None for the others
+    prune: PruneState | None = None
 
     @property
     def kv_bytes_full(self) -> int:
@@ -204,6 +207,9 @@ class _LayerHook:
         ``hidden_norms`` their norms.
         """
         att, comp = self.att, self.att.compressor
+        if att.prune is not None and att.prune.pruned(self.layer_idx):  # this layer ran on the kept tokens only
+            self._write_pruned(layer)
+            return
         layout = att.layout or PromptLayout(prompt_length=length)
         if layout.prompt_length != length:
             raise ValueError(f"prompt layout is for {layout.prompt_length} tokens but the prefill has {length}")
@@ -221,9 +227,14 @@ class _LayerHook:
         if self.layer_idx == 0:
             att.stats.clear()
             att.pending.clear()
+        if att.prune is not None:
+            self._prune(ctx, layer)
+            return
         if not ctx.plan.compresses:
             comp.on_uncompressed(ctx)
         if comp.layer_adaptive and isinstance(comp, ScorerCompressor) and (chunk is None or chunk.final):
+            if comp.merging:
+                raise ValueError(f"compressor {comp.name!r}: merging is not supported with layer-adaptive scores")
             scores = comp.score(ctx) if ctx.plan.compresses else None
             weight = comp.layer_weight(ctx, scores) if scores is not None else 1.0
             # keep only scores and cache refs until the last layer: not every layer's hidden states/queries
@@ -257,9 +268,44 @@ class _LayerHook:
     def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None, before: int | None = None) -> None:
         before = _cache_bytes(layer.keys, layer.values) if before is None else before
         if idx is not None:
-            layer.keys, layer.values = _gather(layer.keys, layer.values, idx)
+            comp = self.att.compressor
+            merged = comp.merge(ctx, idx) if comp.merging else None
+            layer.keys, layer.values = merged if merged is not None else _gather(layer.keys, layer.values, idx)
         self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
                                         _cache_bytes(layer.keys, layer.values)))
+
+    def _prune(self, ctx: LayerContext, layer) -> None:
+        """A pruning compressor's layers up to its selecting layer: wait, then select once and cut them all."""
+        state, comp = self.att.prune, self.att.compressor
+        if self.att.chunk is not None:
+            raise ValueError(f"compressor {comp.name!r} prunes tokens inside the prefill; it cannot run in a "
+                             "chunked prefill (model.prefill_mode chunked_compress)")
+        if self.layer_idx == 0:
+            state.start(ctx.length)
+        before = _cache_bytes(layer.keys, layer.values)
+        if self.layer_idx < state.layer:
+            light = dataclasses.replace(ctx, queries=ctx.queries[..., :0, :], hidden_states=ctx.hidden_states[:, :0],
+                                        module=None, hidden_norms=None)
+            state.waiting.append((light, layer, before))
+            return
+        idx = comp.select(ctx)
+        idx = idx if idx.shape[-1] < ctx.length else None  # nothing dropped: every layer keeps the whole prompt
+        for waiting_ctx, waiting_layer, waiting_before in state.waiting:
+            self._write(waiting_layer, waiting_ctx, idx, waiting_before)
+        state.waiting.clear()
+        self._write(layer, ctx, idx, before)
+        state.select(idx[0] if idx is not None else None)
+        if self.layer_idx == self.num_layers - 1:
+            state.finish()
+
+    def _write_pruned(self, layer) -> None:
+        """Stats of a layer that ran on the kept tokens: its cache already holds only them."""
+        state = self.att.prune
+        kept = layer.keys.shape[-2]
+        after = _cache_bytes(layer.keys, layer.values)
+        self.att.stats.append(LayerStat(self.layer_idx, state.length, kept, after // kept * state.length, after))
+        if self.layer_idx == self.num_layers - 1:
+            state.finish()
 
     def _finish_adaptive(self) -> None:
         """Split the total of the uniform capacities over layers by their weights, then gather each layer."""
@@ -336,6 +382,9 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
     install_attention_wrapper(impl)
     handles = []
     try:
+        if compressor.pruning:
+            attachment.prune = PruneState(layer=_prune_layer(compressor, len(layers)))
+            handles += install_pruning(attachment.prune, layers)
         for i, layer in enumerate(layers):
             attn = layer.self_attn
             slot = QueryCapture()
@@ -345,6 +394,14 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
         yield attachment
     finally:
         detach_capture(layers, handles, impl)
+
+
+def _prune_layer(compressor: Compressor, num_layers: int) -> int:
+    layer = compressor.prune_layer(num_layers)
+    if not 0 <= layer < num_layers:
+        raise ValueError(f"compressor {compressor.name!r} prunes after layer index {layer}, but the model has "
+                         f"{num_layers} decoder layers")
+    return layer
 
 
 def _make_row_setter(attachment: Attachment, slot: QueryCapture):

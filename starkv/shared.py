@@ -187,6 +187,8 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     """
     capacity(1, budget)
     check_decodable(model, compressor)
+    if compressor.pruning:  # its prefill is its own (later layers run on fewer tokens): nothing to replay
+        raise ValueError(f"compressor {compressor.name!r} prunes inside the prefill; it cannot use a shared one")
     att = Attachment(model=model, compressor=compressor, budget=budget, layout=record.layout)
     rows = query_rows(compressor, record.layout)
     holders = []
