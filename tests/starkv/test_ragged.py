@@ -186,3 +186,29 @@ def test_head_adaptive_units_decode_alone_in_a_sweep():
 
     snap, ada, snap2 = member("snapkv"), member("adakv"), member("snapkv")
     assert decode_batches([snap, ada, snap2]) == [[snap], [ada], [snap2]]
+
+
+def test_eager_attention_decodes_a_ragged_cache(tiny, tiny_model_dir):
+    """A ragged layer ignores the one decode mask transformers sizes from layer 0: eager works too."""
+    from pipeline.models.loader import ModelSpec, load_model
+
+    loaded, inputs, layout = tiny
+    eager = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
+                                 attn_implementation="eager"))
+    runs = []
+    for model in (loaded.model, eager.model):
+        with torch.inference_mode(), starkv.attach(model, starkv.build("adakv"), BUDGET, layout) as att:
+            runs.append((_generate(model, inputs, 4), att.kv_bytes))
+    (sdpa_out, sdpa_bytes), (eager_out, eager_bytes) = runs
+    assert eager_bytes == sdpa_bytes
+    assert torch.equal(eager_out.sequences, sdpa_out.sequences)
+
+
+def test_a_chunked_prefill_rejects_head_adaptive_compressors():
+    from starkv.hook import Attachment, ChunkState, layer_compressor
+
+    att = Attachment(model=None, compressor=starkv.build("adakv"), budget=BUDGET,
+                     chunk=ChunkState(prefix_length=12, final=False))
+    holder = SimpleNamespace(keys=torch.zeros(1, 2, 12, 4), values=torch.zeros(1, 2, 12, 4))
+    with pytest.raises(ValueError, match="chunked prefill"):
+        layer_compressor(att, 0, 2).compress(None, torch.zeros(1, 12, 8), holder, 12, torch.zeros(1, 4, 8, 4))
