@@ -1,6 +1,7 @@
 """Baseline compressors, one module each; importing this package registers them by name."""
 
 from baselines import (  # noqa: F401
+    adakv,
     criticalkv,
     expected_attention,
     fastv,
@@ -10,6 +11,7 @@ from baselines import (  # noqa: F401
     keydiff,
     knorm,
     lookm,
+    meda,
     pyramidkv,
     random_keep,
     snapkv,

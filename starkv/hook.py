@@ -39,6 +39,8 @@ class LayerStat:
     kept_length: int
     bytes_before: int
     bytes_after: int
+    #: tokens kept per KV head when they differ (head-adaptive, ``starkv.ragged``); ``kept_length`` is then their mean
+    head_lengths: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,12 @@ _wrap_saved: dict[str, tuple[bool, Any]] = {}
 
 def install_attention_wrapper(attn_implementation: str) -> None:
     """Wrap (counted: one wrapper per implementation) the attention function of the text decoder: it stashes
-    queries for flagged modules at prefill, and runs a batched decode's rows one by one (``starkv_rows``)."""
+    queries for flagged modules at prefill, runs a batched decode's rows one by one (``starkv_rows``), and
+    attends per KV head over a ragged layer's own K/V (``starkv.ragged``)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+    from starkv.ragged import RaggedHeads, ragged_attention
 
     with _wrap_lock:
         count = _wrap_count.get(attn_implementation, 0)
@@ -118,6 +123,8 @@ def install_attention_wrapper(attn_implementation: str) -> None:
             rows = getattr(module, "starkv_rows", None)  # a batched decode of several units (pipeline.step.row_decode)
             if rows is not None:
                 return rows.attend(inner, module, query, kwargs)
+            if isinstance(key, RaggedHeads):  # a head-adaptive layer's per-head cache (starkv.ragged)
+                return ragged_attention(inner, module, query, key, value, **kwargs)
             slot = getattr(module, "starkv_capture", None)
             if slot is not None and slot.rows and query.shape[-2] > 1:
                 slot.queries = query[..., -slot.rows :, :].detach()
@@ -184,6 +191,10 @@ class _LayerHook:
         if cache is None or hidden is None:
             return output
         layer = cache.layers[self.layer_idx]
+        from starkv.ragged import RaggedLayer
+
+        if isinstance(layer, RaggedLayer):
+            return output  # a head-adaptive layer decoding: compressed once, at its prefill
         length = layer.keys.shape[-2]
         if hidden.shape[1] <= 1 or (self.att.chunk is None and hidden.shape[1] != length):
             return output  # not a prefill from an empty cache (decode step or continued generation)
@@ -194,26 +205,32 @@ class _LayerHook:
         if self.layer_idx == 0:
             self.att.compress_s = 0.0
         t0 = time.perf_counter()
-        self.compress(module, hidden, layer, length, queries)
+        stored = self.compress(module, hidden, layer, length, queries)
+        if stored is not layer:  # per-head storage replaces the dense cache layer
+            cache.layers[self.layer_idx] = stored
         self.att.compress_s += time.perf_counter() - t0
         return output
 
     def compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0,
-                 hidden_norms: torch.Tensor | None = None) -> None:
+                 hidden_norms: torch.Tensor | None = None):
         """Select this layer's kept tokens and gather ``layer.keys``/``layer.values`` in place.
 
         ``layer`` is anything with ``keys``/``values`` (the live cache layer, or a shared prefill's record);
         ``hidden`` holds the hidden states of tokens ``hidden_offset ...`` (all of them from the hook), or
-        ``hidden_norms`` their norms.
+        ``hidden_norms`` their norms. Returns what now stores the layer: ``layer`` itself, or a
+        ``starkv.ragged.RaggedLayer`` when a head-adaptive compressor kept a different count per KV head.
         """
         att, comp = self.att, self.att.compressor
         if att.prune is not None and att.prune.pruned(self.layer_idx):  # this layer ran on the kept tokens only
             self._write_pruned(layer)
-            return
+            return layer
         layout = att.layout or PromptLayout(prompt_length=length)
         if layout.prompt_length != length:
             raise ValueError(f"prompt layout is for {layout.prompt_length} tokens but the prefill has {length}")
         chunk = att.chunk
+        if chunk is not None and comp.head_adaptive:
+            raise ValueError(f"compressor {comp.name!r} keeps a different number of tokens per KV head, which a "
+                             "chunked prefill cannot continue from; use prefill_mode full")
         total = chunk.prefix_length if chunk is not None else length
         cap = capacity(total, att.budget)
         if chunk is None or chunk.final:
@@ -229,7 +246,7 @@ class _LayerHook:
             att.pending.clear()
         if att.prune is not None:
             self._prune(ctx, layer)
-            return
+            return layer
         if not ctx.plan.compresses:
             comp.on_uncompressed(ctx)
         if comp.layer_adaptive and isinstance(comp, ScorerCompressor) and (chunk is None or chunk.final):
@@ -247,9 +264,9 @@ class _LayerHook:
             att.pending.append((light, scores, weight, layer, kept, before))
             if self.layer_idx == self.num_layers - 1:
                 self._finish_adaptive()
-            return
+            return layer
         idx = comp.select(ctx) if ctx.plan.compresses else None
-        self._write(layer, ctx, idx)
+        return self._write(layer, ctx, idx)
 
     def _cut_early(self, ctx: LayerContext, scores: torch.Tensor, weight: float, layer) -> torch.Tensor | None:
         """Keep at once a superset of what this layer can keep once all weights are known (starkv.early_cut)."""
@@ -265,14 +282,25 @@ class _LayerHook:
             layer.keys, layer.values = _gather(layer.keys, layer.values, kept)
         return kept
 
-    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | None, before: int | None = None) -> None:
+    def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | list[torch.Tensor] | None,
+               before: int | None = None):
+        """Gather ``layer`` to ``idx`` and record its stat; ``idx`` a list (one row per KV head, of different
+        lengths) stores the layer per head (``starkv.ragged.RaggedLayer``), which is returned."""
         before = _cache_bytes(layer.keys, layer.values) if before is None else before
+        if isinstance(idx, list):
+            from starkv.ragged import RaggedLayer
+
+            ragged = RaggedLayer.gather(layer.keys, layer.values, idx)
+            self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, ragged.get_seq_length(), before,
+                                            ragged.nbytes(), head_lengths=ragged.lengths))
+            return ragged
         if idx is not None:
             comp = self.att.compressor
             merged = comp.merge(ctx, idx) if comp.merging else None
             layer.keys, layer.values = merged if merged is not None else _gather(layer.keys, layer.values, idx)
         self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
                                         _cache_bytes(layer.keys, layer.values)))
+        return layer
 
     def _prune(self, ctx: LayerContext, layer) -> None:
         """A pruning compressor's layers up to its selecting layer: wait, then select once and cut them all."""

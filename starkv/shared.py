@@ -32,6 +32,7 @@ from starkv.hook import (
     detach_capture,
     install_attention_wrapper,
     layer_compressor,
+    remove_attention_wrapper,
 )
 from starkv.layout import PromptLayout
 
@@ -183,7 +184,8 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     """Run ``compressor`` at ``budget`` on the record, layer by layer as the hook would at prefill.
 
     Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``) and the per-layer compressed
-    K/V. The compressor's episode state advances exactly as in a run with the hook.
+    K/V: objects with ``keys``/``values``, or a ``starkv.ragged.RaggedLayer`` for a layer a head-adaptive
+    compressor stored per KV head. The compressor's episode state advances exactly as in a run with the hook.
     """
     capacity(1, budget)
     check_decodable(model, compressor)
@@ -196,9 +198,10 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     for i, lr in enumerate(record.layers):
         holder = _Holder(lr.keys, lr.values)
         holders.append(holder)
-        layer_compressor(att, i, len(record.layers)).compress(lr.module, lr.hidden, holder, record.length,
-                                                              lr.queries[rows], hidden_offset=lr.hidden_offset,
-                                                              hidden_norms=lr.hidden_norms)
+        stored = layer_compressor(att, i, len(record.layers)).compress(
+            lr.module, lr.hidden, holder, record.length, lr.queries[rows], hidden_offset=lr.hidden_offset,
+            hidden_norms=lr.hidden_norms)
+        holders[-1] = stored  # the holder, or the layer's per-head storage
     att.compress_s = time.perf_counter() - t0
     return att, holders
 
@@ -208,8 +211,13 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
     """The block's first forward of ``model`` returns the recorded prefill output with ``holders`` as cache.
 
     Pass ``generate`` the same inputs as the shared prefill minus the pixels (nothing reads them: the
-    vision tower ran in the shared prefill, and positions come from the token ids and image grids).
+    vision tower ran in the shared prefill, and positions come from the token ids and image grids). Ragged
+    (per-KV-head) layers go into the cache as they are, and the attention wrapper that decodes them is
+    installed for the block.
     """
+    from starkv.ragged import RaggedLayer
+
+    ragged = any(isinstance(h, RaggedLayer) for h in holders)
     inner = model.forward
     done = [False]
 
@@ -222,16 +230,24 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
         if cache is None:
             raise RuntimeError("replay_prefill: generate passed no cache to fill")
         for i, holder in enumerate(holders):
-            cache.update(holder.keys, holder.values, i)
+            if isinstance(holder, RaggedLayer):
+                cache.layers[i] = holder
+            else:
+                cache.update(holder.keys, holder.values, i)
         out = type(record.output)(**dict(record.output.items()))
         out["past_key_values"] = cache
         return out
 
     had = "forward" in vars(model)
     model.forward = forward
+    impl = decoder_layers(model)[0].self_attn.config._attn_implementation or "eager"  # noqa: SLF001 - transformers keeps the attention backend only here
+    if ragged:
+        install_attention_wrapper(impl)
     try:
         yield
     finally:
+        if ragged:
+            remove_attention_wrapper(impl)
         if had:
             model.forward = inner
         else:

@@ -233,10 +233,17 @@ BATCH_CACHE_PERCENT = 100.0
 
 
 def decode_batches(members: list[Member], limit: float = BATCH_CACHE_PERCENT) -> list[list[Member]]:
-    """Consecutive units packed into batches whose budgets add up to at most ``limit`` percent."""
+    """Consecutive units packed into batches whose budgets add up to at most ``limit`` percent.
+
+    A head-adaptive unit (per-KV-head storage, ``starkv.ragged``) decodes alone from the shared prefill:
+    the batched decode's per-row caches are dense tensors."""
     batches: list[list[Member]] = []
     total = 0.0
     for m in members:
+        if m.compressor.head_adaptive:
+            batches.append([m])
+            total = limit  # the next unit starts a new batch
+            continue
         share = 100.0 if m.compressor.budget_free else min(100.0, float(m.unit.budget))
         if not batches or total + share > limit:
             batches.append([])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import starkv
+from starkv.ragged import RaggedLayer
 from tests.helpers_model import prompt_inputs
 
 BUDGETS = [1, 20, 100]
@@ -39,11 +40,18 @@ def test_compressor_on_tiny_model(model_and_inputs, name, budget):
     num_layers = loaded.num_layers
     lengths = [s.kept_length for s in att.stats]
     assert len(lengths) == num_layers
-    for layer in out.past_key_values.layers:
-        assert layer.keys.shape[1] == loaded.num_kv_heads  # GQA storage, never repeated to query heads
-    # decoding ran: 4 new tokens, 3 of them appended to every compressed layer
     assert out.sequences.shape[1] == L + 4
-    assert [layer.keys.shape[2] for layer in out.past_key_values.layers] == [n + 3 for n in lengths]
+    for layer, stat in zip(out.past_key_values.layers, att.stats):
+        # decoding ran: 4 new tokens, 3 of them appended to every compressed layer (to every KV head)
+        if isinstance(layer, RaggedLayer):  # head-adaptive: one tensor per KV head, of its own length
+            assert compressor.head_adaptive
+            assert layer.num_heads == loaded.num_kv_heads  # GQA storage, never repeated to query heads
+            assert all(k.shape[:2] == (1, 1) for k in layer.head_keys)
+            assert list(layer.lengths) == [n + 3 for n in stat.head_lengths]
+            assert sum(stat.head_lengths) == loaded.num_kv_heads * stat.kept_length  # the layer's total
+        else:
+            assert layer.keys.shape[1] == loaded.num_kv_heads  # GQA storage, never repeated to query heads
+            assert layer.keys.shape[2] == stat.kept_length + 3
     cap = int(L * budget / 100)  # the budget rule, written out: C = int(L·b/100) tokens per layer
     if name == "full" or budget == 100:
         assert lengths == [L] * num_layers
@@ -77,7 +85,9 @@ def test_window_is_kept_for_every_compressor(model_and_inputs):
             out = model.generate(**inputs, max_new_tokens=1, do_sample=False, return_dict_in_generate=True)
         for i, layer in enumerate(out.past_key_values.layers[: last + 1]):
             full = ref.past_key_values.layers[i].keys[:, :, L - 8:L]
-            torch.testing.assert_close(layer.keys[:, :, -8:], full, rtol=0, atol=0, msg=f"{name} layer {i}")
+            kept = torch.cat([k[:, :, -8:] for k in layer.head_keys], dim=1) if isinstance(layer, RaggedLayer) \
+                else layer.keys[:, :, -8:]
+            torch.testing.assert_close(kept, full, rtol=0, atol=0, msg=f"{name} layer {i}")
 
 
 def test_eager_attention_rejects_layer_varying_compressors(tiny_model_dir):

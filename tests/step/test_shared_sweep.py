@@ -51,7 +51,8 @@ def kept(monkeypatch):
     inner = hook._LayerHook._write
 
     def write(self, layer, ctx, idx, *rest):
-        log.setdefault(id(self.att.compressor), []).append(None if idx is None else idx.clone())
+        copy = [i.clone() for i in idx] if isinstance(idx, list) else None if idx is None else idx.clone()
+        log.setdefault(id(self.att.compressor), []).append(copy)  # a list: one row per KV head (head-adaptive)
         return inner(self, layer, ctx, idx, *rest)
 
     monkeypatch.setattr(hook._LayerHook, "_write", write)
@@ -71,8 +72,12 @@ def _sweep_units(specs):
 
 
 def _same_indices(a: list, b: list) -> bool:
-    return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
-                                    for x, y in zip(a, b))
+    def same(x, y) -> bool:
+        if isinstance(x, list) or isinstance(y, list):
+            return isinstance(x, list) and isinstance(y, list) and len(x) == len(y) and all(map(torch.equal, x, y))
+        return (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+
+    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("slots", [1, 5])
