@@ -56,6 +56,8 @@ class BenchSpec:
     vision_per_image: bool = True
     #: model.prefill_mode values to sweep: full (exact) and/or chunked_compress (approximation)
     prefills: tuple[str, ...] = ("full",)
+    #: count the prefill's and the selection's flops (prefill_flops, compress_flops, compress_flops_ratio)
+    flops: bool = True
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -70,7 +72,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, compressors: str, attn: str,
                decode_steps: int, dtype: str, mlp_chunk: str = "0", vision: str = "per-image",
-               prefill: str = "full") -> BenchSpec:
+               prefill: str = "full", flops: bool = True) -> BenchSpec:
     """Validate every option before any work; each error names its option."""
     import starkv
 
@@ -93,7 +95,8 @@ def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, comp
         raise MemoryBenchError(f"--budgets: expected numbers separated by commas, got {budgets!r}") from None
     if not bud or any(not 0 < b <= 100 for b in bud):
         raise MemoryBenchError(f"--budgets: every budget must be in (0, 100] percent, got {budgets!r}")
-    comps = tuple(c.strip() for c in str(compressors).split(",") if c.strip())
+    comps = tuple(starkv.available()) if str(compressors).strip() == "all" else \
+        tuple(c.strip() for c in str(compressors).split(",") if c.strip())
     unknown = [c for c in comps if c not in starkv.available()]
     if not comps or unknown:
         raise MemoryBenchError(f"--compressors: unknown {unknown or compressors!r}; registered: "
@@ -114,7 +117,7 @@ def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, comp
     if not prefills or any(p not in PREFILLS for p in prefills):
         raise MemoryBenchError(f"--prefill: expected full or chunked (comma-separated), got {prefill!r}")
     return BenchSpec(model, shots, size, bud, comps, impls, decode_steps, dtype, chunks, vision == "per-image",
-                     tuple(dict.fromkeys(PREFILLS[p] for p in prefills)))
+                     tuple(dict.fromkeys(PREFILLS[p] for p in prefills)), flops)
 
 
 @dataclass
@@ -322,9 +325,11 @@ def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
                            "vision": "per-image" if spec.vision_per_image else "batch", "error": None}
                     try:
                         row.update(simulate(facts, inputs, layout, comp, budget, attn, spec.decode_steps, dtype,
-                                            chunk, spec.vision_per_image, vision_cache, prefill))
+                                            chunk, spec.vision_per_image, vision_cache, prefill, spec.flops))
                     except ValueError as err:  # e.g. eager attention with a layer-varying compressor
                         row["error"] = str(err)
+                    except Exception as err:  # noqa: BLE001 - e.g. a selection that reads values fake tensors lack
+                        row["error"] = f"{type(err).__name__}: {err}"[:300]
                     echo(row)
                     rows.append(row)
     return rows
