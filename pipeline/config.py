@@ -156,6 +156,9 @@ class JobConfig:
     regression: dict[str, Any] = field(default_factory=dict)
     #: modules imported (driver and every actor) before compressors are built: user-registered methods
     plugins: list[str] = field(default_factory=list)
+    #: count each step's prefill and selection flops (torch's flop counter: the prefill_flops / compress_flops
+    #: columns); off by default, as the counter slows the prefill and selection it counts (docs/performance.md)
+    measure_flops: bool = False
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +173,8 @@ class JobConfig:
             data.pop(volatile, None)
         if data["model"].get("revision") is None:  # jobs from before model.revision keep their run ids
             data["model"].pop("revision", None)
+        if not data.get("measure_flops"):  # jobs from before measure_flops keep their run ids
+            data.pop("measure_flops", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def resolved_run_id(self) -> str:
@@ -229,6 +234,7 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> JobConfig:
         run_id=data.get("run_id"),
         regression=data.get("regression") or {},
         plugins=list(data.get("plugins") or []),
+        measure_flops=data.get("measure_flops", False),
         source=source,
     )
     validate(cfg)
@@ -297,6 +303,8 @@ def validate(cfg: JobConfig) -> None:
     _validate_model_path(cfg.model)
     if cfg.model.max_new_tokens < 1:
         raise ConfigError("model.max_new_tokens: must be >= 1")
+    if not isinstance(cfg.measure_flops, bool):
+        raise ConfigError(f"measure_flops: must be true or false, got {cfg.measure_flops!r}")
     if not isinstance(cfg.model.vision_per_image, bool):
         raise ConfigError(f"model.vision_per_image: must be true or false, got {cfg.model.vision_per_image!r}")
     if not isinstance(cfg.model.mlp_chunk_tokens, int) or cfg.model.mlp_chunk_tokens < 0:

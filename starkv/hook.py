@@ -26,6 +26,7 @@ from starkv.budget import capacity, plan_selection
 from starkv.compressor import Compressor, ScorerCompressor, topk_with_window
 from starkv.context import LayerContext
 from starkv.early_cut import capacity_bound, positions_in, superset
+from starkv.flops import FlopMeter, region_flops
 from starkv.layout import PromptLayout
 from starkv.pruning import PruneState, install_pruning
 
@@ -67,8 +68,13 @@ class Attachment:
     layout: PromptLayout | None = None
     chunk: ChunkState | None = None
     stats: list[LayerStat] = field(default_factory=list)
-    #: seconds spent selecting and gathering (inside the prefill), summed over the layers of the last prefill
+    #: seconds spent selecting and gathering (inside the prefill), summed over the layers (and chunks) of the
+    #: last prefill
     compress_s: float = 0.0
+    #: a running flop count around the prefill (``starkv.flops``; None: no counting, the counter slows every op)
+    flop_meter: FlopMeter | None = None
+    #: flops of the same region as ``compress_s``, counted by ``flop_meter`` (0 without one)
+    compress_flops: int = 0
     pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
     #: the in-prefill token pruning of a ``pruning`` compressor (``starkv.pruning``); None for the others
     prune: PruneState | None = None
@@ -198,17 +204,20 @@ class _LayerHook:
         length = layer.keys.shape[-2]
         if hidden.shape[1] <= 1 or (self.att.chunk is None and hidden.shape[1] != length):
             return output  # not a prefill from an empty cache (decode step or continued generation)
+        first = hidden.shape[1] == length  # a whole prefill, or the first chunk of a chunked one
         if hidden.shape[1] != length:  # a later prompt chunk: the kept tokens before it have no hidden states
             hidden = torch.cat([hidden.new_zeros(1, length - hidden.shape[1], hidden.shape[2]), hidden], dim=1)
         if queries is None:
             raise RuntimeError("starkv: window queries were not captured; is the attention wrapper active?")
-        if self.layer_idx == 0:
-            self.att.compress_s = 0.0
+        if self.layer_idx == 0 and first:  # a chunked prefill sums its chunks
+            self.att.compress_s, self.att.compress_flops = 0.0, 0
         t0 = time.perf_counter()
-        stored = self.compress(module, hidden, layer, length, queries)
+        with region_flops(self.att.flop_meter) as tally:
+            stored = self.compress(module, hidden, layer, length, queries)
         if stored is not layer:  # per-head storage replaces the dense cache layer
             cache.layers[self.layer_idx] = stored
         self.att.compress_s += time.perf_counter() - t0
+        self.att.compress_flops += tally.flops
         return output
 
     def compress(self, module, hidden, layer, length: int, queries: torch.Tensor, hidden_offset: int = 0,
@@ -397,15 +406,18 @@ def layer_compressor(attachment: Attachment, layer_idx: int, num_layers: int) ->
 
 
 @contextlib.contextmanager
-def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | None = None) -> Iterator[Attachment]:
+def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | None = None,
+           flop_meter: FlopMeter | None = None) -> Iterator[Attachment]:
     """Compress the KV cache of every ``generate``/forward prefill inside the block.
 
     ``budget`` is a percent in (0, 100]; ``layout`` gives the screenshot spans of the prompt (update
-    ``attachment.layout`` between steps when reusing one attachment).
+    ``attachment.layout`` between steps when reusing one attachment); ``flop_meter``: a running flop count
+    (entered around the prefill by the caller) whose share in the selection goes to ``compress_flops``.
     """
     capacity(1, budget)  # validates the budget before any hook is installed
     layers = decoder_layers(model)
-    attachment = Attachment(model=model, compressor=compressor, budget=budget, layout=layout)
+    attachment = Attachment(model=model, compressor=compressor, budget=budget, layout=layout,
+                            flop_meter=flop_meter)
     impl = check_decodable(model, compressor)
     install_attention_wrapper(impl)
     handles = []

@@ -24,6 +24,7 @@ import torch
 
 from starkv.budget import capacity
 from starkv.compressor import HIDDEN_NEEDS, Compressor
+from starkv.flops import FlopMeter, region_flops
 from starkv.hook import (
     Attachment,
     QueryCapture,
@@ -180,12 +181,14 @@ def _output_recorder(record: PrefillRecord):
     return hook
 
 
-def compress_record(model, record: PrefillRecord, compressor: Compressor, budget: float) -> tuple[Attachment, list]:
+def compress_record(model, record: PrefillRecord, compressor: Compressor, budget: float,
+                    flop_meter: FlopMeter | None = None) -> tuple[Attachment, list]:
     """Run ``compressor`` at ``budget`` on the record, layer by layer as the hook would at prefill.
 
-    Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``) and the per-layer compressed
-    K/V: objects with ``keys``/``values``, or a ``starkv.ragged.RaggedLayer`` for a layer a head-adaptive
-    compressor stored per KV head. The compressor's episode state advances exactly as in a run with the hook.
+    Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``; ``compress_flops``, counted by
+    ``flop_meter`` when given) and the per-layer compressed K/V: objects with ``keys``/``values``, or a
+    ``starkv.ragged.RaggedLayer`` for a layer a head-adaptive compressor stored per KV head. The
+    compressor's episode state advances exactly as in a run with the hook.
     """
     capacity(1, budget)
     check_decodable(model, compressor)
@@ -195,14 +198,16 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     rows = query_rows(compressor, record.layout)
     holders = []
     t0 = time.perf_counter()
-    for i, lr in enumerate(record.layers):
-        holder = _Holder(lr.keys, lr.values)
-        holders.append(holder)
-        stored = layer_compressor(att, i, len(record.layers)).compress(
-            lr.module, lr.hidden, holder, record.length, lr.queries[rows], hidden_offset=lr.hidden_offset,
-            hidden_norms=lr.hidden_norms)
-        holders[-1] = stored  # the holder, or the layer's per-head storage
+    with region_flops(flop_meter) as tally:
+        for i, lr in enumerate(record.layers):
+            holder = _Holder(lr.keys, lr.values)
+            holders.append(holder)
+            stored = layer_compressor(att, i, len(record.layers)).compress(
+                lr.module, lr.hidden, holder, record.length, lr.queries[rows], hidden_offset=lr.hidden_offset,
+                hidden_norms=lr.hidden_norms)
+            holders[-1] = stored  # the holder, or the layer's per-head storage
     att.compress_s = time.perf_counter() - t0
+    att.compress_flops = tally.flops
     return att, holders
 
 

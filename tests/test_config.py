@@ -44,6 +44,7 @@ def _with(**changes):
     ({"model__max_new_tokens": 0}, r"^model\.max_new_tokens"),
     ({"ray": {"num_actors": 0}}, r"^ray\.num_actors"),
     ({"compressors": [{"name": "snapkv"}, {"name": "snapkv"}]}, r"^compressors: duplicate"),
+    ({"measure_flops": "yes"}, r"^measure_flops: must be true or false"),
 ])
 def test_bad_config_names_the_field(changes, field):
     data = copy.deepcopy(BASE)
@@ -69,6 +70,24 @@ def test_good_config_and_stable_run_id():
     c = parse_config(_with(budgets=[30]))
     assert c.resolved_run_id() != a.resolved_run_id()
     assert [(u[0].name, u[1]) for u in a.units()] == [("snapkv", 20)]
+
+
+def test_measure_flops_off_keeps_the_run_id():
+    import hashlib
+    import json
+
+    plain = parse_config(copy.deepcopy(BASE))
+    assert plain.measure_flops is False
+    assert parse_config({**copy.deepcopy(BASE), "measure_flops": False}).resolved_run_id() == plain.resolved_run_id()
+    # the hash of a job written before the option: its fields without measure_flops
+    data = plain.to_dict()
+    for volatile in ("output", "tracking", "run_id", "ray", "regression", "measure_flops"):
+        data.pop(volatile)
+    data["model"].pop("revision")
+    before = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    assert plain.resolved_run_id() == f"t-{before}"
+    counted = parse_config({**copy.deepcopy(BASE), "measure_flops": True})  # its rows differ: a run of its own
+    assert counted.measure_flops is True and counted.resolved_run_id() != plain.resolved_run_id()
 
 
 def test_cli_reports_config_error_before_any_work(tmp_path, capsys):

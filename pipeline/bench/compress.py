@@ -1,7 +1,9 @@
 """Selection-cost benchmark at UI-TARS-7B dimensions: every compressor, the MI step, one decoder layer.
 
 All figures of one report are measured in the same process on the same random inputs, so the ratios
-(STaR-KV / SnapKV, selection / layer prefill) are meaningful on any machine; absolute times are not.
+(STaR-KV / SnapKV, selection / layer prefill) are meaningful on any machine; absolute times are not. The
+flops (torch's flop counter, ``starkv.flops``) are exact on any machine: a selection's on its inputs, the
+decoder layer's prefill on fake tensors (shapes only, no weights or arithmetic).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import starkv
 from starkv.budget import capacity, plan_selection
 from starkv.context import LayerContext
+from starkv.flops import count_flops
 from starkv.layout import PromptLayout
 
 CPU = torch.device("cpu")
@@ -66,6 +69,9 @@ class ScenarioReport:
     layer_prefill_ms: float | None = None
     starkv_over_snapkv: float | None = None
     selection_over_layer: dict[str, float] = field(default_factory=dict)
+    selection_flops: dict[str, int] = field(default_factory=dict)
+    layer_prefill_flops: int = 0
+    selection_flops_over_layer: dict[str, float] = field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,6 +137,12 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 def decoder_layer(dims: Dims, dtype=torch.float32, device: torch.device = CPU) -> tuple[Any, Any]:
     """One Qwen2.5-VL decoder layer at ``dims`` (sdpa attention, random weights) and its rotary embedding."""
+    layer, rotary = _built_layer(dims)
+    return layer.to(device=device, dtype=dtype), rotary.to(device)
+
+
+def _built_layer(dims: Dims) -> tuple[Any, Any]:
+    """The layer and rotary embedding as built (fp32, CPU; fake under a ``FakeTensorMode``, which cannot ``.to``)."""
     from transformers import Qwen2_5_VLTextConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
         Qwen2_5_VLDecoderLayer,
@@ -142,8 +154,7 @@ def decoder_layer(dims: Dims, dtype=torch.float32, device: torch.device = CPU) -
                                num_hidden_layers=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                                      "mrope_section": _mrope_section(dims.head_dim)})
     cfg._attn_implementation = "sdpa"  # noqa: SLF001 - transformers keeps the attention backend only here
-    layer = Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval().to(device=device, dtype=dtype)
-    return layer, Qwen2_5_VLRotaryEmbedding(cfg).to(device)
+    return Qwen2_5_VLDecoderLayer(cfg, layer_idx=0).eval(), Qwen2_5_VLRotaryEmbedding(cfg)
 
 
 def layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
@@ -159,6 +170,32 @@ def layer_prefill_ms(dims: Dims, length: int, repeats: int, dtype=torch.float32,
             return layer(hidden, attention_mask=None, position_ids=pos, position_embeddings=emb)
 
         return median_ms(forward, repeats, device) if repeats > 0 else 0.0
+
+
+def layer_prefill_flops(dims: Dims, length: int) -> int:
+    """Flops of one Qwen2.5-VL decoder layer's prefill forward at ``length`` tokens, counted on fake tensors.
+
+    Exactly ``2·L·(2·D·H·d + 2·D·H_kv·d + 3·D·I) + 4·H·L²·d``: the q/k/v/o projections and the three MLP
+    matrices, plus the attention's ``QKᵀ`` and ``AV`` over the full ``L × L`` scores (torch's convention,
+    no causal saving); norms, RoPE and activations count 0.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.inference_mode():
+        layer, rotary = _built_layer(dims)
+        hidden = torch.empty(1, length, dims.hidden)
+        pos = torch.arange(length).view(1, 1, -1).expand(3, 1, -1)
+        emb = rotary(hidden, pos)
+        with count_flops() as tally:
+            layer(hidden, attention_mask=None, position_ids=pos, position_embeddings=emb)
+    return tally.flops
+
+
+def selection_flops(fn: Callable[[], object]) -> int:
+    """Flops of one call of a selection (``select_fn``)."""
+    with count_flops() as tally:
+        fn()
+    return tally.flops
 
 
 def run_compress_bench(scenarios: dict[str, Scenario] | None = None, dims: Dims = Dims(), budget: float = 20.0,
@@ -179,12 +216,17 @@ def run_compress_bench(scenarios: dict[str, Scenario] | None = None, dims: Dims 
             for name in names:
                 if name == "full":
                     continue
-                rep.selection_ms[name] = median_ms(select_fn(name, ctx), repeats, dev)
-                echo(f"  [{key}] {name:<13} selection {rep.selection_ms[name]:9.2f} ms")
+                fn = select_fn(name, ctx)
+                rep.selection_ms[name] = median_ms(fn, repeats, dev)
+                rep.selection_flops[name] = selection_flops(fn)
+                echo(f"  [{key}] {name:<13} selection {rep.selection_ms[name]:9.2f} ms, "
+                     f"{rep.selection_flops[name] / 1e6:9.2f} MFLOP")
             start, end = layout.current_image
             image_scores = torch.rand(dims.num_kv_heads, end - start, device=dev)
             rep.mi_step_ms = median_ms(lambda s=image_scores: mi_mod.spatial_mi(s), repeats, dev)
             echo(f"  [{key}] MI step        {rep.mi_step_ms:9.2f} ms per layer ({end - start} image tokens)")
+        rep.layer_prefill_flops = layer_prefill_flops(dims, layout.prompt_length)
+        rep.selection_flops_over_layer = {n: f / rep.layer_prefill_flops for n, f in rep.selection_flops.items()}
         if layer_repeats > 0:
             echo(f"  [{key}] measuring one decoder layer prefill at {layout.prompt_length} tokens ...")
             rep.layer_prefill_ms = layer_prefill_ms(dims, layout.prompt_length, layer_repeats, dt, dev)
@@ -201,11 +243,14 @@ def format_reports(reports: list[ScenarioReport], threads: int, device: str = "c
     for rep in reports:
         lines.append(f"\n{rep.scenario} — L = {rep.prompt_tokens}")
         layer = f"{rep.layer_prefill_ms:.1f} ms" if rep.layer_prefill_ms else "not measured"
-        lines.append(f"  one decoder layer prefill: {layer}")
-        lines.append(f"  {'compressor':<14}{'select ms':>11}{'/ layer prefill':>17}")
+        lines.append(f"  one decoder layer prefill: {layer}, {rep.layer_prefill_flops / 1e9:.1f} GFLOP")
+        lines.append(f"  {'compressor':<14}{'select ms':>11}{'/ layer prefill':>17}{'select MFLOP':>14}"
+                     f"{'/ layer flops':>15}")
         for name, ms in rep.selection_ms.items():
             frac = rep.selection_over_layer.get(name)
-            lines.append(f"  {name:<14}{ms:>11.2f}{(f'{frac:.4f}' if frac is not None else '-'):>17}")
+            flops, share = rep.selection_flops.get(name, 0), rep.selection_flops_over_layer.get(name, 0.0)
+            lines.append(f"  {name:<14}{ms:>11.2f}{(f'{frac:.4f}' if frac is not None else '-'):>17}"
+                         f"{flops / 1e6:>14.2f}{share:>15.6f}")
         lines.append(f"  MI step: {rep.mi_step_ms:.2f} ms per layer (target <= 5 ms): "
                      f"{'OK' if rep.mi_step_ms <= 5 else 'OVER'}")
         if rep.starkv_over_snapkv is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from pipeline.metrics.units import unit_label
+from starkv.flops import FlopMeter, FlopTally, region_flops
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "models" / "configs"
 #: A square screenshot that lands exactly on UI-TARS's max_pixels cap: 128 x 128 merged patches.
@@ -55,6 +56,8 @@ class BenchSpec:
     vision_per_image: bool = True
     #: model.prefill_mode values to sweep: full (exact) and/or chunked_compress (approximation)
     prefills: tuple[str, ...] = ("full",)
+    #: count the prefill's and the selection's flops (prefill_flops, compress_flops, compress_flops_ratio)
+    flops: bool = True
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -69,7 +72,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, compressors: str, attn: str,
                decode_steps: int, dtype: str, mlp_chunk: str = "0", vision: str = "per-image",
-               prefill: str = "full") -> BenchSpec:
+               prefill: str = "full", flops: bool = True) -> BenchSpec:
     """Validate every option before any work; each error names its option."""
     import starkv
 
@@ -92,7 +95,8 @@ def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, comp
         raise MemoryBenchError(f"--budgets: expected numbers separated by commas, got {budgets!r}") from None
     if not bud or any(not 0 < b <= 100 for b in bud):
         raise MemoryBenchError(f"--budgets: every budget must be in (0, 100] percent, got {budgets!r}")
-    comps = tuple(c.strip() for c in str(compressors).split(",") if c.strip())
+    comps = tuple(starkv.available()) if str(compressors).strip() == "all" else \
+        tuple(c.strip() for c in str(compressors).split(",") if c.strip())
     unknown = [c for c in comps if c not in starkv.available()]
     if not comps or unknown:
         raise MemoryBenchError(f"--compressors: unknown {unknown or compressors!r}; registered: "
@@ -113,7 +117,7 @@ def parse_spec(model: str, screenshots: str, resolution: str, budgets: str, comp
     if not prefills or any(p not in PREFILLS for p in prefills):
         raise MemoryBenchError(f"--prefill: expected full or chunked (comma-separated), got {prefill!r}")
     return BenchSpec(model, shots, size, bud, comps, impls, decode_steps, dtype, chunks, vision == "per-image",
-                     tuple(dict.fromkeys(PREFILLS[p] for p in prefills)))
+                     tuple(dict.fromkeys(PREFILLS[p] for p in prefills)), flops)
 
 
 @dataclass
@@ -193,13 +197,16 @@ def _owns_storage(t) -> bool:
 
 
 @contextlib.contextmanager
-def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
+def _vision_once(model, tracker, cache: dict | None, key, meter: FlopMeter | None = None,
+                 replayed: FlopTally | None = None) -> Iterator[None]:
     """Run the vision tower for the first row of a prompt only; later rows replay its figures.
 
     The tower does not see the compressor, and every row enters it in the same state (nothing
-    compressor-specific has run yet), so its rise above that state, the bytes per part at its top and
-    its output shapes are the same for every row: the replay adds them without the (slow on fake
-    tensors) per-window attention, and later rows are figured exactly as if it had run.
+    compressor-specific has run yet), so its rise above that state, the bytes per part at its top, its
+    flops and its output shapes are the same for every row: the replay adds them without the (slow on fake
+    tensors) per-window attention, and later rows are figured exactly as if it had run. ``meter`` (the
+    step's flop count) gives the tower's flops; ``replayed`` collects those of the replayed calls, which
+    the meter never sees.
     """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -213,17 +220,21 @@ def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
 
     def record(hidden_states, grid_thw, key, **kwargs):
         tracker.begin_probe()
-        out = current(hidden_states, grid_thw=grid_thw, **kwargs)
+        with region_flops(meter) as tower:
+            out = current(hidden_states, grid_thw=grid_thw, **kwargs)
         rise, counts, part = tracker.end_probe()
         tensors = [getattr(out, f, None) for f in fields]
         distinct = len({id(t.untyped_storage()) for t in tensors if t is not None}) == sum(t is not None for t in tensors)
         if distinct and all(_owns_storage(t) for t in tensors) and not (out.hidden_states or out.attentions):
-            cache[key] = (rise, counts, part, [None if t is None else (tuple(t.shape), t.dtype) for t in tensors])
+            cache[key] = (rise, counts, part, [None if t is None else (tuple(t.shape), t.dtype) for t in tensors],
+                          tower.flops)
         return out
 
     def replay(hidden_states, grid_thw, key, **kwargs):
-        rise, counts, part, shapes = cache[key]
+        rise, counts, part, shapes, flops = cache[key]
         tracker.replay_probe(rise, counts, part)
+        if replayed is not None:
+            replayed.flops += flops
         made = [None if s is None else torch.empty(s[0], dtype=s[1]) for s in shapes]
         return BaseModelOutputWithPooling(**dict(zip(fields, made)))
 
@@ -244,8 +255,11 @@ def _vision_once(model, tracker, cache: dict | None, key) -> Iterator[None]:
 
 def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str | Any, budget: float, attn: str,
              decode_steps: int, dtype: torch.dtype, mlp_chunk: int = 0, per_image: bool = True,
-             vision_cache: dict | None = None, prefill_mode: str = "full") -> dict[str, Any]:
-    """One row: the step's exact memory on fake tensors (no data is computed).
+             vision_cache: dict | None = None, prefill_mode: str = "full", flops: bool = True) -> dict[str, Any]:
+    """One row: the step's exact memory on fake tensors (no data is computed) and, with ``flops``, the
+    prefill's flops (torch's flop counter, shapes only): ``prefill_flops`` of the model (vision tower,
+    decoder, the last position's logits), ``compress_flops`` of the compressor's selection and gather, and
+    ``compress_flops_ratio``, the one over the other.
 
     ``compressor``: a registered name (its default parameters) or a built instance (a job's parameters).
     ``vision_cache``: shared by the rows of one prompt, so the vision tower runs once (see
@@ -256,6 +270,7 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str 
     from pipeline.memory.lowmem import chunked_mlp, vision_per_image
     from pipeline.memory.simulate import build_fake_model, fake_session, real_rope_index
     from pipeline.step.chunked_prefill import chunked_generate
+    from pipeline.step.measure import PrefillFlops
 
     if per_image and isinstance(inputs.get("pixel_values"), torch.Tensor):  # as pipeline.step.engine does
         inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(dtype)}
@@ -264,18 +279,27 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str 
         model.generation_config = copy.deepcopy(facts.generation_config)
         fake_inputs = session.to_fake(inputs)
         tracked = track_step(model, fake_inputs)
+        replayed = FlopTally() if flops else None  # the vision tower's flops where its run is replayed
+        meter = FlopMeter() if flops else None
         with real_rope_index(model, session), \
                 starkv.attach(model, starkv.build(compressor) if isinstance(compressor, str) else compressor,
-                              budget, layout) as att, \
-                chunked_mlp(model, mlp_chunk), vision_per_image(model, per_image), tracked as account, \
-                _vision_once(model, tracked.tracker, vision_cache, (attn, per_image, str(dtype))):
+                              budget, layout, flop_meter=meter) as att, \
+                chunked_mlp(model, mlp_chunk), vision_per_image(model, per_image), \
+                (PrefillFlops(model, meter) if meter is not None else contextlib.nullcontext()) as counted, \
+                tracked as account, \
+                _vision_once(model, tracked.tracker, vision_cache, (attn, per_image, str(dtype)), meter, replayed):
             if prefill_mode == "full":
                 model.generate(**fake_inputs, max_new_tokens=decode_steps, do_sample=False)
             else:  # the opt-in approximation (pipeline.step.chunked_prefill), D greedy steps like generate's
                 chunked_generate(model, fake_inputs, att, layout, decode_steps)
         unknown = session.shadows.unknown_reads
-    return {**account.row_fields(), "kv_bytes": att.kv_bytes, "kv_bytes_full": att.kv_bytes_full,
-            "kept_tokens": att.kept_tokens, "unknown_reads": unknown}
+    row = {**account.row_fields(), "kv_bytes": att.kv_bytes, "kv_bytes_full": att.kv_bytes_full,
+           "kept_tokens": att.kept_tokens, "unknown_reads": unknown}
+    if flops:
+        prefill = counted.flops + replayed.flops - att.compress_flops
+        row.update(prefill_flops=prefill, compress_flops=att.compress_flops,
+                   compress_flops_ratio=att.compress_flops / prefill if prefill else 0.0)
+    return row
 
 
 def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
@@ -301,20 +325,31 @@ def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
                            "vision": "per-image" if spec.vision_per_image else "batch", "error": None}
                     try:
                         row.update(simulate(facts, inputs, layout, comp, budget, attn, spec.decode_steps, dtype,
-                                            chunk, spec.vision_per_image, vision_cache, prefill))
+                                            chunk, spec.vision_per_image, vision_cache, prefill, spec.flops))
                     except ValueError as err:  # e.g. eager attention with a layer-varying compressor
                         row["error"] = str(err)
+                    except Exception as err:  # noqa: BLE001 - e.g. a selection that reads values fake tensors lack
+                        row["error"] = f"{type(err).__name__}: {err}"[:300]
                     echo(row)
                     rows.append(row)
     return rows
 
 
+def flop_units(rows: list[dict[str, Any]]) -> tuple[float, str, float, str]:
+    """Scales and names of the prefill and selection flop columns: TFLOP and GFLOP when a prefill reaches
+    a TFLOP (a 7B model), else GFLOP and MFLOP."""
+    big = max((r.get("prefill_flops") or 0 for r in rows), default=0) >= 1e12
+    return (1e12, "TFLOP", 1e9, "GFLOP") if big else (1e9, "GFLOP", 1e6, "MFLOP")
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table (GiB, or MiB for small models) with the parts that held each peak."""
+    """A fixed-width table (GiB, or MiB for small models) with the prefill's and the selection's flops and the
+    parts that held each peak."""
     big = max((r.get("peak_above_weights_bytes") or 0 for r in rows), default=0) >= 1024 ** 3
     gib, unit = (1024 ** 3, "GiB") if big else (1024 ** 2, "MiB")
+    pre_scale, pre_unit, sel_scale, sel_unit = flop_units(rows)
     head = (f"{'compressor':<12}{'budget':>7}{'shots':>6}{'attn':>6}{'chunk':>6}{'tokens':>8}{'peak>W':>9}{'prefill':>9}"
-            f"{'decode':>9}{'KV':>8}  peak held by ({unit})")
+            f"{'decode':>9}{'KV':>8}{pre_unit:>10}{'sel ' + sel_unit:>12}{'sel/pre %':>11}  peak held by ({unit})")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.get("error"):
@@ -327,13 +362,25 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{name:<12}{r['budget']:>7g}{r['screenshots']:>6}{r['attn_implementation']:>6}"
             f"{r['mlp_chunk_tokens']:>6}{r['prompt_tokens']:>8}{r['peak_above_weights_bytes'] / gib:>9.2f}{r['peak_prefill_bytes'] / gib:>9.2f}"
-            f"{r['peak_decode_bytes'] / gib:>9.2f}{r['kv_bytes'] / gib:>8.2f}  {r['peak_phase']}/{r['peak_part']}: {held}")
+            f"{r['peak_decode_bytes'] / gib:>9.2f}{r['kv_bytes'] / gib:>8.2f}{_flops(r, 'prefill_flops', pre_scale, 10)}"
+            f"{_flops(r, 'compress_flops', sel_scale, 12)}{_ratio(r)}  {r['peak_phase']}/{r['peak_part']}: {held}")
     if rows and not rows[0].get("error"):
         lines.append(f"({unit} above the weights, {rows[0]['weights_bytes'] / gib:.2f} {unit}; exact live tensor bytes on "
                      f"fake tensors, {rows[0]['dtype']})")
+    if any("prefill_flops" in r for r in rows):
+        lines.append(f"({pre_unit}: the prefill's model flops; sel: the compressor's selection and gather; torch's flop "
+                     "counter on fake tensors: matmuls, convolutions and attention, 2 per multiply-add)")
     if any(r.get("mode") == "approx_chunked" for r in rows):
         lines.append("(~: --prefill chunked, an approximation: the cache is compressed after each history screenshot)")
     return "\n".join(lines)
+
+
+def _flops(row: dict[str, Any], key: str, scale: float, width: int) -> str:
+    return f"{row[key] / scale:>{width}.2f}" if key in row else f"{'-':>{width}}"
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    return f"{100 * row['compress_flops_ratio']:>11.4f}" if "compress_flops_ratio" in row else f"{'-':>11}"
 
 
 def plot_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """``starkv-eval bench compress`` (compressor selection cost at UI-TARS-7B dimensions), ``bench memory``
-(a step's exact memory at full scale, simulated on fake tensors) and ``bench sweep`` (a sweep with shared
-prefills against the same sweep per unit)."""
+(a step's exact memory and flops at full scale, simulated on fake tensors) and ``bench sweep`` (a sweep
+with shared prefills against the same sweep per unit)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _memory_cmd(args: argparse.Namespace) -> int:
 
     try:  # every option is checked before any work
         spec = parse_spec(args.model, args.screenshots, args.resolution, args.budgets, args.compressors, args.attn,
-                          args.decode_steps, args.dtype, args.mlp_chunk, args.vision, args.prefill)
+                          args.decode_steps, args.dtype, args.mlp_chunk, args.vision, args.prefill, not args.no_flops)
     except MemoryBenchError as err:
         print(f"starkv-eval bench memory: {err}", file=sys.stderr)
         return 2
@@ -114,7 +114,8 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="micro-benchmarks (selection cost of the compressors)")
     inner = bench.add_subparsers(dest="bench_command", required=True)
-    comp = inner.add_parser("compress", help="selection time of every compressor, the MI step, one layer's prefill")
+    comp = inner.add_parser("compress", help="selection time and flops of every compressor, the MI step, one "
+                                             "layer's prefill")
     comp.add_argument("--json", action="store_true", help="print the measurements as JSON")
     comp.add_argument("--budget", type=float, default=20.0)
     comp.add_argument("--repeats", type=int, default=5, help="timed repeats per selection (median)")
@@ -128,7 +129,8 @@ def add_parser(sub) -> None:
     comp.add_argument("--quick", action="store_true", help="tiny dimensions, for smoke tests of the command")
     comp.set_defaults(func=_cmd)
 
-    mem = inner.add_parser("memory", help="a step's exact memory at full model scale, simulated without weights or GPU")
+    mem = inner.add_parser("memory", help="a step's exact memory and flops at full model scale, simulated without "
+                                          "weights or GPU")
     # (option, default, help); the option's type is its default's
     for flag, default, text in (
         ("--model", "ui-tars-1.5-7b", "a vendored config (ui-tars-1.5-7b) or tiny"),
@@ -136,7 +138,7 @@ def add_parser(sub) -> None:
         ("--resolution", "1920x1080",
          "WIDTHxHEIGHT of every screenshot, or max (exactly the 16,384-token max_pixels cap)"),
         ("--budgets", "20", "KV budgets in percent, comma-separated"),
-        ("--compressors", "full,snapkv,starkv", "registered compressors, comma-separated"),
+        ("--compressors", "full,snapkv,starkv", "registered compressors, comma-separated, or all"),
         ("--attn", "sdpa", "attention implementation(s): sdpa, eager or sdpa,eager"),
         ("--decode-steps", 16, "decode steps after the prefill"),
         ("--dtype", "bfloat16", "dtype of the simulated model (bfloat16, float16, float32)"),
@@ -149,6 +151,8 @@ def add_parser(sub) -> None:
                               "full,chunked sweeps"),
     ):
         mem.add_argument(flag, default=default, type=type(default), help=text)
+    mem.add_argument("--no-flops", action="store_true",
+                     help="skip counting the prefill's and the selection's flops (torch's flop counter)")
     mem.add_argument("--plot", help="also write a PNG of the peaks and KV per row")
     mem.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     mem.set_defaults(func=_memory_cmd)

@@ -74,7 +74,8 @@ class ShadowMode(TorchDispatchMode):
         if func is _SCALAR:
             real = reals[0]
             if real is not None:
-                return real.item()
+                with no_dispatch():  # the shadow's own value, below every mode (a flop counter above may decompose)
+                    return real.item()
             self.unknown_reads += 1
             return False if args[0].dtype == torch.bool else (0 if not args[0].is_floating_point() else 0.0)
         random = torch.Tag.nondeterministic_seeded in func.tags

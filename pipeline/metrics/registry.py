@@ -123,7 +123,7 @@ class Metric:
     default : Any
         Value of a fresh row (and of a failed step).
     unit : str
-        Unit of the values (``bytes``, ``s``, ``tokens``, ``fraction``; empty for none).
+        Unit of the values (``bytes``, ``s``, ``tokens``, ``flop``, ``fraction``; empty for none).
     doc : str
         What it measures, one sentence.
     summary : dict
@@ -213,6 +213,11 @@ def _steps_per_s(ok: list[dict[str, Any]], _all: list[dict[str, Any]]) -> float:
     return (len(ok) / model_s) if model_s > 0 else 0.0
 
 
+def _compress_flops_ratio(ok: list[dict[str, Any]], _all: list[dict[str, Any]]) -> float:
+    prefill = sum(r.get("prefill_flops") or 0 for r in ok)  # rows from before the columns count as 0
+    return sum(r.get("compress_flops") or 0 for r in ok) / prefill if prefill > 0 else 0.0
+
+
 def _kv_ratio(ok: list[dict[str, Any]], _all: list[dict[str, Any]]) -> float:
     return sum(r["kv_bytes"] for r in ok) / max(1, sum(r["kv_bytes_full"] for r in ok))
 
@@ -289,6 +294,13 @@ for _m in (
     Metric("own_peak_above_weights_bytes", INT, 0, "bytes", "the unit's own exact peak above the weights",
            summary={"max_own_peak_above_weights_bytes": "max"},
            columns=(TableColumn("max_own_peak_above_weights_bytes", "own peak>W MiB", 1 / MIB, ".2f", 61),)),
+    # floating-point operations counted with torch's flop counter (starkv.flops: matmuls, convolutions and fused
+    # attention, 2 per multiply-add) when a job sets measure_flops; 0 when not counted. prefill_flops is the
+    # model's own prefill forward (a shared sweep's one prefill), compress_flops the unit's selection and gather
+    Metric("prefill_flops", INT, 0, "flop", "flops of the model's prefill forward",
+           summary={"mean_prefill_flops": "mean"}),
+    Metric("compress_flops", INT, 0, "flop", "flops of the unit's own selection and gather",
+           summary={"mean_compress_flops": "mean"}),
 ):
     register_metric(_m)
 
@@ -301,6 +313,8 @@ register_derived(Derived("episodes", lambda _ok, rows: float(len({r["episode_id"
 register_derived(Derived("kv_ratio", _kv_ratio))
 register_derived(Derived("steps_per_s", _steps_per_s,
                          check=Check("throughput", "steps_per_s", True, True, 0.30, "per_s")))
+#: the selection's share of the prefill's compute: compress flops over the model's prefill flops, summed over steps
+register_derived(Derived("compress_flops_ratio", _compress_flops_ratio))
 
 
 # ------------------------------------------------------------------- what the consumers read, in their order

@@ -159,7 +159,7 @@ class EpisodeActor:
         self.benchmark = make_benchmark(self.cfg, benchmark_path)
         self.runner = EpisodeRunner(self.loaded, self.benchmark, self.cfg.agent, m.max_new_tokens,
                                     mlp_chunk_tokens=m.mlp_chunk_tokens, vision_per_image=m.vision_per_image,
-                                    prefill_mode=m.prefill_mode)
+                                    prefill_mode=m.prefill_mode, measure_flops=self.cfg.measure_flops)
         self.compressors = {}
         self.progress = progress  # a ProgressCounter actor handle (None: nobody is watching)
         self.metadata = {"run_id": job.get("run_id") or "", "git_commit": job.get("_git_commit", "unknown"),

@@ -36,6 +36,7 @@ from pipeline.step.measure import fill_measures, guarded, measured
 from pipeline.step.multicall import run_views
 from pipeline.step.prompt import StepHistory, step_messages
 from starkv import Attachment, Compressor, PromptLayout, attach
+from starkv.flops import FlopMeter
 
 
 class EpisodeRunner:
@@ -43,7 +44,8 @@ class EpisodeRunner:
 
     def __init__(self, loaded: LoadedModel, benchmark: Benchmark, agent: AgentConfig, max_new_tokens: int,
                  memory_accounting: bool = True, mlp_chunk_tokens: int = 0, vision_per_image: bool = True,
-                 prefill_mode: str | PrefillMode = PrefillMode.FULL, batch_decode: bool = True) -> None:
+                 prefill_mode: str | PrefillMode = PrefillMode.FULL, batch_decode: bool = True,
+                 measure_flops: bool = False) -> None:
         self.loaded = loaded
         self.prefill_mode = PrefillMode.parse(prefill_mode)  # pipeline.step.chunked_prefill
         self.mlp_chunk_tokens, self.vision_per_image = mlp_chunk_tokens, vision_per_image  # pipeline.memory.lowmem
@@ -51,6 +53,8 @@ class EpisodeRunner:
         # a shared sweep decodes its units as the rows of one batch where that is exact
         # (pipeline.step.row_decode); off only to measure what it saves
         self.batch_decode = batch_decode
+        # count the prefill's and the selection's flops (starkv.flops): the compress_flops / prefill_flops columns
+        self.measure_flops = measure_flops
         self.benchmark = benchmark
         self.agent = agent = agent.resolved(benchmark)  # unset fields take the benchmark's protocol defaults
         self.max_new_tokens = max_new_tokens
@@ -136,6 +140,17 @@ class EpisodeRunner:
         return measured(self.loaded.model, self.loaded.device, inputs, accounting=self.memory_accounting,
                         **kwargs)
 
+    def flop_meter(self) -> FlopMeter | None:
+        """A fresh flop meter for one measured block when the run counts flops (``measure_flops``), else None."""
+        return FlopMeter() if self.measure_flops else None
+
+    @staticmethod
+    def model_flops(m, att: Attachment | None = None) -> int:
+        """The model's own prefill flops of a measured block: the count less the selection inside it."""
+        if m.flops is None:
+            return 0
+        return m.flops.flops - (att.compress_flops if att is not None else 0)
+
     def model_contexts(self) -> contextlib.ExitStack:
         """The low-memory switches every forward of a step runs under (pipeline.memory.lowmem)."""
         stack = contextlib.ExitStack()
@@ -159,12 +174,13 @@ class EpisodeRunner:
         loaded = self.loaded
         inputs, layout = self.encode(*self.prompt(episode, step, image, history), row)
         self.reset_positions()
-        around = (attach(loaded.model, compressor, unit.budget, layout), self.model_contexts())
-        with self.measure(inputs, around=around) as m:
+        meter = self.flop_meter()
+        around = (attach(loaded.model, compressor, unit.budget, layout, flop_meter=meter), self.model_contexts())
+        with self.measure(inputs, around=around, flops=meter) as m:
             out = self.generate(inputs, self.max_new_tokens, m.entered[0], layout)
         att = m.entered[0]
         fill_measures(row, att, m.account, peak_bytes=m.peak.peak_bytes, mem_device=m.peak.device,
-                      prefill_s=m.timer.prefill_s, decode_s=m.timer.decode_s)
+                      prefill_s=m.timer.prefill_s, decode_s=m.timer.decode_s, prefill_flops=self.model_flops(m, att))
         return self.finish(step, image, out, int(inputs["input_ids"].shape[1]), row)
 
     def finish(self, step: Step, image: Image.Image, out, prompt_len: int, row: dict[str, Any]) -> str:

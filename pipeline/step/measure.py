@@ -2,7 +2,8 @@
 
 Every path of a step (a per-unit call, a sweep's shared prefill, a unit's decode from it, a batch of
 units' decodes) opens its measurement here, in one nesting order: inference mode, the device peak, the
-contexts the caller needs around the model (a compressor attachment, the low-memory switches), the exact
+contexts the caller needs around the model (a compressor attachment, the low-memory switches), the flop
+count when asked for (below the accounting, which then sees the ops of a step without it), the exact
 accounting (after those, so a compressor's own scratch counts under attention), the phase timer.
 """
 
@@ -21,6 +22,7 @@ import torch
 
 from pipeline.memory.accounting import MemoryAccount, track_step
 from pipeline.memory.measured import PeakReading, peak_memory
+from starkv.flops import FlopMeter
 
 
 class PhaseTimer:
@@ -65,21 +67,53 @@ class PhaseTimer:
         return self.prefill_s + self.decode_s
 
 
+class PrefillFlops:
+    """Counts the flops of generate's prefill with ``meter`` (``starkv.flops``): everything from the block's
+    start to the end of the model's first forward (the chunks of a chunked prefill included); then the meter
+    stops counting, so the decode runs without the counter's per-op cost. ``flops`` includes a compressor's
+    selection inside that forward (``Attachment.compress_flops``, counted by the same meter).
+    """
+
+    def __init__(self, model: torch.nn.Module, meter: FlopMeter) -> None:
+        self.model, self.meter = model, meter
+        self.flops = 0
+
+    def __enter__(self) -> PrefillFlops:
+        self.meter.__enter__()
+        self.handle = self.model.register_forward_hook(self._on_forward)
+        return self
+
+    def _stop(self) -> None:
+        if self.meter.counting:
+            self.meter.stop()
+            self.flops = self.meter.total
+
+    def _on_forward(self, module, args, output) -> None:
+        self._stop()
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+        self._stop()
+        self.meter.__exit__(*exc)
+
+
 @dataclass
 class Measurement:
     """What one measured block yields: the device peak, the exact account (None when accounting is off),
-    the phase timer (None when not timed) and the values of the caller's contexts, in order."""
+    the phase timer (None when not timed), the values of the caller's contexts, in order, and the prefill's
+    flop count (None when not counted)."""
 
     peak: PeakReading
     account: MemoryAccount | None
     timer: PhaseTimer | None
     entered: list[Any] = field(default_factory=list)
+    flops: PrefillFlops | None = None
 
 
 @contextlib.contextmanager
 def measured(model: torch.nn.Module, device: torch.device, inputs: dict[str, Any], *, accounting: bool,
              around: tuple[AbstractContextManager, ...] = (), held: list[torch.Tensor] | None = None,
-             timed: bool = True) -> Iterator[Measurement]:
+             timed: bool = True, flops: FlopMeter | None = None) -> Iterator[Measurement]:
     """Measure a block of model work (see the module docstring for the nesting order).
 
     Parameters
@@ -97,28 +131,33 @@ def measured(model: torch.nn.Module, device: torch.device, inputs: dict[str, Any
         Tensors someone else holds through the block (a sweep's prefill records), counted in every peak.
     timed : bool
         Whether to open a phase timer.
+    flops : FlopMeter, optional
+        Counts the prefill's flops (``PrefillFlops``); entered before the accounting, so the accounting's
+        figures are those of a step without it. Pass the same meter to ``attach`` for the selection's share.
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
         peak = stack.enter_context(peak_memory(device))
         entered = [stack.enter_context(c) for c in around]
+        counted = stack.enter_context(PrefillFlops(model, flops)) if flops is not None else None
         account = None
         if accounting:
             tracker = track_step(model, inputs) if held is None else track_step(model, inputs, held=held)
             account = stack.enter_context(tracker)
         timer = stack.enter_context(PhaseTimer(model, device)) if timed else None
-        yield Measurement(peak=peak, account=account, timer=timer, entered=entered)
+        yield Measurement(peak=peak, account=account, timer=timer, entered=entered, flops=counted)
 
 
 def fill_measures(row: dict[str, Any], att: Any, account: MemoryAccount | None, *, peak_bytes: int,
-                  mem_device: str, prefill_s: float, decode_s: float, **flags: Any) -> None:
+                  mem_device: str, prefill_s: float, decode_s: float, prefill_flops: int = 0, **flags: Any) -> None:
     """A step's measured columns, whichever path ran it: the compressor's figures (``att``: kept tokens,
-    KV bytes, selection time), the exact account's columns, the device peak and the phase times."""
+    KV bytes, selection time and flops), the exact account's columns, the device peak, the phase times and
+    the model's prefill flops (0: not counted)."""
     if account is not None:
         row.update(account.row_fields())
     row.update(kept_tokens=att.kept_tokens, kv_bytes=att.kv_bytes, kv_bytes_full=att.kv_bytes_full,
                peak_mem_bytes=peak_bytes, mem_device=mem_device, prefill_s=prefill_s, compress_s=att.compress_s,
-               decode_s=decode_s, **flags)
+               decode_s=decode_s, compress_flops=att.compress_flops, prefill_flops=prefill_flops, **flags)
     if account is not None and not flags.get("prefill_shared"):  # a step the unit ran alone: its own peak
         row["own_peak_above_weights_bytes"] = row["peak_above_weights_bytes"]
 

@@ -8,8 +8,8 @@ calls after the first depend on the unit's own output, so such a step is never r
 (``pipeline.step.sweep`` runs it per unit).
 
 The row is the step's: prediction, raw output and score are the last call's (the action the driver
-scores); ``prefill_s``, ``decode_s``, ``compress_s`` and ``generated_tokens`` are summed over the calls;
-``peak_mem_bytes`` is the largest; prompt / cache columns are the last call's; ``model_calls`` counts
+scores); ``prefill_s``, ``decode_s``, ``compress_s``, ``generated_tokens`` and the flop counts are summed
+over the calls; ``peak_mem_bytes`` is the largest; prompt / cache columns are the last call's; ``model_calls`` counts
 the calls and ``meta_json["calls"]`` lists ``{view, action_type, direction}`` per call.
 """
 
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from pipeline.step.prompt import StepHistory
     from starkv import Compressor
 
-SUMMED = ("prefill_s", "decode_s", "compress_s", "generated_tokens")
+SUMMED = ("prefill_s", "decode_s", "compress_s", "generated_tokens", "prefill_flops", "compress_flops")
+INTEGER = ("generated_tokens", "prefill_flops", "compress_flops")
 
 
 def run_views(call: Callable[..., str], episode: Episode, step: Step, image: Image, compressor: Compressor,
@@ -42,7 +43,7 @@ def run_views(call: Callable[..., str], episode: Episode, step: Step, image: Ima
     if views is None:
         raise ValueError(f"step {step.step_index} declares no views")
     walk = ViewWalk(views)
-    sums = dict.fromkeys(SUMMED, 0.0)
+    sums: dict[str, float] = dict.fromkeys(SUMMED, 0)
     peak = 0
     call_step, call_image = step, image
     while True:
@@ -55,7 +56,7 @@ def run_views(call: Callable[..., str], episode: Episode, step: Step, image: Ima
             break
         call_step = walk.call_step(step)
         call_image = open_screenshot(call_step.image_path)
-    row.update({k: int(v) if k == "generated_tokens" else float(v) for k, v in sums.items()})
+    row.update({k: int(v) if k in INTEGER else float(v) for k, v in sums.items()})
     row.update(peak_mem_bytes=peak, model_calls=walk.calls)
     meta = json.loads(row["meta_json"])
     meta["calls"] = walk.trace

@@ -59,6 +59,7 @@ class SharedPrefill:
     mem_device: str
     account: Any  # MemoryAccount of the prefill, or None without accounting
     rope_deltas: torch.Tensor | None = None  # the prompt's M-RoPE offset (decode positions of a batched decode)
+    prefill_flops: int = 0  # the model's flops in the prefill (0: not counted)
 
 
 def run_sweep(runner: EpisodeRunner, episode: Episode, units: list[tuple[Compressor, Unit]],
@@ -200,7 +201,7 @@ def shared_prefill(runner: EpisodeRunner, text: str, images: list, compressors: 
     inputs, layout = runner.encode(text, images, row)
     runner.reset_positions()
     around = (record_prefill(loaded.model, compressors, layout), runner.model_contexts())
-    with runner.measure(inputs, around=around) as m:
+    with runner.measure(inputs, around=around, flops=runner.flop_meter()) as m:
         record = m.entered[0]
         runner.generate(inputs, 1)  # the one forward is the prefill; its first token is every unit's
         if m.account is not None:
@@ -208,7 +209,8 @@ def shared_prefill(runner: EpisodeRunner, text: str, images: list, compressors: 
     rope_deltas = getattr(getattr(loaded.model, "model", None), "rope_deltas", None)
     return SharedPrefill(inputs=inputs, record=record, prefill_s=m.timer.prefill_s, peak_bytes=m.peak.peak_bytes,
                          mem_device=m.peak.device, account=m.account,
-                         rope_deltas=None if rope_deltas is None else rope_deltas.clone())
+                         rope_deltas=None if rope_deltas is None else rope_deltas.clone(),
+                         prefill_flops=runner.model_flops(m))
 
 
 def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, compressor: Compressor,
@@ -216,8 +218,9 @@ def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedP
     """One unit's step from a shared prefill: select and gather (``compress_s``), decode, parse, score."""
     loaded = runner.loaded
     inputs = {k: v for k, v in prefill.inputs.items() if k not in PIXEL_INPUTS}
-    with runner.measure(inputs, held=prefill.record.tensors(), timed=False) as m:
-        att, holders = compress_record(loaded.model, prefill.record, compressor, unit.budget)
+    meter = runner.flop_meter()
+    with runner.measure(inputs, held=prefill.record.tensors(), timed=False, flops=meter) as m:
+        att, holders = compress_record(loaded.model, prefill.record, compressor, unit.budget, flop_meter=meter)
         runner.reset_positions()
         with runner.model_contexts(), replay_prefill(loaded.model, prefill.record, holders), \
                 PhaseTimer(loaded.model, loaded.device) as timer:
@@ -273,7 +276,8 @@ def fill_from_prefill(row: dict[str, Any], prefill: SharedPrefill, att, account,
     if account is not None and prefill.account is not None:
         account = account.with_prefill_of(prefill.account)
     fill_measures(row, att, account, peak_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
-                  prefill_s=prefill.prefill_s, decode_s=decode_s, prefill_shared=True, **flags)
+                  prefill_s=prefill.prefill_s, decode_s=decode_s, prefill_flops=prefill.prefill_flops,
+                  prefill_shared=True, **flags)
 
 
 def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, members: list[Member],
@@ -288,10 +292,12 @@ def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefi
     selected: list[tuple[Member, Any]] = []
     caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     tokens: list[list[int]] = []
-    with runner.measure(inputs, held=prefill.record.tensors(), timed=False) as measure:
+    meter = runner.flop_meter()
+    with runner.measure(inputs, held=prefill.record.tensors(), timed=False, flops=meter) as measure:
         for m in members:
             def select(m=m) -> str:
-                att, holders = compress_record(loaded.model, prefill.record, m.compressor, m.unit.budget)
+                att, holders = compress_record(loaded.model, prefill.record, m.compressor, m.unit.budget,
+                                               flop_meter=meter)
                 selected.append((m, att))
                 caches.append([(h.keys, h.values) for h in holders])
                 return ""

@@ -91,7 +91,8 @@ def budget_text(budget: float) -> str:
 
 
 def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The unit's metrics plus MiB twins of every byte count, the KV ratio in percent and the budget.
+    """The unit's metrics plus MiB twins of every byte count, GFLOP twins of flop counts, the KV ratio in
+    percent and the budget.
 
     A byte count is a metric named ``*_bytes*`` or a summary whose registered column counts bytes
     (``pipeline.metrics.registry``); its twin drops ``_bytes`` and ends in ``_mib``.
@@ -104,6 +105,8 @@ def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
             out[key + "_mib"] = float(value) / MIB
         elif summary_unit(key) == "s" and key.endswith("_s"):
             out[key[:-2] + "_ms"] = 1e3 * float(value)  # mean_prefill_s -> mean_prefill_ms
+        elif summary_unit(key) == "flop" and key.endswith("_flops"):
+            out[key[:-6] + "_gflop"] = float(value) / 1e9  # mean_prefill_flops -> mean_prefill_gflop
     if "kv_ratio" in metrics:
         out["kv_ratio_pct"] = 100.0 * float(metrics["kv_ratio"])
     return out

@@ -15,7 +15,14 @@ from pipeline.cli import main
 QUICK_PROMPT_TOKENS = 40 + 256 + 20 + 256 + 30
 QUICK_DIMS = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 32, "hidden": 128, "intermediate": 256}
 REPORT_KEYS = {"scenario", "prompt_tokens", "budget", "selection_ms", "mi_step_ms", "layer_prefill_ms",
-               "starkv_over_snapkv", "selection_over_layer"}
+               "starkv_over_snapkv", "selection_over_layer", "selection_flops", "layer_prefill_flops",
+               "selection_flops_over_layer"}
+# one decoder layer's prefill at the quick dims (L 602, hidden D 128, H 4 query heads and H_kv 2 KV heads of
+# d 32, MLP I 256): q, o (D -> H·d = 128), k, v (D -> H_kv·d = 64), gate, up, down (D <-> I); attention QKᵀ and
+# AV over the full 602 x 602 scores per query head
+QUICK_LAYER_FLOPS = 2 * 602 * (2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 256) + 4 * 2 * (2 * 602 * 602 * 32)
+# SnapKV: the window's 8 queries per query head against all 602 keys, (8, 32) @ (32, 602)
+QUICK_SNAPKV_FLOPS = 4 * 2 * 8 * 602 * 32
 
 
 def _positive(x) -> bool:
@@ -42,6 +49,13 @@ def test_bench_compress_quick_json(capsys):
     assert set(rep["selection_over_layer"]) == expected
     for name, frac in rep["selection_over_layer"].items():
         assert math.isclose(frac, rep["selection_ms"][name] / layer, rel_tol=1e-12), name
+    # flops, worked out by hand
+    assert rep["layer_prefill_flops"] == QUICK_LAYER_FLOPS == 363_087_872
+    assert rep["selection_flops"]["snapkv"] == QUICK_SNAPKV_FLOPS == 1_232_896
+    assert rep["selection_flops"]["streamingllm"] == 0  # keeps sink + recent tokens: no product
+    assert set(rep["selection_flops_over_layer"]) == expected
+    for name, share in rep["selection_flops_over_layer"].items():
+        assert share == rep["selection_flops"][name] / QUICK_LAYER_FLOPS, name
 
 
 def test_bench_compress_without_layer_and_for_chosen_compressors(capsys):
@@ -52,6 +66,8 @@ def test_bench_compress_without_layer_and_for_chosen_compressors(capsys):
     # nothing to relate to: no layer measured, no STaR-KV / SnapKV pair
     assert rep["layer_prefill_ms"] is None and rep["selection_over_layer"] == {}
     assert rep["starkv_over_snapkv"] is None and _positive(rep["mi_step_ms"])
+    # flops need no timing: the layer is counted on fake tensors
+    assert rep["layer_prefill_flops"] == QUICK_LAYER_FLOPS and rep["selection_flops"] == {"streamingllm": 0}
 
 
 def test_bench_compress_table(capsys):

@@ -10,6 +10,8 @@ import torch
 import starkv
 from pipeline.bench.memory import load_facts, prompt_inputs, simulate
 from pipeline.cli import main
+from pipeline.step.measure import PrefillFlops
+from starkv.flops import FlopMeter
 from starkv.methods.mi import joint_histogram
 
 KEYS = {"compressor", "budget", "screenshots", "prompt_tokens", "peak_above_weights_bytes", "peak_prefill_bytes",
@@ -27,14 +29,30 @@ def test_simulation_matches_real_accounting_on_the_tiny_model(tiny_model_dir, na
     sim = simulate(facts, inputs, layout, name, budget, "sdpa", decode_steps=4, dtype=torch.float32)
 
     loaded = load_model(ModelSpec(path="tiny", device="cpu", dtype="float32"))
-    with torch.inference_mode(), starkv.attach(loaded.model, starkv.build(name), budget, layout) as att, \
-            vision_per_image(loaded.model), track_step(loaded.model, inputs) as account:
+    meter = FlopMeter()
+    with torch.inference_mode(), \
+            starkv.attach(loaded.model, starkv.build(name), budget, layout, flop_meter=meter) as att, \
+            vision_per_image(loaded.model), PrefillFlops(loaded.model, meter) as counted, \
+            track_step(loaded.model, inputs) as account:
         loaded.model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     real = account.row_fields()
     assert sim["kv_bytes"] == att.kv_bytes and sim["weights_bytes"] == real["weights_bytes"]
     for key in ("peak_above_weights_bytes", "peak_prefill_bytes", "peak_decode_bytes"):
         assert sim[key] == pytest.approx(real[key], rel=0.01), key
     assert sim["peak_part"] == real["peak_part"] and sim["peak_phase"] == real["peak_phase"]
+    # flops depend on shapes only: the fake tensors count exactly what the real run counts
+    assert sim["compress_flops"] == att.compress_flops and (att.compress_flops > 0) == (name != "full")
+    assert sim["prefill_flops"] == counted.flops - att.compress_flops > 0
+    assert sim["compress_flops_ratio"] == att.compress_flops / sim["prefill_flops"]
+
+
+def test_counting_flops_changes_no_memory_figure():
+    facts = load_facts("tiny")
+    inputs, layout = prompt_inputs(facts.processor, 2, (448, 336))
+    plain = simulate(facts, inputs, layout, "snapkv", 20, "sdpa", 2, torch.float32, flops=False)
+    counted = simulate(facts, inputs, layout, "snapkv", 20, "sdpa", 2, torch.float32)
+    assert "prefill_flops" not in plain and counted["prefill_flops"] > 0
+    assert {k: counted[k] for k in plain} == plain
 
 
 def test_json_interface_rows(capsys):
@@ -49,6 +67,24 @@ def test_json_interface_rows(capsys):
             < by[("full", 20, shots)]["kv_bytes"]
         assert by[("snapkv", 20, shots)]["peak_decode_bytes"] < by[("full", 20, shots)]["peak_decode_bytes"]
     assert by[("full", 20, 2)]["prompt_tokens"] > by[("full", 20, 1)]["prompt_tokens"]
+    for shots in (1, 2):  # the model's prefill is the same at every budget and for every compressor
+        assert len({by[(c, b, shots)]["prefill_flops"] for c in ("full", "snapkv") for b in (20, 50)}) == 1
+        assert by[("full", 20, shots)]["compress_flops"] == 0 == by[("full", 20, shots)]["compress_flops_ratio"]
+        # SnapKV's window product reads all L keys whatever the budget
+        assert by[("snapkv", 20, shots)]["compress_flops"] == by[("snapkv", 50, shots)]["compress_flops"] > 0
+    assert by[("snapkv", 20, 2)]["compress_flops_ratio"] == \
+        by[("snapkv", 20, 2)]["compress_flops"] / by[("snapkv", 20, 2)]["prefill_flops"]
+
+
+def test_table_shows_the_flops(capsys):
+    assert main(["bench", "memory", "--model", "tiny", "--screenshots", "1", "--resolution", "448x336",
+                 "--compressors", "full,snapkv", "--decode-steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[10:13] == ["GFLOP", "sel", "MFLOP"] and "sel/pre %" in lines[0]
+    full, snap = lines[2].split(), lines[3].split()
+    assert full[0] == "full" and full[11:13] == ["0.00", "0.0000"] and float(full[10]) > 0
+    assert snap[0] == "snapkv" and snap[10] == full[10] and float(snap[11]) > 0
+    assert any(line.startswith("(GFLOP: the prefill's model flops") for line in lines)
 
 
 def test_image_tokens_follow_the_uitars_pixel_limits():

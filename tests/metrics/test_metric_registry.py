@@ -57,9 +57,10 @@ def test_summarize(plugin_metric):
     full, snapkv = _units()
     assert snapkv.metrics["mean_thinking_tokens"] == (10 + 30) / 2 and snapkv.metrics["max_thinking_tokens"] == 30.0
     assert full.metrics["mean_thinking_tokens"] == (50 + 0) / 2 and full.metrics["max_thinking_tokens"] == 50.0
-    # after every built-in summary, which keep their order
-    assert list(snapkv.metrics)[-4:] == ["accuracy", "max_own_peak_above_weights_bytes", "mean_thinking_tokens",
-                                         "max_thinking_tokens"]
+    # after every built-in metric's summary, which keep their order; the derived figures follow the metrics
+    assert list(snapkv.metrics)[-7:] == ["accuracy", "max_own_peak_above_weights_bytes", "mean_prefill_flops",
+                                         "mean_compress_flops", "mean_thinking_tokens", "max_thinking_tokens",
+                                         "compress_flops_ratio"]
 
 
 def test_terminal_table(plugin_metric):

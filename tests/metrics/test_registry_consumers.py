@@ -24,18 +24,20 @@ class _Bench:
 
 
 def _rows() -> list[dict]:
-    """snapkv@20: 4 steps over 2 episodes, the last failed, the first two in a shared prefill;
-    full@100: 2 steps of 1 episode without the exact-accounting columns (null in the table)."""
+    """snapkv@20: 4 steps over 2 episodes, the last failed, the first two in a shared prefill, flops counted;
+    full@100: 2 steps of 1 episode without the exact-accounting and flop columns (null in the table)."""
     steps = [
         dict(correct=True, kv_bytes=1000, peak_mem_bytes=10 * MIB, prefill_s=0.25, decode_s=0.25, prompt_tokens=100,
              kept_tokens=50, peak_above_weights_bytes=MIB, peak_prefill_bytes=1000, peak_decode_bytes=700,
-             prefill_shared=True),
+             prefill_shared=True, prefill_flops=2 * 10**9, compress_flops=2 * 10**6),
         dict(correct=False, kv_bytes=2000, peak_mem_bytes=12 * MIB, prefill_s=0.5, decode_s=0.25, prompt_tokens=200,
              kept_tokens=70, peak_above_weights_bytes=2 * MIB, peak_prefill_bytes=3000, peak_decode_bytes=500,
-             prefill_shared=True),
+             prefill_shared=True, prefill_flops=4 * 10**9, compress_flops=3 * 10**6),
         dict(correct=True, kv_bytes=3000, peak_mem_bytes=11 * MIB, prefill_s=0.25, decode_s=0.5, prompt_tokens=300,
-             kept_tokens=90, peak_above_weights_bytes=3 * MIB, peak_prefill_bytes=2000, peak_decode_bytes=900),
-        dict(correct=False, error="boom", kv_bytes=0, kv_bytes_full=0, peak_mem_bytes=0, prefill_s=0.0, decode_s=0.0),
+             kept_tokens=90, peak_above_weights_bytes=3 * MIB, peak_prefill_bytes=2000, peak_decode_bytes=900,
+             prefill_flops=6 * 10**9, compress_flops=7 * 10**6),
+        dict(correct=False, error="boom", kv_bytes=0, kv_bytes_full=0, peak_mem_bytes=0, prefill_s=0.0, decode_s=0.0,
+             prefill_flops=10**12, compress_flops=10**9),
     ]
     rows = [step_row("r", "snapkv", 20.0, i, episode_id=f"ep{i // 2}", weights_bytes=5 * MIB, **v)
             for i, v in enumerate(steps)]
@@ -53,6 +55,8 @@ SNAPKV = {
     "mean_kv_bytes": 2000.0, "mean_kv_bytes_full": 4000.0, "kv_ratio": 6000 / 12000,
     "mean_prompt_tokens": 200.0, "mean_kept_tokens": 70.0, "mean_prefill_s": 1.0 / 3, "mean_decode_s": 1.0 / 3,
     "steps_per_s": 3 / 2.0, "shared_prefill_steps": 2.0, "accuracy": 2 / 4, "max_own_peak_above_weights_bytes": 0.0,
+    # the three ok steps: (2 + 4 + 6) / 3 GFLOP, (2 + 3 + 7) / 3 MFLOP; the ratio of the sums 12e6 / 12e9
+    "mean_prefill_flops": 4e9, "mean_compress_flops": 4e6, "compress_flops_ratio": 1e-3,
     # both episodes have one right step of two: every resample of episodes gives 0.5
     "accuracy_ci_low": 0.5, "accuracy_ci_high": 0.5,
 }
@@ -64,6 +68,7 @@ FULL = {
     "mean_kv_bytes": 4000.0, "mean_kv_bytes_full": 4000.0, "kv_ratio": 1.0,
     "mean_prompt_tokens": 100.0, "mean_kept_tokens": 100.0, "mean_prefill_s": 0.5, "mean_decode_s": 0.5,
     "steps_per_s": 2 / 2.0, "shared_prefill_steps": 0.0, "accuracy": 1.0, "max_own_peak_above_weights_bytes": 0.0,
+    "mean_prefill_flops": 0.0, "mean_compress_flops": 0.0, "compress_flops_ratio": 0.0,  # not counted
 }
 TABLE = """\
 compressor     budget%  steps  err  accuracy         95% CI  KV kept MiB  KV full MiB  peak>W MiB  own peak>W MiB  RSS MiB  prefill ms  decode ms
@@ -98,7 +103,7 @@ def test_summarize_benchmark_figures_first():
 
 def test_summarize_old_rows_missing_columns_count_as_zero():
     old_cols = ("peak_above_weights_bytes", "weights_bytes", "peak_prefill_bytes", "peak_decode_bytes",
-                "prefill_shared")
+                "prefill_shared", "prefill_flops", "compress_flops")
     rows = [{k: v for k, v in r.items() if k not in old_cols} | {"error": r.get("error")} for r in _rows()]
     m = summarize(pa.Table.from_pylist(rows), _Bench({}))[1].metrics
     assert list(m) == list(SNAPKV)
@@ -107,6 +112,7 @@ def test_summarize_old_rows_missing_columns_count_as_zero():
         dict.fromkeys(("max_peak_above_weights_bytes", "mean_peak_above_weights_bytes", "weights_bytes",
                        "max_peak_prefill_bytes", "max_peak_decode_bytes", "shared_prefill_steps"), 0.0)
     assert m["mean_kv_bytes"] == 2000.0 and m["accuracy"] == 0.5
+    assert m["mean_prefill_flops"] == m["mean_compress_flops"] == m["compress_flops_ratio"] == 0.0
 
 
 def test_format_table_text():
@@ -200,6 +206,8 @@ def test_child_run_metrics():
     assert list(m) == [*SNAPKV, "mean_peak_mem_mib", "max_peak_mem_mib", "max_peak_above_weights_mib",
                        "mean_peak_above_weights_mib", "max_peak_prefill_mib", "max_peak_decode_mib", "weights_mib",
                        "mean_kv_mib", "mean_kv_full_mib", "mean_prefill_ms", "mean_decode_ms",
-                       "max_own_peak_above_weights_mib", "kv_ratio_pct", "budget_pct"]
+                       "max_own_peak_above_weights_mib", "mean_prefill_gflop", "mean_compress_gflop", "kv_ratio_pct",
+                       "budget_pct"]
     assert m["max_peak_above_weights_mib"] == 3.0 and m["weights_mib"] == 5.0 and m["kv_ratio_pct"] == 50.0
+    assert m["mean_prefill_gflop"] == 4.0 and m["mean_compress_gflop"] == 0.004
     assert m["budget_pct"] == 20.0
