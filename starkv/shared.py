@@ -183,7 +183,9 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     """Run ``compressor`` at ``budget`` on the record, layer by layer as the hook would at prefill.
 
     Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``) and the per-layer compressed
-    K/V. The compressor's episode state advances exactly as in a run with the hook.
+    K/V: ``keys``/``values`` holders, or for a unit with storage options (``Compressor.storage``) the cache
+    layers that hold them (``starkv.cache_layers``). The compressor's episode state advances exactly as in
+    a run with the hook.
     """
     capacity(1, budget)
     check_decodable(model, compressor)
@@ -197,6 +199,8 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
         layer_compressor(att, i, len(record.layers)).compress(lr.module, lr.hidden, holder, record.length,
                                                               lr.queries[rows], hidden_offset=lr.hidden_offset,
                                                               hidden_norms=lr.hidden_norms)
+    for i in sorted(att.stored):  # a non-default storage: the cache layer itself (starkv.cache_layers)
+        holders[i] = att.stored.pop(i)
     att.compress_s = time.perf_counter() - t0
     return att, holders
 
@@ -220,7 +224,12 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
         if cache is None:
             raise RuntimeError("replay_prefill: generate passed no cache to fill")
         for i, holder in enumerate(holders):
-            cache.update(holder.keys, holder.values, i)
+            if isinstance(holder, _Holder):
+                cache.update(holder.keys, holder.values, i)
+            elif i < len(cache.layers):  # a storage layer (starkv.cache_layers) takes the layer's place
+                cache.layers[i] = holder
+            else:
+                cache.layers.append(holder)
         out = type(record.output)(**dict(record.output.items()))
         out["past_key_values"] = cache
         return out

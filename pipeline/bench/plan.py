@@ -377,12 +377,11 @@ def load_throughput(gpu: str, model: str, path: str | Path = THROUGHPUT_FILE, pr
 
 def sharing_units(cfg) -> int:
     """How many of the job's units take part in a shared prefill (one prefill per step for all of them)."""
-    import starkv
     from pipeline.config import PrefillMode
 
     if not PrefillMode.parse(cfg.model.prefill_mode).shares_prefill:
         return 0
-    count = sum(len(cfg.budgets) for c in cfg.compressors if starkv.build(c.name, **c.params).shares_prefill)
+    count = sum(len(cfg.budgets) for c in cfg.compressors if c.build().shares_prefill)
     return count if count > 1 else 0
 
 
@@ -507,7 +506,6 @@ def check(options: PlanOptions):
 
 def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
     """The plan as a JSON-ready dict (keys in docs/cluster.md); PlanProblems lists every bad input first."""
-    import starkv
     from pipeline.bench.memory import DTYPES, prompt_inputs, simulate
     from pipeline.metrics.units import unit_label
 
@@ -532,7 +530,7 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
     cache: dict = {}
 
     def run(comp, budget, steps):
-        return simulate(facts, inputs, layout, starkv.build(comp.name, **comp.params), float(budget), _attn(cfg),
+        return simulate(facts, inputs, layout, comp.build(), float(budget), _attn(cfg),
                         steps, DTYPES[dtype], cfg.model.mlp_chunk_tokens, cfg.model.vision_per_image, cache,
                         cfg.model.prefill_mode)
 
