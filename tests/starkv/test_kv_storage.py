@@ -216,9 +216,8 @@ def test_per_query_head_at_20_percent_holds_1_4_times_the_gqa_full_cache():
     screenshot gives a 475-token prompt (divisible by 5), so C = int(475·0.2) = 95 tokens per row.
     Per query head: 28 layers · 2 (K, V) · 28 heads · 95 · 128 · 2 = 38,133,760 bytes; the GQA full cache
     28 · 2 · 4 · 475 · 128 · 2 = 27,238,400 bytes; ratio 0.2 · 7 = 1.4. Per KV head it is 0.2."""
-    from pipeline.bench.memory import load_facts
+    from pipeline.bench.memory import load_facts, simulate
     from pipeline.bench.memory import prompt_inputs as uitars_prompt
-    from pipeline.bench.memory import simulate
 
     facts = load_facts("ui-tars-1.5-7b")
     inputs, layout = uitars_prompt(facts.processor, 1, (84, 56))
