@@ -41,8 +41,12 @@ class QueryHeadLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         return super().update(repeat_heads(key_states, self.groups), repeat_heads(value_states, self.groups))
 
+    def stored_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the layer holds (memory accounting labels them KV cache)."""
+        return [self.keys, self.values]
+
     def nbytes(self) -> int:
-        return tensor_bytes(self.keys, self.values)
+        return tensor_bytes(*self.stored_tensors())
 
 
 class KIVILayer(DynamicLayer):
@@ -91,10 +95,13 @@ class KIVILayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self._quantized_tokens() + self.keys.shape[-2]
 
+    def stored_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the layer holds: codes, scales and zero points of both parts, and the residual."""
+        quantized = [t for q in (self.qkeys, self.qvalues) if q is not None for t in (q.codes, q.scale, q.zero)]
+        return [*quantized, self.keys, self.values]
+
     def nbytes(self) -> int:
-        """Bytes held: codes, scales and zero points of both parts, plus the residual."""
-        parts = [q.nbytes() for q in (self.qkeys, self.qvalues) if q is not None]
-        return sum(parts) + tensor_bytes(self.keys, self.values)
+        return tensor_bytes(*self.stored_tensors())
 
 
 def stored_layer(keys: torch.Tensor, values: torch.Tensor, storage: KVStorage, groups: int) -> DynamicLayer:
