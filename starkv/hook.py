@@ -8,6 +8,9 @@ appends to the compressed cache. Positions stay right because ``generate`` carri
 
 The post-RoPE window queries are captured from the attention call itself (a pass-through wrapper around
 the model's attention function), never recomputed, so no M-RoPE bookkeeping is duplicated here.
+
+A unit with storage options (``Compressor.storage``: one row per query head, KIVI quantization) gets its
+gathered layer replaced by a ``starkv.cache_layers`` layer, whose bytes are what ``kv_bytes`` counts.
 """
 
 from __future__ import annotations
