@@ -10,7 +10,7 @@ The post-RoPE window queries are captured from the attention call itself (a pass
 the model's attention function), never recomputed, so no M-RoPE bookkeeping is duplicated here.
 
 A unit with storage options (``Compressor.storage``: one row per query head, KIVI quantization) gets its
-gathered layer replaced by a ``starkv.cache_layers`` layer, whose bytes are what ``kv_bytes`` counts.
+gathered layer replaced by a ``starkv.storage.layers`` layer, whose bytes are what ``kv_bytes`` counts.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Attachment:
     #: seconds spent selecting and gathering (inside the prefill), summed over the layers of the last prefill
     compress_s: float = 0.0
     pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
-    #: layers of the last prefill written in a non-default storage form (``starkv.cache_layers``), by index,
+    #: layers of the last prefill written in a non-default storage form (``starkv.storage.layers``), by index,
     #: until the hook (or ``starkv.shared.compress_record``) puts them in place of the gathered layer
     stored: dict[int, Any] = field(default_factory=dict)
 
@@ -314,7 +314,7 @@ class _LayerHook:
             self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
                                             _cache_bytes(layer.keys, layer.values)))
             return
-        from starkv.cache_layers import stored_layer  # transformers' cache classes, only when needed
+        from starkv.storage.layers import stored_layer  # transformers' cache classes, only when needed
 
         if storage.per_query_head:
             keys, values = _gather_query_heads(layer.keys, layer.values, idx, ctx.group_size)

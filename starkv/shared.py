@@ -184,7 +184,7 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
 
     Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``) and the per-layer compressed
     K/V: ``keys``/``values`` holders, or for a unit with storage options (``Compressor.storage``) the cache
-    layers that hold them (``starkv.cache_layers``). The compressor's episode state advances exactly as in
+    layers that hold them (``starkv.storage.layers``). The compressor's episode state advances exactly as in
     a run with the hook.
     """
     capacity(1, budget)
@@ -199,7 +199,7 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
         layer_compressor(att, i, len(record.layers)).compress(lr.module, lr.hidden, holder, record.length,
                                                               lr.queries[rows], hidden_offset=lr.hidden_offset,
                                                               hidden_norms=lr.hidden_norms)
-    for i in sorted(att.stored):  # a non-default storage: the cache layer itself (starkv.cache_layers)
+    for i in sorted(att.stored):  # a non-default storage: the cache layer itself (starkv.storage.layers)
         holders[i] = att.stored.pop(i)
     att.compress_s = time.perf_counter() - t0
     return att, holders
@@ -226,7 +226,7 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
         for i, holder in enumerate(holders):
             if isinstance(holder, _Holder):
                 cache.update(holder.keys, holder.values, i)
-            elif i < len(cache.layers):  # a storage layer (starkv.cache_layers) takes the layer's place
+            elif i < len(cache.layers):  # a storage layer (starkv.storage.layers) takes the layer's place
                 cache.layers[i] = holder
             else:
                 cache.layers.append(holder)

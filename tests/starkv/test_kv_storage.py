@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import starkv
-from starkv import kivi
-from starkv.cache_layers import KIVILayer, QueryHeadLayer
 from starkv.hook import _gather_query_heads
-from starkv.storage import KVQuant, KVStorage, kivi_bytes, kivi_split, split_storage_tag
+from starkv.storage import KVQuant, KVStorage, kivi, kivi_bytes, kivi_split, split_storage_tag
+from starkv.storage.layers import KIVILayer, QueryHeadLayer
 from tests.helpers_model import prompt_inputs
 
 # ------------------------------------------------------------------ arithmetic, by hand

@@ -5,7 +5,7 @@ decoding then appends to it through the cache's own ``update``:
 
 * :class:`QueryHeadLayer` - full precision, H query-head rows; each decode token's K/V (computed for the
   H_kv KV heads) is repeated to the G = H / H_kv heads of its group, as ``repeat_kv`` orders them.
-* :class:`KIVILayer` - KIVI storage (``starkv.kivi``): quantized keys (whole groups of G tokens) and values
+* :class:`KIVILayer` - KIVI storage (``starkv.storage.kivi``): quantized keys (whole groups of G tokens) and values
   plus a full-precision residual; ``keys``/``values`` are the residual, ``update`` returns the dequantized
   whole for the attention call (one layer's full-precision copy lives only during that call). It repeats
   decode tokens like :class:`QueryHeadLayer` when it holds query-head rows.
@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from starkv import kivi
-from starkv.storage import KVQuant, KVStorage
+from starkv.storage import KVQuant, KVStorage, kivi
 
 
 def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""How a unit stores the K/V it kept at prefill: the head layout and an optional integer quantization.
+"""Storage options of a unit: how the K/V kept at prefill are stored (head layout, integer quantization).
 
 Both are storage options of a unit, not of a method: eviction picks the tokens as before, then the kept
 K/V are written to the cache in the chosen form. ``KVStorage()`` (the default) is the project's GQA
@@ -11,9 +11,10 @@ storage in the model dtype: per KV head, full precision, exactly what a unit wit
 * ``quant=KVQuant(bits)``: the kept K/V are stored as KIVI does (arXiv 2402.02750): keys quantized per
   channel in groups of ``group_size`` tokens, values per token in groups of ``group_size`` channels,
   asymmetric (min-max) integer codes with one scale and zero point per group, and the most recent tokens
-  in full precision (the residual). ``starkv.kivi`` holds the arithmetic and the cache layer.
+  in full precision (the residual).
 
 This module has no torch or transformers import: the pipeline validates job configs with it.
+``starkv.storage.kivi`` holds the quantization arithmetic, ``starkv.storage.layers`` the cache layers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 #: head layouts of the stored cache
 LAYOUTS = ("per_kv_head", "per_query_head")
-#: code widths the KIVI storage (``starkv.kivi``) packs: 4, 2 or 1 codes per byte
+#: code widths the KIVI storage (``starkv.storage.kivi``) packs: 4, 2 or 1 codes per byte
 QUANT_BITS = (2, 4, 8)
 #: what the unit label shows for a non-default layout (``snapkv@20+pqh``)
 LAYOUT_TAGS = {"per_query_head": "+pqh"}
@@ -65,7 +66,7 @@ class KVQuant:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name}: expected an integer, got {value!r}")
         if self.bits not in QUANT_BITS:
-            raise ValueError(f"bits: {self.bits} is not supported by the KIVI storage (starkv.kivi); "
+            raise ValueError(f"bits: {self.bits} is not supported by the KIVI storage (starkv.storage.kivi); "
                              f"supported: {', '.join(map(str, QUANT_BITS))}")
         if self.group_size < 1:
             raise ValueError(f"group_size: must be >= 1, got {self.group_size}")
