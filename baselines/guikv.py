@@ -13,6 +13,9 @@ once per KV head with that head's keys (batched QR over the H_kv heads) and zero
 the G heads' boosted scores, which equals the group mean of the reference's zeroed per-head scores. Only
 the final top-k is per KV head instead of per query head (the same rule as our SnapKV). C is the layer's
 planned capacity (``plan.kept``, = ``int(L·b/100)`` whenever that is at least 2).
+
+With the unit option ``kv_layout: per_query_head`` (the drivers' storage) the top-k is per query head on
+its own boosted scores, with the redundancy of its KV head zeroed in each of the group's G heads.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 
 from starkv.compressor import ScorerCompressor, register
 from starkv.context import LayerContext
-from starkv.scoring import add_spatial_boost, group_mean, window_scores
+from starkv.scoring import add_spatial_boost, selection_scores, window_scores
 
 
 def key_residuals(keys: torch.Tensor, current: tuple[int, int], positions: torch.Tensor, rank: int) -> torch.Tensor:
@@ -66,6 +69,7 @@ class GUIKV(ScorerCompressor):
 
     hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
     query_aware: ClassVar[bool] = True
+    per_query_head_layout: ClassVar[bool] = True
 
     kernel_size: int = 5
     alpha: float = 2.0
@@ -77,7 +81,7 @@ class GUIKV(ScorerCompressor):
         plan = ctx.plan
         head = window_scores(ctx.queries, ctx.keys, plan.window, plan.past, self.kernel_size)
         head = add_spatial_boost(head, ctx, self.alpha, self.tau)
-        scores = group_mean(head, ctx.num_kv_heads)
+        scores = selection_scores(head, ctx)
         if self.temporal and ctx.layout.num_images >= 2:
             scores = self._zero_redundant(scores, ctx)
         return scores
@@ -93,4 +97,6 @@ class GUIKV(ScorerCompressor):
             return scores
         residual = key_residuals(ctx.keys[0], ctx.layout.current_image, positions, self.rank)
         redundant = residual.topk(n_zero, dim=-1, largest=False).indices  # (H_kv, n_zero)
+        if scores.shape[0] != redundant.shape[0]:  # per query head: the G heads of a group see the same keys
+            redundant = redundant.repeat_interleave(scores.shape[0] // redundant.shape[0], dim=0)
         return scores.scatter(1, positions[redundant], 0.0)

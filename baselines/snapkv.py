@@ -3,7 +3,8 @@
 Score = attention the last ``window_size`` queries put on each past token (summed over the window,
 fp32 softmax, causal inside the window), average-pooled with ``kernel_size``; the G query heads of a
 KV group are averaged so each KV head keeps its own top-(C − W) set (the GQA reduction rule), plus the
-window. Budget ``C = int(L·b/100)`` with the window inside C.
+window. Budget ``C = int(L·b/100)`` with the window inside C. With the unit option
+``kv_layout: per_query_head`` (the drivers' storage) each query head keeps its own top-(C − W) set instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from starkv.compressor import ScorerCompressor, register
 from starkv.context import LayerContext
-from starkv.scoring import group_mean, window_scores
+from starkv.scoring import selection_scores, window_scores
 
 
 @register("snapkv")
@@ -35,9 +36,10 @@ class SnapKV(ScorerCompressor):
 
     hidden_states_needed: ClassVar[str] = "none"  # what a shared prefill keeps for it
     query_aware: ClassVar[bool] = True
+    per_query_head_layout: ClassVar[bool] = True
 
     kernel_size: int = 5
 
     def score(self, ctx: LayerContext) -> torch.Tensor:
         head = window_scores(ctx.queries, ctx.keys, ctx.plan.window, ctx.plan.past, self.kernel_size)
-        return group_mean(head, ctx.num_kv_heads)
+        return selection_scores(head, ctx)

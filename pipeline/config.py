@@ -14,6 +14,8 @@ import yaml
 
 if TYPE_CHECKING:
     from pipeline.benchmarks.common.base import Benchmark
+    from starkv import Compressor
+    from starkv.storage import KVStorage
 
 
 class ConfigError(ValueError):
@@ -113,10 +115,36 @@ class CompressorConfig:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    #: storage options of the unit (``starkv.storage``): KIVI quantization of the kept K/V, e.g. ``{bits: 4}``
+    kv_quant: dict[str, Any] | None = None
+    #: ``per_kv_head`` (GQA storage) or ``per_query_head`` (the published drivers' storage rule)
+    kv_layout: str = "per_kv_head"
 
     @property
     def display(self) -> str:
-        return self.label or self.name
+        """The unit's compressor column: label or name, then the storage tag (``snapkv+int4``); the unit
+        label puts the tag after the budget (``snapkv@20+int4``, ``pipeline.metrics.units.unit_label``)."""
+        return (self.label or self.name) + self.storage().tag
+
+    def storage(self) -> KVStorage:
+        """The parsed storage options; ValueError naming the field (``kv_quant.bits: ...``)."""
+        from starkv.storage import KVQuant, KVStorage
+
+        if not isinstance(self.kv_layout, str):
+            raise ValueError(f"kv_layout: expected per_kv_head or per_query_head, got {self.kv_layout!r}")
+        try:
+            quant = None if self.kv_quant is None else KVQuant.from_dict(self.kv_quant)
+        except ValueError as err:  # "bits: ..." names a field of kv_quant, anything else the mapping itself
+            field_name = str(err).split(":", 1)[0]
+            named = field_name.isidentifier() and field_name in KVQuant.__dataclass_fields__
+            raise ValueError(f"kv_quant.{err}" if named else f"kv_quant: {err}") from None
+        return KVStorage(layout=self.kv_layout, quant=quant)
+
+    def build(self) -> Compressor:
+        """The unit's compressor instance, storing as the unit's options say."""
+        import starkv
+
+        return starkv.build(self.name, **self.params).stored_as(self.storage())
 
 
 @dataclass
@@ -175,6 +203,11 @@ class JobConfig:
             data["model"].pop("revision", None)
         if not data.get("measure_flops"):  # jobs from before measure_flops keep their run ids
             data.pop("measure_flops", None)
+        for comp in data["compressors"]:  # units without storage options keep their run ids
+            if comp.get("kv_quant") is None:
+                comp.pop("kv_quant", None)
+            if comp.get("kv_layout") == "per_kv_head":
+                comp.pop("kv_layout", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def resolved_run_id(self) -> str:
@@ -277,15 +310,21 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(f"budgets[{i}]: {b!r} is outside (0, 100] percent")
     if len(set(map(float, cfg.budgets))) != len(cfg.budgets):
         raise ConfigError(f"budgets: duplicates in {cfg.budgets}")
+    for i, c in enumerate(cfg.compressors):
+        _validate_storage(c, i, cfg.model.prefill_mode)
     labels = [c.display for c in cfg.compressors]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"compressors: duplicate names {labels}; give one a 'label'")
     for i, c in enumerate(cfg.compressors):
         try:
-            starkv.build(c.name, **c.params)
+            compressor = starkv.build(c.name, **c.params)
         except (KeyError, TypeError, ValueError) as err:
             msg = err.args[0] if err.args else str(err)
             raise ConfigError(f"compressors[{i}].name/params: {msg}") from None
+        try:
+            compressor.stored_as(c.storage())
+        except ValueError as err:
+            raise ConfigError(f"compressors[{i}].{err}") from None
     try:
         bench_cls = get_benchmark(cfg.benchmark.name)
     except KeyError as err:
@@ -335,6 +374,24 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("ray.num_actors: must be >= 1")
     if cfg.benchmark.max_episodes is not None and cfg.benchmark.max_episodes < 1:
         raise ConfigError("benchmark.max_episodes: must be >= 1")
+
+
+def _validate_storage(c: CompressorConfig, i: int, prefill_mode: str) -> None:
+    """A unit's ``kv_quant`` / ``kv_layout`` parse, its label cannot pose as a storage tag, and a chunked
+    prefill (which compresses the stored cache again per chunk) takes no storage option."""
+    from starkv.storage import split_storage_tag
+
+    try:
+        storage = c.storage()
+    except ValueError as err:
+        raise ConfigError(f"compressors[{i}].{err}") from None
+    if c.label is not None and split_storage_tag(str(c.label))[1]:
+        raise ConfigError(f"compressors[{i}].label: {c.label!r} ends like a storage tag (+pqh, +int<bits>), which "
+                          "the unit label reserves for kv_layout / kv_quant")
+    if not storage.default and prefill_mode != PrefillMode.FULL.value:
+        field_name = "kv_quant" if storage.quant is not None else "kv_layout"
+        raise ConfigError(f"compressors[{i}].{field_name}: needs model.prefill_mode full (a chunked prefill "
+                          "compresses the stored cache again with every chunk)")
 
 
 def _validate_model_path(model: ModelConfig) -> None:

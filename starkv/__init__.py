@@ -11,8 +11,9 @@ from starkv.compressor import COMPRESSORS, Compressor, ScorerCompressor, availab
 from starkv.context import LayerContext
 from starkv.hook import Attachment, attach
 from starkv.layout import PromptLayout
+from starkv.storage import KVQuant, KVStorage
 
 __all__ = [
-    "COMPRESSORS", "Attachment", "Compressor", "LayerContext", "PromptLayout", "ScorerCompressor",
+    "COMPRESSORS", "Attachment", "Compressor", "KVQuant", "KVStorage", "LayerContext", "PromptLayout", "ScorerCompressor",
     "attach", "available", "build", "capacity", "kept_length", "plan_selection", "register",
 ]

@@ -10,6 +10,7 @@ import torch
 
 from starkv.budget import SelectionPlan
 from starkv.context import LayerContext
+from starkv.storage import KVStorage
 
 COMPRESSORS: dict[str, type[Compressor]] = {}
 #: what a compressor may declare it reads of the hidden states, widest first (``hidden_states_needed``)
@@ -106,6 +107,26 @@ class Compressor:
     merging: ClassVar[bool] = False
     #: tokens leave the prefill itself after some layer (later layers compute on fewer tokens)
     pruning: ClassVar[bool] = False
+    #: selects per query head when the unit stores ``kv_layout: per_query_head`` (``LayerContext.selection_rows``);
+    #: read from the class's own body only, so a subclass that changes the scoring does not inherit it
+    per_query_head_layout: ClassVar[bool] = False
+    #: how the unit stores the kept K/V (``starkv.storage``); set per instance by :meth:`stored_as`, not a
+    #: method parameter (no annotation: not a dataclass field, not in ``params()``)
+    storage = KVStorage()
+
+    @classmethod
+    def supports_per_query_head(cls) -> bool:
+        """Whether this class itself declares ``per_query_head_layout`` (never inherited)."""
+        return bool(cls.__dict__.get("per_query_head_layout", False))
+
+    def stored_as(self, storage: KVStorage) -> Compressor:
+        """Store this instance's kept K/V as ``storage`` says; ValueError naming ``kv_layout`` if unsupported."""
+        if storage.per_query_head and not self.supports_per_query_head():
+            supported = sorted(n for n, c in COMPRESSORS.items() if c.supports_per_query_head())
+            raise ValueError(f"kv_layout: compressor {self.name!r} does not support per_query_head (it selects "
+                             f"per KV head only); supported by: {', '.join(supported)}")
+        self.storage = storage
+        return self
 
     @classmethod
     def paper(cls) -> str:
@@ -156,7 +177,7 @@ class Compressor:
         return cap
 
     def select(self, ctx: LayerContext) -> torch.Tensor:
-        """Kept token indices, shape (H_kv, C), ascending per row."""
+        """Kept token indices, shape (H_kv, C), ascending per row ((H, C) allowed for the per-query-head layout)."""
         raise NotImplementedError
 
     def merge(self, ctx: LayerContext, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -205,11 +226,14 @@ class ScorerCompressor(Compressor):
         return None
 
     def select(self, ctx: LayerContext) -> torch.Tensor:
-        return topk_with_window(self.score(ctx), ctx.plan, ctx.num_kv_heads)
+        return topk_with_window(self.score(ctx), ctx.plan, ctx.selection_rows)
 
 
 def topk_with_window(scores: torch.Tensor, plan: SelectionPlan, num_kv_heads: int) -> torch.Tensor:
-    """Top ``plan.keep_past`` of ``scores`` (rows: heads or one shared row) + the last ``plan.window`` tokens."""
+    """Top ``plan.keep_past`` of ``scores`` (rows: heads or one shared row) + the last ``plan.window`` tokens.
+
+    ``num_kv_heads``: the rows a shared row is expanded to (``LayerContext.selection_rows``).
+    """
     if scores.shape[-1] != plan.past:
         raise ValueError(f"scores cover {scores.shape[-1]} tokens, expected the {plan.past} past tokens")
     device = scores.device

@@ -21,6 +21,8 @@ class LayerContext:
     A shared prefill (``starkv.shared``) may hand over only what a compressor declared it needs: then row
     ``i`` of ``hidden_states`` (or of ``hidden_norms``, their fp32 L2 norms, when only those were kept) is
     token ``hidden_offset + i``; read them with :meth:`hidden_rows` / :meth:`hidden_norms_of`.
+    ``per_query_head``: the unit stores one row per query head (``kv_layout: per_query_head``), so a
+    selection may keep ``selection_rows`` = H index sets instead of H_kv.
     """
 
     layer_idx: int
@@ -36,6 +38,7 @@ class LayerContext:
     extras: dict[str, Any] = field(default_factory=dict)
     hidden_offset: int = 0
     hidden_norms: torch.Tensor | None = None
+    per_query_head: bool = False
 
     def hidden_rows(self, start: int, end: int) -> torch.Tensor:
         """Hidden states of tokens ``[start, end)`` as (end - start, D), whatever rows this context holds."""
@@ -65,6 +68,11 @@ class LayerContext:
     @property
     def num_kv_heads(self) -> int:
         return self.keys.shape[1]
+
+    @property
+    def selection_rows(self) -> int:
+        """Index sets a selection returns: H for the per-query-head layout, else H_kv."""
+        return self.num_heads if self.per_query_head else self.num_kv_heads
 
     @property
     def group_size(self) -> int:

@@ -8,6 +8,9 @@ appends to the compressed cache. Positions stay right because ``generate`` carri
 
 The post-RoPE window queries are captured from the attention call itself (a pass-through wrapper around
 the model's attention function), never recomputed, so no M-RoPE bookkeeping is duplicated here.
+
+A unit with storage options (``Compressor.storage``: one row per query head, KIVI quantization) gets its
+gathered layer replaced by a ``starkv.storage.layers`` layer, whose bytes are what ``kv_bytes`` counts.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from starkv.early_cut import capacity_bound, positions_in, superset
 from starkv.flops import FlopMeter, region_flops
 from starkv.layout import PromptLayout
 from starkv.pruning import PruneState, install_pruning
+from starkv.storage import KVStorage
 
 
 @dataclass
@@ -78,6 +82,14 @@ class Attachment:
     pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
     #: the in-prefill token pruning of a ``pruning`` compressor (``starkv.pruning``); None for the others
     prune: PruneState | None = None
+    #: layers of the last prefill written in a non-default storage form (``starkv.storage.layers``), by index,
+    #: until the hook (or ``starkv.shared.compress_record``) puts them in place of the gathered layer
+    stored: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def storage(self) -> KVStorage:
+        """How the compressor's unit stores the kept K/V (``Compressor.stored_as``)."""
+        return self.compressor.storage
 
     @property
     def kv_bytes_full(self) -> int:
@@ -134,9 +146,24 @@ def install_attention_wrapper(attn_implementation: str) -> None:
             slot = getattr(module, "starkv_capture", None)
             if slot is not None and slot.rows and query.shape[-2] > 1:
                 slot.queries = query[..., -slot.rows :, :].detach()
+            if key.shape[1] == query.shape[1] and getattr(module, "num_key_value_groups", 1) > 1:
+                module = _Ungrouped(module)  # a per-query-head cache (kv_layout): nothing left to repeat
             return inner(module, query, key, value, attention_mask, **kwargs)
 
         mapping[attn_implementation] = capturing_attention
+
+
+class _Ungrouped:
+    """The attention module as the attention function sees it for a cache that already holds one K/V row
+    per query head: ``num_key_value_groups`` 1 (no ``repeat_kv``), everything else the module's own."""
+
+    num_key_value_groups = 1
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
 
 
 def detach_capture(layers, handles: list, attn_implementation: str) -> None:
@@ -183,6 +210,24 @@ def _gather(keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> tupl
     return keys.gather(2, index).contiguous(), values.gather(2, index).contiguous()
 
 
+def _gather_query_heads(keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor | None,
+                        groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, H_kv, L, d) tensors -> (1, H, C, d), row h taken from KV head h // G at its own indices.
+
+    ``idx`` (H, C), or (H_kv, C) used by every query head of the group, or None (every token). The
+    repeated full cache is never built: each row is gathered from its KV head directly.
+    """
+    num_kv = keys.shape[1]
+    heads = num_kv * groups
+    if idx is None:
+        idx = torch.arange(keys.shape[2], device=keys.device).expand(heads, -1)
+    elif idx.shape[0] == num_kv:
+        idx = idx.repeat_interleave(groups, dim=0)
+    idx = idx.to(keys.device)
+    kv = (torch.arange(heads, device=keys.device) // groups).unsqueeze(1)
+    return keys[0][kv, idx].unsqueeze(0), values[0][kv, idx].unsqueeze(0)
+
+
 class _LayerHook:
     def __init__(self, attachment: Attachment, layer_idx: int, num_layers: int) -> None:
         self.att = attachment
@@ -216,6 +261,8 @@ class _LayerHook:
             stored = self.compress(module, hidden, layer, length, queries)
         if stored is not layer:  # per-head storage replaces the dense cache layer
             cache.layers[self.layer_idx] = stored
+        for i in sorted(self.att.stored):  # the unit's storage form replaces the gathered layer(s)
+            cache.layers[i] = self.att.stored.pop(i)
         self.att.compress_s += time.perf_counter() - t0
         self.att.compress_flops += tally.flops
         return output
@@ -240,6 +287,9 @@ class _LayerHook:
         if chunk is not None and comp.head_adaptive:
             raise ValueError(f"compressor {comp.name!r} keeps a different number of tokens per KV head, which a "
                              "chunked prefill cannot continue from; use prefill_mode full")
+        if chunk is not None and not att.storage.default:
+            raise ValueError("kv_quant / kv_layout need a full prefill (model.prefill_mode: full): a chunked "
+                             "prefill compresses the stored cache again with every chunk")
         total = chunk.prefix_length if chunk is not None else length
         cap = capacity(total, att.budget)
         if chunk is None or chunk.final:
@@ -248,11 +298,12 @@ class _LayerHook:
             layer_idx=self.layer_idx, num_layers=self.num_layers, queries=queries, keys=layer.keys,
             values=layer.values, hidden_states=hidden, layout=layout, budget=att.budget,
             plan=plan_selection(length, cap, comp.window_size), module=module, hidden_offset=hidden_offset,
-            hidden_norms=hidden_norms,
+            hidden_norms=hidden_norms, per_query_head=att.storage.per_query_head,
         )
         if self.layer_idx == 0:
             att.stats.clear()
             att.pending.clear()
+            att.stored.clear()
         if att.prune is not None:
             self._prune(ctx, layer)
             return layer
@@ -303,12 +354,29 @@ class _LayerHook:
             self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, ragged.get_seq_length(), before,
                                             ragged.nbytes(), head_lengths=ragged.lengths))
             return ragged
-        if idx is not None:
-            comp = self.att.compressor
-            merged = comp.merge(ctx, idx) if comp.merging else None
-            layer.keys, layer.values = merged if merged is not None else _gather(layer.keys, layer.values, idx)
-        self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
-                                        _cache_bytes(layer.keys, layer.values)))
+        storage = self.att.storage
+        if storage.default:
+            if idx is not None:
+                comp = self.att.compressor
+                merged = comp.merge(ctx, idx) if comp.merging else None
+                layer.keys, layer.values = merged if merged is not None else _gather(layer.keys, layer.values, idx)
+            self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
+                                            _cache_bytes(layer.keys, layer.values)))
+            return layer
+        from starkv.storage.layers import stored_layer  # transformers' cache classes, only when needed
+
+        if storage.per_query_head:
+            keys, values = _gather_query_heads(layer.keys, layer.values, idx, ctx.group_size)
+        elif idx is not None:
+            keys, values = _gather(layer.keys, layer.values, idx)
+        else:
+            keys, values = layer.keys, layer.values
+        stored = stored_layer(keys, values, storage, ctx.group_size)
+        del keys, values
+        layer.keys, layer.values = stored.keys, stored.values  # the full-precision gather is not kept
+        self.att.stored[ctx.layer_idx] = stored  # put in the layer's place by the caller
+        self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, stored.get_seq_length(), before,
+                                        stored.nbytes()))
         return layer
 
     def _prune(self, ctx: LayerContext, layer) -> None:
@@ -353,7 +421,7 @@ class _LayerHook:
             # the window stays as planned for the uniform budget, only the top-k part grows or shrinks
             keep_past = max(1, min(cap - ctx.plan.window, ctx.plan.past))
             plan = dataclasses.replace(ctx.plan, keep_past=keep_past)
-            idx = topk_with_window(scores, plan, ctx.num_kv_heads) if scores is not None and plan.compresses else None
+            idx = topk_with_window(scores, plan, ctx.selection_rows) if scores is not None and plan.compresses else None
             if kept is not None:  # cut early to a superset: take the same tokens from it
                 if idx is None:
                     raise RuntimeError("starkv: a layer cut early keeps its whole cache after all (bound failed)")

@@ -49,6 +49,12 @@ def group_mean(head_scores: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     return head_scores.view(num_kv_heads, num_heads // num_kv_heads, past).mean(dim=1)
 
 
+def selection_scores(head_scores: torch.Tensor, ctx) -> torch.Tensor:
+    """The rows a selection ranks: (H, P) as they are for the per-query-head layout (the drivers' rule, each
+    query head its own scores), else the group mean (H_kv, P)."""
+    return head_scores if ctx.per_query_head else group_mean(head_scores, ctx.num_kv_heads)
+
+
 def spatial_boost(hidden_states: torch.Tensor | None, span: tuple[int, int], alpha: float, tau: float,
                   norms: torch.Tensor | None = None) -> torch.Tensor:
     """GUI-KV / STaR-KV saliency of the current screenshot: ``α · softmax(z(‖x_j‖) / τ)`` over its tokens.

@@ -186,9 +186,10 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     """Run ``compressor`` at ``budget`` on the record, layer by layer as the hook would at prefill.
 
     Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``; ``compress_flops``, counted by
-    ``flop_meter`` when given) and the per-layer compressed K/V: objects with ``keys``/``values``, or a
-    ``starkv.ragged.RaggedLayer`` for a layer a head-adaptive compressor stored per KV head. The
-    compressor's episode state advances exactly as in a run with the hook.
+    ``flop_meter`` when given) and the per-layer compressed K/V: ``keys``/``values`` holders, a
+    ``starkv.ragged.RaggedLayer`` for a layer a head-adaptive compressor stored per KV head, or for a unit
+    with storage options (``Compressor.storage``) the cache layers that hold them
+    (``starkv.storage.layers``). The compressor's episode state advances exactly as in a run with the hook.
     """
     capacity(1, budget)
     check_decodable(model, compressor)
@@ -206,6 +207,8 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
                 lr.module, lr.hidden, holder, record.length, lr.queries[rows], hidden_offset=lr.hidden_offset,
                 hidden_norms=lr.hidden_norms)
             holders[-1] = stored  # the holder, or the layer's per-head storage
+    for i in sorted(att.stored):  # a non-default storage: the cache layer itself (starkv.storage.layers)
+        holders[i] = att.stored.pop(i)
     att.compress_s = time.perf_counter() - t0
     att.compress_flops = tally.flops
     return att, holders
@@ -235,10 +238,12 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
         if cache is None:
             raise RuntimeError("replay_prefill: generate passed no cache to fill")
         for i, holder in enumerate(holders):
-            if isinstance(holder, RaggedLayer):
+            if isinstance(holder, _Holder):
+                cache.update(holder.keys, holder.values, i)
+            elif i < len(cache.layers):  # per-head or stored layers take the layer's place
                 cache.layers[i] = holder
             else:
-                cache.update(holder.keys, holder.values, i)
+                cache.layers.append(holder)
         out = type(record.output)(**dict(record.output.items()))
         out["past_key_values"] = cache
         return out

@@ -45,6 +45,24 @@ def _with(**changes):
     ({"ray": {"num_actors": 0}}, r"^ray\.num_actors"),
     ({"compressors": [{"name": "snapkv"}, {"name": "snapkv"}]}, r"^compressors: duplicate"),
     ({"measure_flops": "yes"}, r"^measure_flops: must be true or false"),
+    # unit storage options (starkv.storage): the unit and the field are named
+    ({"compressors": [{"name": "snapkv"}, {"name": "snapkv", "kv_quant": {"bits": 3}}]},
+     r"^compressors\[1\]\.kv_quant\.bits: 3 is not supported .* supported: 2, 4, 8"),
+    ({"compressors": [{"name": "snapkv", "kv_quant": {"bits": 4, "groupsize": 32}}]},
+     r"^compressors\[0\]\.kv_quant: unknown field\(s\) \['groupsize'\]"),
+    ({"compressors": [{"name": "snapkv", "kv_quant": {"group_size": 32}}]}, r"^compressors\[0\]\.kv_quant\.bits: required"),
+    ({"compressors": [{"name": "snapkv", "kv_quant": {"bits": 4, "residual_length": 40}}]},
+     r"^compressors\[0\]\.kv_quant\.residual_length: must be a multiple of group_size"),
+    ({"compressors": [{"name": "snapkv", "kv_quant": 4}]}, r"^compressors\[0\]\.kv_quant: expected a mapping"),
+    ({"compressors": [{"name": "snapkv", "kv_layout": "per_head"}]}, r"^compressors\[0\]\.kv_layout: 'per_head'"),
+    ({"compressors": [{"name": "snapkv"}, {"name": "pyramidkv", "kv_layout": "per_query_head"}]},
+     r"^compressors\[1\]\.kv_layout: compressor 'pyramidkv' does not support per_query_head.*guikv, snapkv, starkv"),
+    ({"compressors": [{"name": "snapkv", "label": "mine+int4"}]}, r"^compressors\[0\]\.label: 'mine\+int4'"),
+    ({"compressors": [{"name": "snapkv", "kv_quant": {"bits": 4}}], "model": {"path": "tiny",
+                                                                        "prefill_mode": "chunked_compress"}},
+     r"^compressors\[0\]\.kv_quant: needs model\.prefill_mode full"),
+    ({"compressors": [{"name": "snapkv", "kv_quant": {"bits": 4}}, {"name": "snapkv", "kv_quant": {"bits": 4}}]},
+     r"^compressors: duplicate names \['snapkv\+int4', 'snapkv\+int4'\]"),
 ])
 def test_bad_config_names_the_field(changes, field):
     data = copy.deepcopy(BASE)
@@ -88,6 +106,27 @@ def test_measure_flops_off_keeps_the_run_id():
     assert plain.resolved_run_id() == f"t-{before}"
     counted = parse_config({**copy.deepcopy(BASE), "measure_flops": True})  # its rows differ: a run of its own
     assert counted.measure_flops is True and counted.resolved_run_id() != plain.resolved_run_id()
+
+
+def test_storage_options_label_units_and_leave_other_run_ids_alone():
+    from pipeline.metrics.units import Unit, unit_label
+
+    plain = parse_config(copy.deepcopy(BASE))
+    # the run id of a job without storage options is the one it had before the options existed
+    assert plain.resolved_run_id() == "t-b948bb3b14"
+    data = _with(compressors=[{"name": "snapkv"}, {"name": "snapkv", "kv_quant": {"bits": 4}},
+                              {"name": "guikv", "kv_layout": "per_query_head", "kv_quant": {"bits": 2}},
+                              {"name": "full", "label": "ref", "kv_quant": {"bits": 8, "group_size": 16}}])
+    cfg = parse_config(data)
+    assert [c.display for c in cfg.compressors] == ["snapkv", "snapkv+int4", "guikv+pqh+int2", "ref+int8"]
+    assert [unit_label(c.display, b) for c, b in cfg.units()] == ["snapkv@20", "snapkv@20+int4", "guikv@20+pqh+int2",
+                                                                 "ref@20+int8"]
+    assert Unit("r", "snapkv+int4", 12.5, "m").key == "snapkv@12.5+int4"
+    assert unit_label("my+label", 20) == "my+label@20"  # a '+' that is no storage tag stays in the name
+    built = cfg.compressors[2].build()
+    assert built.storage.per_query_head and built.storage.quant.bits == 2 and built.params()["compressor"] == "guikv"
+    assert cfg.compressors[3].build().storage.quant.group_size == 16
+    assert cfg.resolved_run_id() != plain.resolved_run_id()
 
 
 def test_cli_reports_config_error_before_any_work(tmp_path, capsys):

@@ -377,12 +377,11 @@ def load_throughput(gpu: str, model: str, path: str | Path = THROUGHPUT_FILE, pr
 
 def sharing_units(cfg) -> int:
     """How many of the job's units take part in a shared prefill (one prefill per step for all of them)."""
-    import starkv
     from pipeline.config import PrefillMode
 
     if not PrefillMode.parse(cfg.model.prefill_mode).shares_prefill:
         return 0
-    count = sum(len(cfg.budgets) for c in cfg.compressors if starkv.build(c.name, **c.params).shares_prefill)
+    count = sum(len(cfg.budgets) for c in cfg.compressors if c.build().shares_prefill)
     return count if count > 1 else 0
 
 
@@ -507,7 +506,6 @@ def check(options: PlanOptions):
 
 def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
     """The plan as a JSON-ready dict (keys in docs/cluster.md); PlanProblems lists every bad input first."""
-    import starkv
     from pipeline.bench.memory import DTYPES, prompt_inputs, simulate
     from pipeline.metrics.units import unit_label
 
@@ -532,7 +530,7 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
     cache: dict = {}
 
     def run(comp, budget, steps):
-        return simulate(facts, inputs, layout, starkv.build(comp.name, **comp.params), float(budget), _attn(cfg),
+        return simulate(facts, inputs, layout, comp.build(), float(budget), _attn(cfg),
                         steps, DTYPES[dtype], cfg.model.mlp_chunk_tokens, cfg.model.vision_per_image, cache,
                         cfg.model.prefill_mode)
 
@@ -551,7 +549,8 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
             # the method reads values fake tensors do not have (VL-Cache's sparsity splits the budget over
             # layers; LOOK-M finds the evicted entries to merge): the total kept is the uniform one either way,
             # so SnapKV at the same budget stands in
-            stand_in = CompressorConfig("snapkv", {"window_size": starkv.build(comp.name, **comp.params).window_size})
+            stand_in = CompressorConfig("snapkv", {"window_size": comp.build().window_size},
+                                        kv_quant=comp.kv_quant)
             sims.append(run(stand_in, budget, decode_steps))
             echo(f"  simulated {label} as snapkv at the same budget (what it computes depends on attention "
                  "values a simulation does not have; it keeps the same total)")

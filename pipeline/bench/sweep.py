@@ -67,7 +67,7 @@ def run_sweep_bench(cfg: JobConfig, episodes: int, echo=print, memory_accounting
     specs = cfg.units()
 
     def units():
-        return [(starkv.build(c.name, **c.params), Unit("bench", c.display, float(b), loaded.name)) for c, b in specs]
+        return [(c.build(), Unit("bench", c.display, float(b), loaded.name)) for c, b in specs]
 
     runner.run(eps[0], *units()[0])  # warm-up (allocator, lazy init), untimed
     echo(f"per unit: {len(specs)} units x {len(eps)} episodes ...")

@@ -8,7 +8,11 @@ import json
 TRAITS = ("query_aware", "head_adaptive", "layer_adaptive", "merging", "pruning", "quantized")
 
 #: unit options that combine with any method, listed after the methods (added with the option itself)
-OPTIONS: list[dict] = []
+OPTIONS: list[dict] = [
+    # kv_quant: KIVI storage of the kept K/V (starkv.storage, starkv.storage.kivi), any compressor, after eviction
+    {"name": "kv_quant", "family": "quantization", "paper": "https://arxiv.org/abs/2402.02750", "quantized": True,
+     "query_aware": False, "head_adaptive": False, "layer_adaptive": False, "merging": False, "pruning": False},
+]
 
 
 def compressor_rows() -> list[dict]:

@@ -394,7 +394,9 @@ class track_step:  # noqa: N801 - used like a function in a with statement
             layers = getattr(cache, "layers", None)
             if layers is not None and idx < len(layers):
                 layer = layers[idx]
-                tracker.relabel([getattr(layer, "keys", None), getattr(layer, "values", None)], "kv_cache")
+                stored = getattr(layer, "stored_tensors", None)  # a unit's storage form (starkv.storage.layers)
+                tracker.relabel(stored() if stored is not None else [getattr(layer, "keys", None),
+                                                                      getattr(layer, "values", None)], "kv_cache")
 
         return hook
 

@@ -175,10 +175,9 @@ class EpisodeActor:
 
     def _fresh_compressor(self, label: str):
         """A new instance for one unit of a sweep (each unit keeps its own episode state)."""
-        import starkv
 
         spec = next(c for c in self.cfg.compressors if c.display == label)
-        return starkv.build(spec.name, **spec.params)
+        return spec.build()
 
     def __call__(self, batch: dict[str, Any]):
         from pipeline.metrics.rows import rows_to_table

@@ -125,12 +125,12 @@ def replay_own_peaks(runner: EpisodeRunner, episode: Episode, step: Step, image,
     weights goes into its row's ``own_peak_above_weights_bytes``; nothing else of the replay is kept.
     A budget-free compressor (full) runs the same step at every budget, so it replays once per class and
     its other budgets take that peak (the rule ``_copy_decode`` follows for the decode)."""
-    budget_free: dict[type, int] = {}
+    budget_free: dict[tuple, int] = {}
     for m, compressor in alone:
         if rows[m]["error"] is not None:
             continue
-        if compressor.budget_free and type(compressor) in budget_free:
-            rows[m]["own_peak_above_weights_bytes"] = budget_free[type(compressor)]
+        if compressor.budget_free and computation(compressor) in budget_free:
+            rows[m]["own_peak_above_weights_bytes"] = budget_free[computation(compressor)]
             continue
         scratch = runner.new_row(episode, step, m.unit)
         guarded(lambda m=m, compressor=compressor, scratch=scratch: runner.call(
@@ -138,7 +138,13 @@ def replay_own_peaks(runner: EpisodeRunner, episode: Episode, step: Step, image,
         if scratch["error"] is None:
             rows[m]["own_peak_above_weights_bytes"] = scratch["peak_above_weights_bytes"]
             if compressor.budget_free:
-                budget_free[type(compressor)] = scratch["peak_above_weights_bytes"]
+                budget_free[computation(compressor)] = scratch["peak_above_weights_bytes"]
+
+
+def computation(compressor: Compressor) -> tuple:
+    """What a budget-free unit computes at any budget: its class and how it stores the cache (a full cache
+    stored quantized is not the full cache)."""
+    return type(compressor), compressor.storage
 
 
 def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: list, group: list[Member],
@@ -155,15 +161,18 @@ def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: lis
     # a budget-free compressor (full) computes the same thing at every budget: one of its units decodes
     own: list[Member] = []
     copies: list[Member] = []
-    classes: set[type] = set()
+    classes: set[tuple] = set()
     for m in group:
-        if m.compressor.budget_free and type(m.compressor) in classes:
+        if m.compressor.budget_free and computation(m.compressor) in classes:
             copies.append(m)
             continue
-        classes.add(type(m.compressor))
+        classes.add(computation(m.compressor))
         own.append(m)
-    greedy = greedy_settings(runner, prefill) if runner.batch_decode and len(own) > 1 else None
-    for batch in decode_batches(own) if greedy is not None else [[m] for m in own]:
+    # a unit with storage options decodes alone: its cache layers are not rows of a batched decode
+    rows_of = [m for m in own if m.compressor.storage.default]
+    greedy = greedy_settings(runner, prefill) if runner.batch_decode and len(rows_of) > 1 else None
+    batches = decode_batches(rows_of) if greedy is not None else [[m] for m in rows_of]
+    for batch in batches + [[m] for m in own if not m.compressor.storage.default]:
         if len(batch) > 1:
             _decode_batch(runner, step, image, prefill, batch, rows, outputs, greedy)
             continue
@@ -171,7 +180,8 @@ def _run_shared(runner: EpisodeRunner, step: Step, image, text: str, images: lis
             outputs[m] = guarded(lambda m=m: unit_from_prefill(runner, step, image, prefill, m.compressor, m.unit,
                                                                rows[m]), rows[m])
     for m in copies:
-        donor = next((d for d in own if type(d.compressor) is type(m.compressor) and rows[d]["error"] is None), None)
+        donor = next((d for d in own if computation(d.compressor) == computation(m.compressor)
+                      and rows[d]["error"] is None), None)
         if donor is not None:
             outputs[m] = guarded(lambda m=m, donor=donor: _copy_decode(rows[donor], outputs[donor], m, rows[m]),
                                  rows[m])

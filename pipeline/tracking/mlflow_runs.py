@@ -42,6 +42,7 @@ from pipeline.tracking.view import (
     view_state,
     view_tag,
 )
+from starkv.storage import split_storage_tag
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ class Tracker:
         if child is None:
             child_tags = {**tags, "mlflow.parentRunId": parent_id, "starkv.run_id": run_id, "starkv.kind": "unit",
                           "starkv.unit": s.key, "compressor": s.compressor, "budget": f"{s.budget:g}"}
-            child = client.create_run(self._experiment_id, run_name=f"{s.compressor}@{budget_text(s.budget)}",
+            name, tag = split_storage_tag(s.compressor)  # snapkv@20%+int4, as the unit label orders them
+            child = client.create_run(self._experiment_id, run_name=f"{name}@{budget_text(s.budget)}{tag}",
                                       tags=child_tags)
             params = {"budget": budget_text(s.budget), "compressor": s.compressor}
             params.update(settings)
@@ -314,13 +316,16 @@ def _log_metrics(client, run_id: str, values: dict[str, float]) -> None:
 
 def compressor_params(job: dict[str, Any], label: str) -> dict[str, str]:
     """Every field of the configured compressor, defaults included (so ablations show in MLflow)."""
-    import starkv
+    from pipeline.config import CompressorConfig
 
-    spec = next((c for c in job["compressors"] if (c.get("label") or c["name"]) == label), None)
+    specs = [CompressorConfig(**c) for c in job["compressors"]]
+    spec = next((c for c in specs if c.display == label), None)
     if spec is None:
         return {}
-    params = starkv.build(spec["name"], **spec.get("params", {})).params()
+    compressor = spec.build()
+    params = compressor.params()
     params["method"] = params.pop("compressor")
+    params.update(compressor.storage.params())  # kv_layout / kv_quant.*, only when set
     return {k: str(v) for k, v in params.items()}
 
 

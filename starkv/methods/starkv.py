@@ -138,6 +138,8 @@ class StarKV(ScorerCompressor):
 
     hidden_states_needed: ClassVar[str] = "current_image_norms"  # what a shared prefill keeps for it
     query_aware: ClassVar[bool] = True
+    #: ``kv_layout: per_query_head`` stores the one shared index set in all H query-head rows (the driver's cache)
+    per_query_head_layout: ClassVar[bool] = True
 
     kernel_size: int = 5
     alpha: float = 2.0
