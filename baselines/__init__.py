@@ -1,21 +1,6 @@
-"""Baseline compressors, one module each; importing this package registers them by name."""
+"""Baseline compressors, one module each, grouped by family; importing this package registers them by name."""
 
-from baselines import (  # noqa: F401
-    adakv,
-    criticalkv,
-    expected_attention,
-    fastv,
-    full,
-    guikv,
-    h2o,
-    keydiff,
-    knorm,
-    lookm,
-    meda,
-    pyramidkv,
-    random_keep,
-    snapkv,
-    streamingllm,
-    tova,
-    vlcache,
-)
+from baselines.allocation import adakv, criticalkv, meda, pyramidkv  # noqa: F401
+from baselines.multimodal import fastv, guikv, lookm, vlcache  # noqa: F401
+from baselines.reference import full, random_keep  # noqa: F401
+from baselines.scorers import expected_attention, h2o, keydiff, knorm, snapkv, streamingllm, tova  # noqa: F401

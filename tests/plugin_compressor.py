@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import starkv
-from baselines.snapkv import SnapKV
+from baselines.scorers.snapkv import SnapKV
 
 
 @starkv.register("test_reversed_snapkv")

@@ -12,6 +12,11 @@ OPTIONS: list[dict] = [
     # kv_quant: KIVI storage of the kept K/V (starkv.storage, starkv.storage.kivi), any compressor, after eviction
     {"name": "kv_quant", "family": "quantization", "paper": "https://arxiv.org/abs/2402.02750", "quantized": True,
      "query_aware": False, "head_adaptive": False, "layer_adaptive": False, "merging": False, "pruning": False},
+    # kv_layout: per_query_head: the GUI-KV / STaR-KV drivers' storage (K/V repeated to the query heads, selected
+    # per query head; snapkv, guikv, starkv), 1.4x the GQA full cache at 20 % on UI-TARS
+    {"name": "kv_layout=per_query_head", "family": "storage", "paper": "https://arxiv.org/abs/2510.00536",
+     "quantized": False, "query_aware": False, "head_adaptive": False, "layer_adaptive": False, "merging": False,
+     "pruning": False},
 ]
 
 

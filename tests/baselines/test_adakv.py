@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import starkv
-from baselines.adakv import head_adaptive_topk
+from baselines.allocation.adakv import head_adaptive_topk
 from starkv.budget import SelectionPlan
 
 

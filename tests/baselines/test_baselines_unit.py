@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import starkv
-from baselines.guikv import GUIKV, key_residuals
-from baselines.pyramidkv import PyramidKV, pyramid_past_budgets
-from baselines.random_keep import RandomKeep
-from baselines.streamingllm import StreamingLLM
-from baselines.vlcache import VLCache
+from baselines.allocation.pyramidkv import PyramidKV, pyramid_past_budgets
+from baselines.multimodal.guikv import GUIKV, key_residuals
+from baselines.multimodal.vlcache import VLCache
+from baselines.reference.random_keep import RandomKeep
+from baselines.scorers.streamingllm import StreamingLLM
 from starkv.budget import capacity, plan_selection
 from starkv.context import LayerContext
 from starkv.hook import Attachment, _LayerHook, allocate_layer_capacities
@@ -219,7 +219,7 @@ def test_vlcache_denser_layer_gets_more_and_total_is_uniform():
 
 def test_vlcache_sparsity_hand_computed():
     # one head, two rows over L = 3 keys, causal: row 0 sees keys 0-1, row 1 sees all three
-    from baselines.vlcache import post_vision_attention
+    from baselines.multimodal.vlcache import post_vision_attention
 
     q = torch.zeros(1, 1, 2, 4)
     q[0, 0, 0, 0] = 100.0  # row 0 puts all mass on key 0 -> key 1 weight ~0 (sparse)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import starkv
-from baselines.criticalkv import projected_value_norms
+from baselines.allocation.criticalkv import projected_value_norms
 from starkv.layout import PromptLayout
 from tests.baselines.hand_context import hand_context, kept
 

@@ -8,7 +8,7 @@ import types
 import torch
 
 import starkv
-from baselines.expected_attention import expected_logits, layer_rope_theta, mean_rotation
+from baselines.scorers.expected_attention import expected_logits, layer_rope_theta, mean_rotation
 from starkv.layout import PromptLayout
 from tests.baselines.hand_context import hand_context, kept
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import starkv
-from baselines.fastv import FastV
+from baselines.multimodal.fastv import FastV
 from pipeline.config import ConfigError, parse_config
 from starkv.budget import plan_selection
 from starkv.context import LayerContext

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import starkv
-from baselines.h2o import accumulated_attention
+from baselines.scorers.h2o import accumulated_attention
 from starkv.layout import PromptLayout
 from tests.baselines.hand_context import hand_context, kept
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import starkv
-from baselines.lookm import LookM, merge_evicted
+from baselines.multimodal.lookm import LookM, merge_evicted
 from starkv.budget import plan_selection
 from starkv.context import LayerContext
 from starkv.layout import PromptLayout

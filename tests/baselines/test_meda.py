@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import starkv
-from baselines.meda import window_entropy
+from baselines.allocation.meda import window_entropy
 from starkv.hook import allocate_layer_capacities
 
 

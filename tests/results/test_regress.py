@@ -311,7 +311,7 @@ def small_job(name: str, compressor: dict) -> dict:
 def test_regress_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     """Two real runs through Ray; the second keeps the least attended tokens at twice the budget."""
     import starkv
-    from baselines.snapkv import SnapKV
+    from baselines.scorers.snapkv import SnapKV
     from pipeline.config import parse_config
     from pipeline.run import job as run_mod
     from starkv.compressor import COMPRESSORS

@@ -232,7 +232,7 @@ def test_micro_agent_sweep_equals_per_unit_runs():
 
 def test_hidden_rows_instead_of_norms(setup, monkeypatch):
     """A method that declares the current screenshot's hidden rows (not their norms) gets exactly those."""
-    from baselines.guikv import GUIKV
+    from baselines.multimodal.guikv import GUIKV
 
     loaded, bench, episode = setup
     monkeypatch.setattr(GUIKV, "hidden_states_needed", "current_image")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from baselines.snapkv import SnapKV
+from baselines.scorers.snapkv import SnapKV
 from starkv.budget import plan_selection
 from starkv.compressor import register
 

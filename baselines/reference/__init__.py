@@ -1,0 +1,1 @@
+"""Reference points: the full cache and random eviction (no paper)."""
