@@ -44,7 +44,7 @@ class LayerStat:
     kept_length: int
     bytes_before: int
     bytes_after: int
-    #: tokens kept per KV head when they differ (head-adaptive, ``starkv.ragged``); ``kept_length`` is then their mean
+    #: tokens kept per KV head when they differ (head-adaptive, ``starkv.storage.ragged``); ``kept_length`` is then their mean
     head_lengths: tuple[int, ...] | None = None
 
 
@@ -121,11 +121,11 @@ _wrap_saved: dict[str, tuple[bool, Any]] = {}
 def install_attention_wrapper(attn_implementation: str) -> None:
     """Wrap (counted: one wrapper per implementation) the attention function of the text decoder: it stashes
     queries for flagged modules at prefill, runs a batched decode's rows one by one (``starkv_rows``), and
-    attends per KV head over a ragged layer's own K/V (``starkv.ragged``)."""
+    attends per KV head over a ragged layer's own K/V (``starkv.storage.ragged``)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
-    from starkv.ragged import RaggedHeads, ragged_attention
+    from starkv.storage.ragged import RaggedHeads, ragged_attention
 
     with _wrap_lock:
         count = _wrap_count.get(attn_implementation, 0)
@@ -141,7 +141,7 @@ def install_attention_wrapper(attn_implementation: str) -> None:
             rows = getattr(module, "starkv_rows", None)  # a batched decode of several units (pipeline.step.row_decode)
             if rows is not None:
                 return rows.attend(inner, module, query, kwargs)
-            if isinstance(key, RaggedHeads):  # a head-adaptive layer's per-head cache (starkv.ragged)
+            if isinstance(key, RaggedHeads):  # a head-adaptive layer's per-head cache (starkv.storage.ragged)
                 return ragged_attention(inner, module, query, key, value, **kwargs)
             slot = getattr(module, "starkv_capture", None)
             if slot is not None and slot.rows and query.shape[-2] > 1:
@@ -242,7 +242,7 @@ class _LayerHook:
         if cache is None or hidden is None:
             return output
         layer = cache.layers[self.layer_idx]
-        from starkv.ragged import RaggedLayer
+        from starkv.storage.ragged import RaggedLayer
 
         if isinstance(layer, RaggedLayer):
             return output  # a head-adaptive layer decoding: compressed once, at its prefill
@@ -274,7 +274,7 @@ class _LayerHook:
         ``layer`` is anything with ``keys``/``values`` (the live cache layer, or a shared prefill's record);
         ``hidden`` holds the hidden states of tokens ``hidden_offset ...`` (all of them from the hook), or
         ``hidden_norms`` their norms. Returns what now stores the layer: ``layer`` itself, or a
-        ``starkv.ragged.RaggedLayer`` when a head-adaptive compressor kept a different count per KV head.
+        ``starkv.storage.ragged.RaggedLayer`` when a head-adaptive compressor kept a different count per KV head.
         """
         att, comp = self.att, self.att.compressor
         if att.prune is not None and att.prune.pruned(self.layer_idx):  # this layer ran on the kept tokens only
@@ -345,10 +345,10 @@ class _LayerHook:
     def _write(self, layer, ctx: LayerContext, idx: torch.Tensor | list[torch.Tensor] | None,
                before: int | None = None):
         """Gather ``layer`` to ``idx`` and record its stat; ``idx`` a list (one row per KV head, of different
-        lengths) stores the layer per head (``starkv.ragged.RaggedLayer``), which is returned."""
+        lengths) stores the layer per head (``starkv.storage.ragged.RaggedLayer``), which is returned."""
         before = _cache_bytes(layer.keys, layer.values) if before is None else before
         if isinstance(idx, list):
-            from starkv.ragged import RaggedLayer
+            from starkv.storage.ragged import RaggedLayer
 
             ragged = RaggedLayer.gather(layer.keys, layer.values, idx)
             self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, ragged.get_seq_length(), before,

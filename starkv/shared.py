@@ -187,7 +187,7 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
 
     Returns the attachment (stats: kept tokens, KV bytes; ``compress_s``; ``compress_flops``, counted by
     ``flop_meter`` when given) and the per-layer compressed K/V: ``keys``/``values`` holders, a
-    ``starkv.ragged.RaggedLayer`` for a layer a head-adaptive compressor stored per KV head, or for a unit
+    ``starkv.storage.ragged.RaggedLayer`` for a layer a head-adaptive compressor stored per KV head, or for a unit
     with storage options (``Compressor.storage``) the cache layers that hold them
     (``starkv.storage.layers``). The compressor's episode state advances exactly as in a run with the hook.
     """
@@ -223,7 +223,7 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
     (per-KV-head) layers go into the cache as they are, and the attention wrapper that decodes them is
     installed for the block.
     """
-    from starkv.ragged import RaggedLayer
+    from starkv.storage.ragged import RaggedLayer
 
     ragged = any(isinstance(h, RaggedLayer) for h in holders)
     inner = model.forward

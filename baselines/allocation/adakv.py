@@ -6,7 +6,7 @@ heads whose attention is concentrated give budget to heads whose attention is sp
 the observation window, and at least ``floor = int(alpha_safeguard · k)`` past tokens of its own (the
 safeguard of the reference code, ``floor_capacity = int((C − W) · floor_alpha)``, α = 0.2): each head's top
 ``floor`` scores are raised to +inf before the cross-head top-k, as kvpress does. The layer's kept bytes are
-those of the uniform budget exactly; the cache stores each head's own tokens (``starkv.ragged``).
+those of the uniform budget exactly; the cache stores each head's own tokens (``starkv.storage.ragged``).
 
 Normalisation: neither the reference nor kvpress rescales the inner scores -- SnapKV's are softmax
 attention probabilities (each window query's row sums to 1), so heads share one scale. ``normalize`` adds the

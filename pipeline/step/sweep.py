@@ -248,7 +248,7 @@ BATCH_CACHE_PERCENT = 100.0
 def decode_batches(members: list[Member], limit: float = BATCH_CACHE_PERCENT) -> list[list[Member]]:
     """Consecutive units packed into batches whose budgets add up to at most ``limit`` percent.
 
-    A head-adaptive unit (per-KV-head storage, ``starkv.ragged``) decodes alone from the shared prefill:
+    A head-adaptive unit (per-KV-head storage, ``starkv.storage.ragged``) decodes alone from the shared prefill:
     the batched decode's per-row caches are dense tensors."""
     batches: list[list[Member]] = []
     total = 0.0

@@ -14,7 +14,8 @@ storage in the model dtype: per KV head, full precision, exactly what a unit wit
   in full precision (the residual).
 
 This module has no torch or transformers import: the pipeline validates job configs with it.
-``starkv.storage.kivi`` holds the quantization arithmetic, ``starkv.storage.layers`` the cache layers.
+``starkv.storage.kivi`` holds the quantization arithmetic, ``starkv.storage.layers`` the cache layers, and
+``starkv.storage.ragged`` the per-KV-head storage of head-adaptive methods (KV heads of different lengths).
 """
 
 from __future__ import annotations

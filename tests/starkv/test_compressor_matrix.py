@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import starkv
-from starkv.ragged import RaggedLayer
+from starkv.storage.ragged import RaggedLayer
 from tests.helpers_model import prompt_inputs
 
 BUDGETS = [1, 20, 100]

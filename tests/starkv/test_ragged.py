@@ -1,4 +1,4 @@
-"""Ragged per-KV-head storage (starkv.ragged): exact attention, real bytes, and AdaKV's tokens vs a dense mask."""
+"""Ragged per-KV-head storage (starkv.storage.ragged): exact attention, real bytes, and AdaKV's tokens vs a dense mask."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import starkv
 from starkv.budget import plan_selection
 from starkv.hook import decoder_layers
-from starkv.ragged import RaggedLayer, ragged_attention
 from starkv.scoring import group_mean, window_scores
 from starkv.shared import compress_record, record_prefill, replay_prefill
+from starkv.storage.ragged import RaggedLayer, ragged_attention
 from tests.helpers_model import prompt_inputs
 
 BUDGET = 20

@@ -18,9 +18,12 @@ from pipeline.training.micro_data import IGNORE_INDEX, collate, training_example
 ROOT = Path(__file__).resolve().parents[2]
 # The held-out subset the accuracy floor is pinned on: the first episodes of jobs/micro.yaml's dataset.
 FLOOR_EPISODES = 8
-# What the shipped weights reach there with the full cache: 11 of 42 steps (0.262, deterministic on CPU).
-# The target is 0.8; the shipped recipe (56 min on 2 cores) does not reach it (README, "The micro agent").
-FULL_CACHE_FLOOR = 0.26
+# What the shipped weights (recipe 2) reach there with the full cache: 16 of 42 steps (0.381, deterministic on
+# CPU; the first 8 episodes of `starkv-eval run jobs/micro.yaml`). The target was 0.8; the shipped recipe does not
+# reach it (docs/micro-agent.md).
+FULL_CACHE_FLOOR = 0.38
+# The shipped manifest's own held-out figure: forced decoding on 200 episodes of micro-heldout:1 (890 steps), 0.360
+HELDOUT_FLOOR = 0.36
 
 
 def _micro_job() -> dict:
@@ -152,7 +155,7 @@ def test_shipped_weights_match_their_manifest():
     manifest = json.loads((MICRO_DIR / MANIFEST_FILE).read_text())
     assert (MICRO_DIR / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
     assert manifest["weights_sha256"] == weights_sha256(MICRO_DIR)
-    assert manifest["heldout_accuracy"] >= FULL_CACHE_FLOOR
+    assert manifest["heldout_accuracy"] >= HELDOUT_FLOOR and manifest["heldout_steps"] >= 800
     assert (MICRO_DIR / "loss_curve.png").is_file()
 
 
