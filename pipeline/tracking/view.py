@@ -177,8 +177,18 @@ def view_state(run_id: str) -> dict[str, Any]:
 
 
 def child_metrics(s: UnitSummary) -> dict[str, float]:
-    """What a unit's MLflow child run logs: every summary metric, its readable twins and the budget."""
-    return {**readable_metrics(s.metrics), "budget_pct": s.budget}
+    """What a unit's MLflow child run logs: every summary metric, its readable twins and the budget, in the
+    order its metrics table lists them: the table columns first, then the other figures in human units (MiB,
+    ms, GFLOP, %, counts), the raw ``*_bytes`` / ``*_s`` / ``*_flops`` values last."""
+    readable = {**readable_metrics(s.metrics), "budget_pct": s.budget}
+
+    def raw(key: str) -> bool:
+        unit = summary_unit(key)
+        return "_bytes" in key or key.endswith("_flops") or unit in ("bytes", "flop") or (unit == "s" and key.endswith("_s"))
+
+    first = {k: readable[k] for k in TABLE_COLUMNS if k in readable}
+    human = {k: v for k, v in readable.items() if k not in first and not raw(k)}
+    return {**first, **human, **{k: v for k, v in readable.items() if raw(k)}}
 
 
 def unit_slug(s: UnitSummary) -> str:
