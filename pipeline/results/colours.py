@@ -23,6 +23,10 @@ BUILTIN_COLOURS: dict[str, str] = {
     "keydiff": "#dbdb8d",       # light olive
     "expected_attention": "#c5b0d5",  # light purple
     "criticalkv": "#aec7e8",    # light blue (its default inner scorer is SnapKV, blue)
+    "lookm": "#8c564b",         # brown
+    "fastv": "#e377c2",         # pink
+    "adakv": "#393b79",         # dark blue (wraps SnapKV by default)
+    "meda": "#e7969c",          # rose
 }
 
 EXTRA_COLOURS = ("#8c564b", "#e377c2", "#7f7f00", "#003f5c", "#ff9da7", "#59a14f", "#b07aa1", "#9c755f",

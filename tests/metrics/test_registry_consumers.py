@@ -203,11 +203,18 @@ def test_child_run_metrics():
     from pipeline.tracking.view import child_metrics
 
     m = child_metrics(_units()[1])
-    assert list(m) == [*SNAPKV, "mean_peak_mem_mib", "max_peak_mem_mib", "max_peak_above_weights_mib",
+    # the Runs-table columns first, then the figures in human units, the raw bytes / seconds / flops last
+    assert list(m) == ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "kv_ratio_pct",
+                       "max_own_peak_above_weights_mib", "mean_prefill_ms", "mean_decode_ms",
+                       "steps", "errors", "episodes", "kv_ratio", "mean_prompt_tokens", "mean_kept_tokens",
+                       "steps_per_s", "shared_prefill_steps", "compress_flops_ratio",
+                       "mean_peak_mem_mib", "max_peak_mem_mib", "max_peak_above_weights_mib",
                        "mean_peak_above_weights_mib", "max_peak_prefill_mib", "max_peak_decode_mib", "weights_mib",
-                       "mean_kv_mib", "mean_kv_full_mib", "mean_prefill_ms", "mean_decode_ms",
-                       "max_own_peak_above_weights_mib", "mean_prefill_gflop", "mean_compress_gflop", "kv_ratio_pct",
-                       "budget_pct"]
+                       "mean_kv_mib", "mean_kv_full_mib", "mean_prefill_gflop", "mean_compress_gflop", "budget_pct",
+                       "mean_peak_mem_bytes", "max_peak_mem_bytes", "max_peak_above_weights_bytes",
+                       "mean_peak_above_weights_bytes", "max_peak_prefill_bytes", "max_peak_decode_bytes",
+                       "weights_bytes", "mean_kv_bytes", "mean_kv_bytes_full", "mean_prefill_s", "mean_decode_s",
+                       "max_own_peak_above_weights_bytes", "mean_prefill_flops", "mean_compress_flops"]
     assert m["max_peak_above_weights_mib"] == 3.0 and m["weights_mib"] == 5.0 and m["kv_ratio_pct"] == 50.0
     assert m["mean_prefill_gflop"] == 4.0 and m["mean_compress_gflop"] == 0.004
     assert m["budget_pct"] == 20.0
