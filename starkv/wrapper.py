@@ -10,7 +10,7 @@ allocation rule from a job config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,6 +34,10 @@ class ScorerWrapper(ScorerCompressor):
     scorer_params : dict
         Fields of the inner scorer (``window_size`` excepted: set it on the wrapper).
     """
+
+    hidden_states_needed: ClassVar[str] = "all"  # unused: hidden_needs() is the inner scorer's
+    family: ClassVar[str] = "allocation"
+    query_aware: ClassVar[bool] = True  # as its inner scorer (SnapKV by default)
 
     scorer: str = "snapkv"
     scorer_params: dict[str, Any] = field(default_factory=dict)

@@ -71,9 +71,6 @@ class AdaKV(ScorerWrapper):
         Weight each head's scores by the share of its score mass in its own top-k (False, as in kvpress).
     """
 
-    hidden_states_needed: ClassVar[str] = "all"  # unused: hidden_needs() is the inner scorer's
-    family: ClassVar[str] = "allocation"
-    query_aware: ClassVar[bool] = True
     head_adaptive: ClassVar[bool] = True
 
     alpha_safeguard: float = 0.2

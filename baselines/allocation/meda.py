@@ -79,9 +79,6 @@ class MEDA(ScorerWrapper):
         Entropy over the screenshot keys only (True, the paper's text→visual attention); False: over all keys.
     """
 
-    hidden_states_needed: ClassVar[str] = "all"  # unused: hidden_needs() is the inner scorer's
-    family: ClassVar[str] = "allocation"
-    query_aware: ClassVar[bool] = True
     layer_adaptive: ClassVar[bool] = True
 
     temperature: float = 1.0
