@@ -103,8 +103,11 @@ def _draw(ax, units: list[UnitSummary], spec: PlotSpec) -> None:
     budgets = sorted({u.budget for u in units})
     spread = (budgets[-1] - budgets[0]) if len(budgets) > 1 else 1.0
     names = sorted(lines)
+    # the offsets of all lines together stay within half the closest gap between budgets (many lines: smaller)
+    gap = min((b - a for a, b in zip(budgets, budgets[1:])), default=spread)
+    step = min(spread * 0.012, 0.5 * gap / max(len(names), 1))
     for i, name in enumerate(names):
-        offset = (i - (len(names) - 1) / 2) * spread * 0.012
+        offset = (i - (len(names) - 1) / 2) * step
         xs, ys = zip(*sorted(lines[name]))
         low = _series(units, f"{spec.metric}_ci_low").get(name)
         high = _series(units, f"{spec.metric}_ci_high").get(name)
@@ -157,7 +160,9 @@ def plot_metric(units: list[UnitSummary], spec: PlotSpec, path: Path, subtitle: 
         ax.set_ylim(bottom=0)
     # peak memory keeps matplotlib's autoscale: it is dominated by weights, a zero baseline hides changes
     ax.grid(True, alpha=0.3)
-    ax.legend(title="compressor", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    many = len(ax.get_legend_handles_labels()[1]) > 12
+    ax.legend(title="compressor", fontsize="x-small" if many else "small", ncol=2 if many else 1, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     ax.set_title(spec.title + (f"\n{subtitle}" if subtitle else "") + f"\n{sample_note(units)}", fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
