@@ -90,23 +90,32 @@ def budget_text(budget: float) -> str:
     return f"{budget:g}%"
 
 
-def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The unit's metrics plus MiB twins of every byte count, GFLOP twins of flop counts, the KV ratio in
-    percent and the budget.
+def readable_twin(key: str, value: float) -> tuple[str, float] | None:
+    """The human-unit twin of a raw figure (``mean_kv_bytes`` -> ``mean_kv_mib``, ``mean_prefill_s`` ->
+    ``mean_prefill_ms``, ``*_flops`` -> ``*_gflop``), or None for a figure already in human units.
 
     A byte count is a metric named ``*_bytes*`` or a summary whose registered column counts bytes
     (``pipeline.metrics.registry``); its twin drops ``_bytes`` and ends in ``_mib``.
     """
+    if "_bytes" in key:
+        return key.replace("_bytes", "") + "_mib", float(value) / MIB  # mean_kv_bytes_full -> mean_kv_full_mib
+    unit = summary_unit(key)
+    if unit == "bytes":
+        return key + "_mib", float(value) / MIB
+    if unit == "s" and key.endswith("_s"):
+        return key[:-2] + "_ms", 1e3 * float(value)
+    if unit == "flop" and key.endswith("_flops"):
+        return key[:-6] + "_gflop", float(value) / 1e9
+    return None
+
+
+def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The unit's metrics plus the ``readable_twin`` of each raw figure and the KV ratio in percent."""
     out = dict(metrics)
     for key, value in metrics.items():
-        if "_bytes" in key:
-            out[key.replace("_bytes", "") + "_mib"] = float(value) / MIB  # mean_kv_bytes_full -> mean_kv_full_mib
-        elif summary_unit(key) == "bytes":
-            out[key + "_mib"] = float(value) / MIB
-        elif summary_unit(key) == "s" and key.endswith("_s"):
-            out[key[:-2] + "_ms"] = 1e3 * float(value)  # mean_prefill_s -> mean_prefill_ms
-        elif summary_unit(key) == "flop" and key.endswith("_flops"):
-            out[key[:-6] + "_gflop"] = float(value) / 1e9  # mean_prefill_flops -> mean_prefill_gflop
+        twin = readable_twin(key, value)
+        if twin is not None:
+            out[twin[0]] = twin[1]
     if "kv_ratio" in metrics:
         out["kv_ratio_pct"] = 100.0 * float(metrics["kv_ratio"])
     return out
@@ -181,14 +190,10 @@ def child_metrics(s: UnitSummary) -> dict[str, float]:
     order its metrics table lists them: the table columns first, then the other figures in human units (MiB,
     ms, GFLOP, %, counts), the raw ``*_bytes`` / ``*_s`` / ``*_flops`` values last."""
     readable = {**readable_metrics(s.metrics), "budget_pct": s.budget}
-
-    def raw(key: str) -> bool:
-        unit = summary_unit(key)
-        return "_bytes" in key or key.endswith("_flops") or unit in ("bytes", "flop") or (unit == "s" and key.endswith("_s"))
-
+    raw = {k for k, v in s.metrics.items() if readable_twin(k, v) is not None}  # shown again as their twins
     first = {k: readable[k] for k in TABLE_COLUMNS if k in readable}
-    human = {k: v for k, v in readable.items() if k not in first and not raw(k)}
-    return {**first, **human, **{k: v for k, v in readable.items() if raw(k)}}
+    human = {k: v for k, v in readable.items() if k not in first and k not in raw}
+    return {**first, **human, **{k: readable[k] for k in s.metrics if k in raw}}
 
 
 def unit_slug(s: UnitSummary) -> str:
