@@ -89,3 +89,12 @@ class ScriptedOutputs:
     def __exit__(self, *exc):
         del self.runner.prompt
         del self.runner.loaded.processor.tokenizer.decode
+
+
+def tiny_with_prompt(model_dir, num_images: int = 3, size=(448, 336)):
+    """The tiny model (CPU, float32) and a ``num_images``-screenshot prompt for it: ``(loaded, inputs, layout)``."""
+    from pipeline.models.loader import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(path=str(model_dir), device="cpu", dtype="float32"))
+    inputs, layout = prompt_inputs(loaded.processor, num_images=num_images, size=size)
+    return loaded, inputs, layout

@@ -14,7 +14,7 @@ import starkv
 from starkv.hook import _gather_query_heads
 from starkv.storage import KVQuant, KVStorage, kivi, kivi_bytes, kivi_split, split_storage_tag
 from starkv.storage.layers import KIVILayer, QueryHeadLayer
-from tests.helpers_model import prompt_inputs
+from tests.helpers_model import tiny_with_prompt
 
 # ------------------------------------------------------------------ arithmetic, by hand
 
@@ -136,11 +136,7 @@ def test_storage_tags_and_parsing():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from pipeline.models.loader import ModelSpec, load_model
-
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
-    return loaded, inputs, layout
+    return tiny_with_prompt(tiny_model_dir)
 
 
 def _generate(tiny, compressor, budget):

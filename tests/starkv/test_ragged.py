@@ -14,7 +14,7 @@ from starkv.hook import decoder_layers
 from starkv.scoring import group_mean, window_scores
 from starkv.shared import compress_record, record_prefill, replay_prefill
 from starkv.storage.ragged import RaggedLayer, ragged_attention
-from tests.helpers_model import prompt_inputs
+from tests.helpers_model import tiny_with_prompt
 
 BUDGET = 20
 
@@ -73,11 +73,7 @@ def test_ragged_layer_stores_only_what_it_keeps():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from pipeline.models.loader import ModelSpec, load_model
-
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
-    return loaded, inputs, layout
+    return tiny_with_prompt(tiny_model_dir)
 
 
 def _generate(model, inputs, new_tokens):
