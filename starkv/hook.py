@@ -31,7 +31,7 @@ from starkv.context import LayerContext
 from starkv.early_cut import capacity_bound, positions_in, superset
 from starkv.flops import FlopMeter, region_flops
 from starkv.layout import PromptLayout
-from starkv.pruning import PruneState, install_pruning
+from starkv.pruning import PruneState, ResumedPrefill, install_pruning
 from starkv.storage import KVStorage
 
 
@@ -82,6 +82,8 @@ class Attachment:
     pending: list[tuple[LayerContext, torch.Tensor, float, Any, torch.Tensor | None, int]] = field(default_factory=list)
     #: the in-prefill token pruning of a ``pruning`` compressor (``starkv.pruning``); None for the others
     prune: PruneState | None = None
+    #: a pruning unit's own prefill after its selecting layer, resumed from a shared one (``starkv.shared``)
+    resumed: ResumedPrefill | None = None
     #: layers of the last prefill written in a non-default storage form (``starkv.storage.layers``), by index,
     #: until the hook (or ``starkv.shared.compress_record``) puts them in place of the gathered layer
     stored: dict[int, Any] = field(default_factory=dict)
@@ -278,8 +280,7 @@ class _LayerHook:
         """
         att, comp = self.att, self.att.compressor
         if att.prune is not None and att.prune.pruned(self.layer_idx):  # this layer ran on the kept tokens only
-            self._write_pruned(layer)
-            return layer
+            return self.write_pruned(layer, module)
         layout = att.layout or PromptLayout(prompt_length=length)
         if layout.prompt_length != length:
             raise ValueError(f"prompt layout is for {layout.prompt_length} tokens but the prefill has {length}")
@@ -403,14 +404,30 @@ class _LayerHook:
         if self.layer_idx == self.num_layers - 1:
             state.finish()
 
-    def _write_pruned(self, layer) -> None:
-        """Stats of a layer that ran on the kept tokens: its cache already holds only them."""
+    def write_pruned(self, layer, module):
+        """A layer that ran on the kept tokens: its cache already holds only them. Records its stat and, for
+        a unit with storage options, its storage form (``att.stored``, put in place by the caller)."""
         state = self.att.prune
         kept = layer.keys.shape[-2]
-        after = _cache_bytes(layer.keys, layer.values)
-        self.att.stats.append(LayerStat(self.layer_idx, state.length, kept, after // kept * state.length, after))
+        before = _cache_bytes(layer.keys, layer.values) // kept * state.length
+        storage = self.att.storage
+        if storage.default:
+            after = _cache_bytes(layer.keys, layer.values)
+        else:
+            from starkv.storage.layers import stored_layer  # transformers' cache classes, only when needed
+
+            groups = module.config.num_attention_heads // module.config.num_key_value_heads
+            keys, values = layer.keys, layer.values
+            if storage.per_query_head:
+                keys, values = _gather_query_heads(keys, values, None, groups)
+            stored = stored_layer(keys, values, storage, groups)
+            layer.keys, layer.values = stored.keys, stored.values
+            self.att.stored[self.layer_idx] = stored
+            after = stored.nbytes()
+        self.att.stats.append(LayerStat(self.layer_idx, state.length, kept, before, after))
         if self.layer_idx == self.num_layers - 1:
             state.finish()
+        return layer
 
     def _finish_adaptive(self) -> None:
         """Split the total of the uniform capacities over layers by their weights, then gather each layer."""
@@ -491,7 +508,7 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
     handles = []
     try:
         if compressor.pruning:
-            attachment.prune = PruneState(layer=_prune_layer(compressor, len(layers)))
+            attachment.prune = PruneState(layer=prune_layer_index(compressor, len(layers)))
             handles += install_pruning(attachment.prune, layers)
         for i, layer in enumerate(layers):
             attn = layer.self_attn
@@ -504,7 +521,8 @@ def attach(model, compressor: Compressor, budget: float, layout: PromptLayout | 
         detach_capture(layers, handles, impl)
 
 
-def _prune_layer(compressor: Compressor, num_layers: int) -> int:
+def prune_layer_index(compressor: Compressor, num_layers: int) -> int:
+    """A pruning compressor's selecting layer (0-based), checked against the model's ``num_layers``."""
     layer = compressor.prune_layer(num_layers)
     if not 0 <= layer < num_layers:
         raise ValueError(f"compressor {compressor.name!r} prunes after layer index {layer}, but the model has "

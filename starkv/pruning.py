@@ -20,6 +20,21 @@ import torch
 
 
 @dataclass
+class ResumedPrefill:
+    """A pruning unit's prefill after its selecting layer, run from a shared prefill's record (``starkv.shared``)."""
+
+    output: Any  # the prefill forward's output with the unit's own first-token logits
+    flops: int  # flops of the resumed layers and the head (0: not counted)
+    seconds: float
+    flops_before: int | None  # the shared prefill's flops up to the resumed layer (None: not counted)
+
+    @property
+    def prefill_flops(self) -> int | None:
+        """The unit's whole prefill: the shared part it used plus its own layers (None: not counted)."""
+        return None if self.flops_before is None else self.flops_before + self.flops
+
+
+@dataclass
 class PruneState:
     """One prefill's pruning: the selecting layer, then the kept prompt positions until the prefill ends."""
 

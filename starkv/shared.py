@@ -9,6 +9,13 @@ they ask for, and the attention-input hidden states they need (``Compressor.hidd
 contexts, same gathers), and :func:`replay_prefill` makes the next ``generate`` take the recorded prefill
 output with that compressed cache instead of computing the prefill again. Everything after (decode,
 logits processing, stopping) is ``generate`` itself, so the generated tokens are those of a normal run.
+
+A pruning compressor (FastV) changes the prefill itself after its selecting layer K, but not before: layers
+1 … K are the shared prefill's. The record also keeps what decoder layer K + 1 was handed (its input hidden
+states and the text model's keyword inputs, ``LayerInputs``); :func:`compress_record` selects at layer K from
+the record and resumes the prefill from there on the kept tokens only (:func:`resume_pruned`), with the same
+slicing the pruning hook applies (``starkv.pruning``), so the unit's cache, first-token logits and prefill
+flops are those of its own run.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from starkv.hook import (
     detach_capture,
     install_attention_wrapper,
     layer_compressor,
+    prune_layer_index,
     remove_attention_wrapper,
 )
 from starkv.layout import PromptLayout
+from starkv.pruning import PruneState, ResumedPrefill
 
 
 @dataclass
@@ -52,12 +61,29 @@ class LayerRecord:
 
 
 @dataclass
+class LayerInputs:
+    """What the shared prefill handed one decoder layer: the hidden states and the text model's keyword inputs."""
+
+    hidden: torch.Tensor  # (1, L, D): the previous layer's output on the whole prompt
+    kwargs: dict[str, Any]  # position embeddings, masks, positions (without the cache)
+    flops_before: int | None = None  # the prefill's flops up to this layer (None: not counted)
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [self.hidden]
+        for value in self.kwargs.values():
+            out += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, torch.Tensor)]
+        return out
+
+
+@dataclass
 class PrefillRecord:
     """What one shared prefill leaves for the units of a sweep (hold it only while they run)."""
 
     layout: PromptLayout
     layers: list[LayerRecord] = field(default_factory=list)
     output: Any = None  # the prefill forward's output, without its cache
+    #: decoder layer index -> its inputs, for the layers a pruning compressor resumes from (K + 1, 0-based K)
+    layer_inputs: dict[int, LayerInputs] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -68,6 +94,8 @@ class PrefillRecord:
         for lr in self.layers:
             out += [lr.keys, lr.values, lr.hidden, *lr.queries.values()]
             out += [lr.hidden_norms] if lr.hidden_norms is not None else []
+        for inputs in self.layer_inputs.values():
+            out += inputs.tensors()
         if self.output is not None:
             out += [v for v in self.output.values() if isinstance(v, torch.Tensor)]
         return out
@@ -101,11 +129,19 @@ def hidden_need(compressors: Sequence[Compressor]) -> str:
     return next(n for n in HIDDEN_NEEDS if n in needs or n == "none")
 
 
+def resume_layers(compressors: Sequence[Compressor], num_layers: int) -> list[int]:
+    """Decoder layers a pruning compressor of ``compressors`` resumes the prefill from (after its layer K)."""
+    starts = {prune_layer_index(c, num_layers) + 1 for c in compressors if c.pruning}
+    return sorted(i for i in starts if i < num_layers)
+
+
 @contextlib.contextmanager
-def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayout) -> Iterator[PrefillRecord]:
+def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayout,
+                   flop_meter: FlopMeter | None = None) -> Iterator[PrefillRecord]:
     """Inside the block, the first prefill of ``model`` (full cache, nothing compressed) fills the record.
 
     Run ``generate(..., max_new_tokens=1)`` in the block: its one forward is the shared prefill.
+    ``flop_meter``: the meter counting that prefill, read where a pruning compressor's own layers begin.
     """
     layers = decoder_layers(model)
     impl = layers[0].self_attn.config._attn_implementation or "eager"  # noqa: SLF001 - transformers keeps the attention backend only here
@@ -122,6 +158,9 @@ def record_prefill(model, compressors: Sequence[Compressor], layout: PromptLayou
             handles.append(layer.self_attn.register_forward_pre_hook(_rows_setter(slot, max(rows)), with_kwargs=True))
             handles.append(layer.self_attn.register_forward_hook(_recorder(record, i, slot, rows, need),
                                                                  with_kwargs=True))
+        for i in resume_layers(compressors, len(layers)):
+            handles.append(layers[i].register_forward_pre_hook(_input_recorder(record, i, flop_meter),
+                                                               with_kwargs=True))
         handles.append(model.register_forward_hook(_output_recorder(record)))
         yield record
     finally:
@@ -171,6 +210,19 @@ def _recorder(record: PrefillRecord, layer_idx: int, slot: QueryCapture, rows: l
     return hook
 
 
+def _input_recorder(record: PrefillRecord, layer_idx: int, meter: FlopMeter | None):
+    def pre_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if layer_idx in record.layer_inputs or hidden is None or hidden.shape[1] != record.length:
+            return None  # not the shared prefill (a decode step), or already recorded
+        rest = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values")}
+        flops = meter.total if meter is not None and meter.counting else None
+        record.layer_inputs[layer_idx] = LayerInputs(hidden=hidden, kwargs=rest, flops_before=flops)
+        return None
+
+    return pre_hook
+
+
 def _output_recorder(record: PrefillRecord):
     def hook(module, args, output):
         if record.output is None:
@@ -193,38 +245,89 @@ def compress_record(model, record: PrefillRecord, compressor: Compressor, budget
     """
     capacity(1, budget)
     check_decodable(model, compressor)
-    if compressor.pruning:  # its prefill is its own (later layers run on fewer tokens): nothing to replay
-        raise ValueError(f"compressor {compressor.name!r} prunes inside the prefill; it cannot use a shared one")
+    num_layers = len(record.layers)
     att = Attachment(model=model, compressor=compressor, budget=budget, layout=record.layout)
+    if compressor.pruning:
+        att.prune = PruneState(layer=prune_layer_index(compressor, num_layers))
     rows = query_rows(compressor, record.layout)
     holders = []
     t0 = time.perf_counter()
     with region_flops(flop_meter) as tally:
         for i, lr in enumerate(record.layers):
+            if att.prune is not None and att.prune.pruned(i):  # the unit's own prefill from here on
+                holders += resume_pruned(model, record, att, flop_meter)
+                break
             holder = _Holder(lr.keys, lr.values)
             holders.append(holder)
-            stored = layer_compressor(att, i, len(record.layers)).compress(
+            stored = layer_compressor(att, i, num_layers).compress(
                 lr.module, lr.hidden, holder, record.length, lr.queries[rows], hidden_offset=lr.hidden_offset,
                 hidden_norms=lr.hidden_norms)
             holders[-1] = stored  # the holder, or the layer's per-head storage
     for i in sorted(att.stored):  # a non-default storage: the cache layer itself (starkv.storage.layers)
         holders[i] = att.stored.pop(i)
-    att.compress_s = time.perf_counter() - t0
-    att.compress_flops = tally.flops
+    resumed = att.resumed
+    att.compress_s = time.perf_counter() - t0 - (resumed.seconds if resumed is not None else 0.0)
+    att.compress_flops = tally.flops - (resumed.flops if resumed is not None else 0)
     return att, holders
 
 
+def resume_pruned(model, record: PrefillRecord, att: Attachment, flop_meter: FlopMeter | None = None) -> list:
+    """A pruning unit's own prefill after its selecting layer K: layers K + 1 … on the kept tokens only.
+
+    Layers 0 … K are already selected and cut (``att.prune.kept``). Runs the later decoder layers from the
+    inputs the record kept for layer K + 1, sliced as the pruning hook slices them, into a scratch cache;
+    returns their K/V holders (stats written as the hook writes them). ``att.resumed`` gets the unit's
+    prefill output (its own first-token logits) and the seconds and flops of the resumed part.
+    """
+    state = att.prune
+    layers = decoder_layers(model)
+    start = state.layer + 1
+    inputs = record.layer_inputs.get(start)
+    if inputs is None:
+        raise RuntimeError(f"the shared prefill recorded no inputs of decoder layer {start}; pass the pruning "
+                           "compressors to record_prefill")
+    from transformers import DynamicCache
+
+    t0 = time.perf_counter()
+    cache = DynamicCache()
+    with region_flops(flop_meter) as tally:
+        (hidden,), kwargs = state.slice_inputs((inputs.hidden,), {**inputs.kwargs, "past_key_values": cache})
+        for i in range(start, len(layers)):
+            hidden = layers[i](hidden, **kwargs)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        logits = output_logits(model, hidden)
+    later = []
+    for i in range(start, len(layers)):
+        holder = _Holder(cache.layers[i].keys, cache.layers[i].values)
+        stored = layer_compressor(att, i, len(layers)).write_pruned(holder, layers[i].self_attn)
+        later.append(stored)
+    del cache
+    output = type(record.output)(**{**dict(record.output.items()), "logits": logits})
+    att.resumed = ResumedPrefill(output=output, flops=tally.flops, seconds=time.perf_counter() - t0,
+                                 flops_before=inputs.flops_before)
+    return later
+
+
+def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The last position's logits from the last decoder layer's output (the text model's norm, then the head)."""
+    inner = getattr(model, "model", model)
+    text = getattr(inner, "language_model", inner)
+    return model.lm_head(text.norm(hidden)[:, -1:, :])
+
+
 @contextlib.contextmanager
-def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None]:
+def replay_prefill(model, record: PrefillRecord, holders: list, output: Any = None) -> Iterator[None]:
     """The block's first forward of ``model`` returns the recorded prefill output with ``holders`` as cache.
 
     Pass ``generate`` the same inputs as the shared prefill minus the pixels (nothing reads them: the
     vision tower ran in the shared prefill, and positions come from the token ids and image grids). Ragged
     (per-KV-head) layers go into the cache as they are, and the attention wrapper that decodes them is
-    installed for the block.
+    installed for the block. ``output``: the unit's own prefill output in place of the record's (a pruning
+    unit's, ``Attachment.resumed``).
     """
     from starkv.storage.ragged import RaggedLayer
 
+    output = record.output if output is None else output
     ragged = any(isinstance(h, RaggedLayer) for h in holders)
     inner = model.forward
     done = [False]
@@ -244,7 +347,7 @@ def replay_prefill(model, record: PrefillRecord, holders: list) -> Iterator[None
                 cache.layers[i] = holder
             else:
                 cache.layers.append(holder)
-        out = type(record.output)(**dict(record.output.items()))
+        out = type(output)(**dict(output.items()))
         out["past_key_values"] = cache
         return out
 

@@ -5,7 +5,8 @@ query puts on every token, averaged over all query heads, ranks the image tokens
 the prefill, so layers K + 1 … (0-based K …) compute on fewer tokens and the prefill itself gets cheaper.
 The caches of layers 1 … K, computed on the whole prompt, are cut to the same tokens, so every layer keeps
 one token set and one length (eager attention can decode it). Kept tokens keep their original M-RoPE
-positions (``starkv.pruning``).
+positions (``starkv.pruning``). In a shared sweep the layers up to K are the shared prefill's and the unit
+runs only its own later layers on the kept tokens (``starkv.shared.resume_pruned``).
 
 Budget and ratio: each layer keeps ``C = int(L·b/100)`` tokens as for every method (the window of the last
 W tokens inside C, ``starkv.budget``). With ``ratio`` unset (the default) the budget alone sets how many
@@ -58,8 +59,6 @@ class FastV(Compressor):
     """
 
     hidden_states_needed: ClassVar[str] = "none"
-    #: the prefill itself changes: a shared full prefill would not be this method's prefill
-    shares_prefill: ClassVar[bool] = False
     family: ClassVar[str] = "pruning"
     query_aware: ClassVar[bool] = True
     pruning: ClassVar[bool] = True

@@ -16,6 +16,7 @@ first follow the unit's own output).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,8 +211,9 @@ def shared_prefill(runner: EpisodeRunner, text: str, images: list, compressors: 
     loaded = runner.loaded
     inputs, layout = runner.encode(text, images, row)
     runner.reset_positions()
-    around = (record_prefill(loaded.model, compressors, layout), runner.model_contexts())
-    with runner.measure(inputs, around=around, flops=runner.flop_meter()) as m:
+    meter = runner.flop_meter()
+    around = (record_prefill(loaded.model, compressors, layout, flop_meter=meter), runner.model_contexts())
+    with runner.measure(inputs, around=around, flops=meter) as m:
         record = m.entered[0]
         runner.generate(inputs, 1)  # the one forward is the prefill; its first token is every unit's
         if m.account is not None:
@@ -230,12 +232,15 @@ def unit_from_prefill(runner: EpisodeRunner, step: Step, image, prefill: SharedP
     inputs = {k: v for k, v in prefill.inputs.items() if k not in PIXEL_INPUTS}
     meter = runner.flop_meter()
     with runner.measure(inputs, held=prefill.record.tensors(), timed=False, flops=meter) as m:
-        att, holders = compress_record(loaded.model, prefill.record, compressor, unit.budget, flop_meter=meter)
+        # a pruning unit runs its own later layers here: under the model's switches, as in its own prefill
+        with runner.model_contexts() if compressor.pruning else contextlib.nullcontext():
+            att, holders = compress_record(loaded.model, prefill.record, compressor, unit.budget, flop_meter=meter)
+        own = att.resumed.output if att.resumed is not None else None
         runner.reset_positions()
-        with runner.model_contexts(), replay_prefill(loaded.model, prefill.record, holders), \
+        with runner.model_contexts(), replay_prefill(loaded.model, prefill.record, holders, own), \
                 PhaseTimer(loaded.model, loaded.device) as timer:
             out = runner.generate(inputs, runner.max_new_tokens)
-        del holders  # the unit's cache dies with its decode, as in a per-unit step
+        del holders, own  # the unit's cache dies with its decode, as in a per-unit step
     fill_from_prefill(row, prefill, att, m.account, m.peak, timer.total_s)
     return runner.finish(step, image, out, int(prefill.inputs["input_ids"].shape[1]), row)
 
@@ -249,11 +254,12 @@ def decode_batches(members: list[Member], limit: float = BATCH_CACHE_PERCENT) ->
     """Consecutive units packed into batches whose budgets add up to at most ``limit`` percent.
 
     A head-adaptive unit (per-KV-head storage, ``starkv.storage.ragged``) decodes alone from the shared prefill:
-    the batched decode's per-row caches are dense tensors."""
+    the batched decode's per-row caches are dense tensors. So does a pruning unit: its first token comes from
+    its own prefill's logits, not the shared one's."""
     batches: list[list[Member]] = []
     total = 0.0
     for m in members:
-        if m.compressor.head_adaptive:
+        if m.compressor.head_adaptive or m.compressor.pruning:
             batches.append([m])
             total = limit  # the next unit starts a new batch
             continue
@@ -285,9 +291,13 @@ def fill_from_prefill(row: dict[str, Any], prefill: SharedPrefill, att, account,
     figures, memory with the shared prefill's peak, the shared prefill's time and the decode's."""
     if account is not None and prefill.account is not None:
         account = account.with_prefill_of(prefill.account)
+    prefill_s, prefill_flops = prefill.prefill_s, prefill.prefill_flops
+    resumed = att.resumed
+    if resumed is not None:  # a pruning unit: the shared layers up to its layer K, then its own on fewer tokens
+        prefill_s += resumed.seconds
+        prefill_flops = resumed.prefill_flops if resumed.prefill_flops is not None else prefill_flops
     fill_measures(row, att, account, peak_bytes=max(prefill.peak_bytes, peak.peak_bytes), mem_device=peak.device,
-                  prefill_s=prefill.prefill_s, decode_s=decode_s, prefill_flops=prefill.prefill_flops,
-                  prefill_shared=True, **flags)
+                  prefill_s=prefill_s, decode_s=decode_s, prefill_flops=prefill_flops, prefill_shared=True, **flags)
 
 
 def _decode_batch(runner: EpisodeRunner, step: Step, image, prefill: SharedPrefill, members: list[Member],

@@ -63,11 +63,9 @@ def test_bad_fields_are_refused():
         starkv.build("fastv", ratio=1.5)
 
 
-def test_pruning_methods_never_share_a_prefill():
-    for name in starkv.available():
-        comp = starkv.build(name)
-        assert not (comp.pruning and comp.shares_prefill), name
+def test_pruning_is_a_trait():
     assert starkv.build("fastv").traits()["pruning"] and starkv.build("fastv").family == "pruning"
+    assert [n for n in starkv.available() if starkv.build(n).pruning] == ["fastv"]
 
 
 def test_chunked_prefill_is_refused_before_any_work():
@@ -122,9 +120,9 @@ def tiny(tiny_model_dir):
     return loaded, inputs, layout, ref
 
 
-def _run(loaded, inputs, layout, comp, budget, tokens=4):
+def _run(loaded, inputs, layout, comp, budget, tokens=4, meter=None):
     with torch.inference_mode(), Seen(loaded.model, comp) as seen, starkv.attach(loaded.model, comp, budget,
-                                                                                  layout) as att:
+                                                                                  layout, flop_meter=meter) as att:
         loaded.model.model.rope_deltas = None
         out = loaded.model.generate(**inputs, max_new_tokens=tokens, do_sample=False, return_dict_in_generate=True,
                                     output_logits=True)
@@ -224,12 +222,103 @@ def test_eager_attention_slices_the_mask(tiny, tiny_model_dir):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
 
 
+def _shared(loaded, inputs, layout, comp, budget, tokens=4, others=("snapkv",)):
+    """FastV from a shared prefill recorded with other methods: the layers up to K are the record's."""
+    from starkv.flops import FlopMeter
+    from starkv.shared import compress_record, record_prefill, replay_prefill
+
+    comps = [comp, *(starkv.build(n) for n in others)]
+    with torch.inference_mode():
+        with FlopMeter() as meter, record_prefill(loaded.model, comps, layout, flop_meter=meter) as record:
+            loaded.model.model.rope_deltas = None
+            loaded.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        with FlopMeter() as meter:
+            att, holders = compress_record(loaded.model, record, comp, budget, flop_meter=meter)
+        replay_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        own = att.resumed.output if att.resumed is not None else None
+        loaded.model.model.rope_deltas = None
+        with replay_prefill(loaded.model, record, holders, own):
+            out = loaded.model.generate(**replay_inputs, max_new_tokens=tokens, do_sample=False,
+                                        return_dict_in_generate=True, output_logits=True)
+    return out, att, record
+
+
+@pytest.mark.parametrize(("k", "budget", "ratio"), [(1, 20, None), (2, 50, None), (2, 100, 0.5), (3, 20, None),
+                                                     (2, 100, None)])
+def test_shared_prefill_up_to_layer_k_equals_the_own_prefill(tiny, k, budget, ratio):
+    """The record serves layers 1..K; the unit's own later layers give exactly its per-unit cache, first-token
+    logits, generated tokens and prefill flops (the shared prefill's flops up to layer K + 1 plus its own)."""
+    from starkv.flops import FlopMeter
+
+    loaded, inputs, layout, _ = tiny
+    comp = starkv.build("fastv", layer=k, ratio=ratio)
+    alone, att_alone, _ = _run(loaded, inputs, layout, comp, budget)
+    shared, att, record = _shared(loaded, inputs, layout, starkv.build("fastv", layer=k, ratio=ratio), budget)
+    assert torch.equal(alone.sequences, shared.sequences)
+    for a, b in zip(alone.logits, shared.logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [(s.kept_length, s.bytes_before, s.bytes_after) for s in att_alone.stats] == \
+        [(s.kept_length, s.bytes_before, s.bytes_after) for s in att.stats]
+    pruned = att_alone.stats[0].kept_length < att_alone.stats[0].original_length and k < 3
+    assert (att.resumed is not None) == pruned  # nothing dropped, or nothing after K: the record's layers
+    assert sorted(record.layer_inputs) == ([k] if k < 3 else [])
+    if pruned:
+        # per unit: a one-token generate is the prefill alone; its count less the selection inside it
+        with FlopMeter() as m1:
+            _, att1, _ = _run(loaded, inputs, layout, starkv.build("fastv", layer=k, ratio=ratio), budget, tokens=1,
+                              meter=m1)
+        assert att.resumed.prefill_flops == m1.total - att1.compress_flops
+        assert 0 < att.resumed.flops < att.resumed.flops_before
+        assert att.compress_flops == att1.compress_flops
+
+
+def test_shared_prefill_records_layer_inputs_only_for_pruning_units(tiny):
+    loaded, inputs, layout, _ = tiny
+    from starkv.shared import record_prefill
+
+    with torch.inference_mode(), record_prefill(loaded.model, [starkv.build("snapkv")], layout) as record:
+        loaded.model.model.rope_deltas = None
+        loaded.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    assert record.layer_inputs == {}
+    with torch.inference_mode(), record_prefill(loaded.model, [starkv.build("fastv", layer=1),
+                                                               starkv.build("fastv", layer=2)], layout) as record:
+        loaded.model.model.rope_deltas = None
+        loaded.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    L = inputs["input_ids"].shape[1]
+    assert sorted(record.layer_inputs) == [1, 2]
+    assert all(r.hidden.shape[1] == L for r in record.layer_inputs.values())
+    held = {id(t) for t in record.tensors()}
+    assert all(id(t) in held for r in record.layer_inputs.values() for t in r.tensors())
+
+
 def test_layer_beyond_the_model_is_refused(tiny):
     from starkv.shared import PrefillRecord, compress_record
 
     loaded, _, layout, _ = tiny
-    with pytest.raises(ValueError, match="shared"):
-        compress_record(loaded.model, PrefillRecord(layout=layout), starkv.build("fastv"), 20)
+    record = PrefillRecord(layout=layout, layers=[None] * 3)
+    with pytest.raises(ValueError, match="beyond"):
+        compress_record(loaded.model, record, starkv.build("fastv", layer=4), 20)
     with pytest.raises(ValueError, match="beyond"):
         with starkv.attach(loaded.model, starkv.build("fastv", layer=4), 20, layout):
             pass
+
+
+def test_kv_quant_stores_every_layer_quantized(tiny):
+    """FastV at 50 % then int4 (G = R = 32): the layers after K, whose cache was computed on the kept tokens,
+    are stored as KIVI too. C = int(L/2) per layer of H_kv = 2 heads, d = 32, fp32; keys quantize
+    n_k = C − C mod 32 tokens, values n_v = C − 32; bytes per head and layer:
+    n_k·32/2 + 2·(n_k/32)·32·4 + n_v·32/2 + 2·n_v·1·4 + (2C − n_k − n_v)·32·4. Alone and from a shared prefill."""
+    from starkv.storage import KVQuant, KVStorage
+    from starkv.storage.layers import KIVILayer
+
+    loaded, inputs, layout, _ = tiny
+    c = int(inputs["input_ids"].shape[1] * 50 / 100)
+    n_k, n_v = c - c % 32, c - 32
+    per_head = n_k * 16 + 2 * (n_k // 32) * 32 * 4 + n_v * 16 + 2 * n_v * 4 + (2 * c - n_k - n_v) * 32 * 4
+    storage = KVStorage(quant=KVQuant(bits=4, residual_length=32))
+    out, att, _ = _run(loaded, inputs, layout, starkv.build("fastv").stored_as(storage), 50)
+    assert att.kv_bytes == 3 * 2 * per_head and att.kept_tokens == c
+    assert all(type(layer) is KIVILayer and layer.get_seq_length() == c + 3 for layer in out.past_key_values.layers)
+    shared, att_shared, _ = _shared(loaded, inputs, layout, starkv.build("fastv").stored_as(storage), 50)
+    assert att_shared.kv_bytes == att.kv_bytes and torch.equal(shared.sequences, out.sequences)
+    assert all(type(layer) is KIVILayer for layer in shared.past_key_values.layers)

@@ -97,16 +97,19 @@ def test_shared_sweep_equals_per_unit_runs(setup, kept, slots):
     for (ca, unit), (cb, _), rows_a, rows_b in zip(alone, together, per_unit, shared):
         assert [{k: r[k] for k in SAME} for r in rows_a] == [{k: r[k] for k in SAME} for r in rows_b], unit.key
         assert all(r["error"] is None for r in rows_b), (unit.key, [r["error"] for r in rows_b if r["error"]][:1])
-        # a pruning method (FastV) changes the prefill itself: it opts out and runs its own
-        assert all(r["prefill_shared"] == cb.shares_prefill for r in rows_b)
+        # every method shares (a pruning one, FastV, the layers up to its K, then runs its own on fewer tokens)
+        assert all(r["prefill_shared"] for r in rows_b)
+        assert all(r["prefill_flops"] == a["prefill_flops"] for a, r in zip(rows_a, rows_b) if cb.pruning), unit.key
         assert not any(r["prefill_shared"] for r in rows_a)
         assert _same_indices(kept[id(ca)], kept[id(cb)]), unit.key
         assert any(i is not None for i in kept[id(cb)]) or unit.compressor == "full", unit.key
     # the units decoded as rows of batches (pipeline.step.row_decode): the equality above covers that path
     assert sum(r["decode_shared"] for rows in shared for r in rows) > len(shared)
-    # one prefill per step: the units' prefill times are one figure per step
+    # one prefill per step: the units' prefill times are one figure per step (a pruning unit adds its own layers)
     for step in range(len(episode.steps)):
-        assert len({rows[step]["prefill_s"] for (cb, _), rows in zip(together, shared) if cb.shares_prefill}) == 1
+        times = {rows[step]["prefill_s"] for (cb, _), rows in zip(together, shared) if not cb.pruning}
+        assert len(times) == 1
+        assert all(rows[step]["prefill_s"] > min(times) for (cb, _), rows in zip(together, shared) if cb.pruning)
 
 
 def test_model_history_shares_only_identical_prompts(setup, kept):
@@ -267,3 +270,20 @@ def test_multi_call_steps_run_per_unit_in_a_sweep(tiny_model_dir, tmp_path):
         assert [{k: r[k] for k in (*SAME, "model_calls")} for r in rows_a] == \
                [{k: r[k] for k in (*SAME, "model_calls")} for r in rows_b]
         assert [r["model_calls"] for r in rows_b] == [4] and not any(r["prefill_shared"] for r in rows_b)
+
+
+def test_pruning_unit_counts_its_own_prefill_flops(setup):
+    """FastV from the shared prefill: the flops of its own run (the shared layers up to K, its later layers on
+    the kept tokens), fewer than the full prefill the other units report."""
+    loaded, bench, episode = setup
+    episode = dataclasses.replace(episode, steps=episode.steps[:2])
+    runner = EpisodeRunner(loaded, bench, AgentConfig(image_slots=3, history_source="ground_truth"),
+                           max_new_tokens=2, memory_accounting=False, measure_flops=True)
+    specs = [("fastv", "fastv", {}), ("snapkv", "snapkv", {})]
+    per_unit = [runner.run(episode, comp, unit) for comp, unit in _units(specs, (20.0,))]
+    fastv, snapkv = run_sweep(runner, episode, _units(specs, (20.0,)))
+    assert all(r["prefill_shared"] for r in fastv + snapkv)
+    assert [r["prefill_flops"] for r in fastv] == [r["prefill_flops"] for r in per_unit[0]]
+    assert [r["compress_flops"] for r in fastv] == [r["compress_flops"] for r in per_unit[0]]
+    assert [r["prefill_flops"] for r in snapkv] == [r["prefill_flops"] for r in per_unit[1]]
+    assert all(0 < f < s for f, s in zip((r["prefill_flops"] for r in fastv), (r["prefill_flops"] for r in snapkv)))
