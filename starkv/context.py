@@ -81,3 +81,14 @@ class LayerContext:
     @property
     def head_dim(self) -> int:
         return self.keys.shape[-1]
+
+
+def has_values(t: torch.Tensor) -> bool:
+    """False for a fake tensor (``pipeline.memory.simulate``: a 7B model's step on shapes only).
+
+    A method whose output *shape* depends on score values (AdaKV's split of a layer's budget over its heads)
+    asks this to take a stated neutral choice when there are none; it never changes a real run.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not isinstance(t, FakeTensor)

@@ -7,6 +7,8 @@ the observation window, and at least ``floor = int(alpha_safeguard · k)`` past 
 safeguard of the reference code, ``floor_capacity = int((C − W) · floor_alpha)``, α = 0.2): each head's top
 ``floor`` scores are raised to +inf before the cross-head top-k, as kvpress does. The layer's kept bytes are
 those of the uniform budget exactly; the cache stores each head's own tokens (``starkv.storage.ragged``).
+On fake tensors (``bench memory`` at 7B scale) the split over heads, which only score values decide, is
+taken even (every head its own top k): the layer's total and its storage form are the same for any split.
 
 Normalisation: neither the reference nor kvpress rescales the inner scores -- SnapKV's are softmax
 attention probabilities (each window query's row sums to 1), so heads share one scale. ``normalize`` adds the
@@ -23,7 +25,7 @@ import torch
 
 from starkv.budget import SelectionPlan
 from starkv.compressor import register
-from starkv.context import LayerContext
+from starkv.context import LayerContext, has_values
 from starkv.wrapper import ScorerWrapper
 
 
@@ -46,6 +48,10 @@ def head_adaptive_topk(scores: torch.Tensor, plan: SelectionPlan, alpha: float,
     chosen[s.reshape(-1).topk(heads * k).indices] = True
     chosen = chosen.view(heads, past)
     window = torch.arange(past, plan.length, device=s.device)
+    if not has_values(chosen):  # fake tensors (the memory simulation): the split is data, the total is not
+        float(chosen.sum())  # the split's one read of unknown values: the simulated row counts it (unknown_reads)
+        even = s.topk(k, dim=-1).indices.sort(dim=-1).values
+        return [torch.cat([even[h], window]) for h in range(heads)]
     return [torch.cat([chosen[h].nonzero().squeeze(1), window]) for h in range(heads)]
 
 

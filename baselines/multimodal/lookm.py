@@ -39,9 +39,11 @@ STRATEGIES = ("average", "pivotal", "weighted")
 
 def evicted_indices(kept: torch.Tensor, length: int) -> torch.Tensor:
     """(H, L − C) ascending indices of the tokens each row of ``kept`` (H, C) leaves out."""
-    out = torch.ones(kept.shape[0], length, dtype=torch.bool, device=kept.device)
-    out.scatter_(1, kept, False)
-    return torch.arange(length, device=kept.device).expand(kept.shape[0], -1)[out].view(kept.shape[0], -1)
+    kept_mark = torch.zeros(kept.shape[0], length, dtype=torch.int8, device=kept.device)
+    kept_mark.scatter_(1, kept, 1)
+    # a stable sort puts the unmarked (evicted) positions first, in order; their count L − C is known from
+    # the shapes, so no data-dependent shape arises (the memory simulation runs this on fake tensors)
+    return kept_mark.argsort(dim=1, stable=True)[:, : length - kept.shape[1]]
 
 
 def merge_evicted(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor,

@@ -41,12 +41,14 @@ def post_vision_attention(queries: torch.Tensor, keys: torch.Tensor, threshold: 
     group = num_heads // num_kv
     pos = torch.arange(length, device=q.device)
     visible = pos.unsqueeze(0) <= (length - rows + torch.arange(rows, device=q.device)).unsqueeze(1)  # (Wq, L)
+    # visible entries: row r (0-based) of the last Wq sees L − Wq + r + 1 keys; counted from the shapes
+    seen = rows * (length - rows) + rows * (rows + 1) // 2
     sums, sparse = [], 0.0
     for h in range(num_kv):
         logits = q[h * group : (h + 1) * group] @ k[h].T / math.sqrt(head_dim)  # (G, Wq, L)
         attn = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
         sums.append(attn.sum(dim=1))
-        sparse += float(((attn <= threshold) & visible).sum()) / float(visible.sum())
+        sparse += float(((attn <= threshold) & visible).sum()) / seen
     return torch.cat(sums, dim=0), sparse / num_heads
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 #: The parts a live byte can belong to. ``kv_cache``: storages held by the cache after a decoder layer;
@@ -172,14 +173,25 @@ class StorageTracker(TorchDispatchMode):
         fresh = self._fresh.get(func)
         if fresh is None:
             fresh = self._fresh[func] = _fresh_returns(func)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
         if fresh:
-            if isinstance(out, torch.Tensor):
-                self._add(out)
-            elif isinstance(out, (tuple, list)):
-                for t in out:
-                    if isinstance(t, torch.Tensor):
-                        self._add(t)
+            for t in outs:
+                if isinstance(t, torch.Tensor):
+                    self._add(t)
+        else:  # may alias an input (``to``, ``contiguous``, ``reshape``): a copy it made is still a new allocation
+            for t in outs:
+                if isinstance(t, torch.Tensor):
+                    self._add_if_copy(t, args, kwargs)
         return out
+
+    def _add_if_copy(self, tensor: torch.Tensor, args, kwargs) -> None:
+        """Count ``tensor`` when an op that may return an alias returned a storage none of its inputs has."""
+        key = id(tensor.untyped_storage())
+        if key in self.live or key in self.external:
+            return
+        inputs = {id(a.untyped_storage()) for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        if key not in inputs:
+            self._add(tensor)
 
     def _add(self, tensor: torch.Tensor) -> None:
         st = tensor.untyped_storage()

@@ -37,6 +37,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 #: Tensors with more elements than this never get a real shadow (only metadata-sized ones do).
 SHADOW_NUMEL_LIMIT = 1 << 20
 _SCALAR = torch.ops.aten._local_scalar_dense.default  # noqa: SLF001 - the aten op has no public alias
+#: ``Tensor.item`` reaches this mode whole when no mode above decomposes it (no flop counter in the stack)
+_READS = (_SCALAR, torch.ops.aten.item.default)
 
 
 def _writes(func) -> list[int]:
@@ -71,7 +73,7 @@ class ShadowMode(TorchDispatchMode):
         flat, spec = pytree.tree_flatten((args, kwargs))
         reals = [self._real(x) if isinstance(x, torch.Tensor) else x for x in flat]
         known = all(r is not None for r, x in zip(reals, flat) if isinstance(x, torch.Tensor))
-        if func is _SCALAR:
+        if func in _READS:
             real = reals[0]
             if real is not None:
                 with no_dispatch():  # the shadow's own value, below every mode (a flop counter above may decompose)

@@ -18,7 +18,8 @@ KEYS = {"compressor", "budget", "screenshots", "prompt_tokens", "peak_above_weig
         "peak_decode_bytes", "kv_bytes"}
 
 
-@pytest.mark.parametrize("name,budget", [("full", 100), ("snapkv", 20), ("starkv", 20)])
+@pytest.mark.parametrize("name,budget", [("full", 100), ("snapkv", 20), ("starkv", 20), ("lookm", 20), ("adakv", 20),
+                                         ("vlcache", 20), ("fastv", 20)])
 def test_simulation_matches_real_accounting_on_the_tiny_model(tiny_model_dir, name, budget):
     from pipeline.memory.accounting import track_step
     from pipeline.memory.lowmem import vision_per_image

@@ -34,7 +34,9 @@ def test_smoke_job_end_to_end(ray_local, tmp_path):
     rows = table.to_pylist()
     # the same rows as the golden run, in every deterministic column (tests/tools/same_rows.py); the golden
     # file must change only with results: it was rewritten when the micro agent's weights changed (recipe 2),
-    # after the recipe-1 weights had reproduced the previous golden rows on the same code
+    # after the recipe-1 weights had reproduced the previous golden rows on the same code; and when the memory
+    # accounting began to count copies made by ops that may alias (``to``: the decode's logits copy, +1,996
+    # bytes in peak_decode_bytes, the only column that changed)
     golden = json.loads((ROOT / "tests" / "golden" / "smoke_rows.json").read_text())
     got = fingerprints({r["step_key"]: r for r in rows}, golden["columns"])
     assert got == golden["rows"], sorted(k for k in golden["rows"] if got.get(k) != golden["rows"][k])[:10]

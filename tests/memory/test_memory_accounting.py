@@ -43,6 +43,24 @@ def test_views_and_in_place_ops_allocate_nothing():
     assert account.prefill.bytes == 4000 + 4000 + 2000
 
 
+def test_copies_made_by_ops_that_may_alias_are_counted():
+    """``to``, ``contiguous`` and ``reshape`` may return their input; when they copy, the copy is an allocation.
+    1000 fp32 = 4000 bytes; as bfloat16 2000; a transposed (40, 25) made contiguous 4000; reshaping a
+    non-contiguous tensor copies (4000). A same-dtype ``to``, ``contiguous`` of a contiguous tensor and a
+    reshape of one allocate nothing."""
+    model = torch.nn.Identity()
+    x = torch.zeros(1000)
+    with torch.inference_mode(), track_step(model, {"x": x}) as account:
+        y = x * 2                              # 4000
+        same = y.to(torch.float32)             # y itself
+        half = y.to(torch.bfloat16)            # 2000
+        flat = y.contiguous().reshape(40, 25)  # y's storage
+        col = flat.t().contiguous()            # 4000
+        again = flat.t().reshape(1000)         # 4000 (a copy: the transpose is not contiguous)
+        del same, half, flat, col, again, y
+    assert account.prefill.bytes == 4000 + 4000 + 2000 + 4000 + 4000
+
+
 def test_a_process_wide_cache_filled_in_a_step_does_not_change_its_figures():
     import functools
 
