@@ -305,6 +305,7 @@ def simulate(facts: ModelFacts, inputs: dict[str, Any], layout, compressor: str 
 def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
     """Every (screenshots, attention, MLP slice, prefill mode, compressor, budget) row of ``spec``, in that order."""
     from pipeline.config import PrefillMode
+    from pipeline.memory.simulate import unsimulated
 
     facts = load_facts(spec.model)
     dtype = DTYPES[spec.dtype] if spec.model != "tiny" else torch.float32
@@ -328,8 +329,8 @@ def run_bench(spec: BenchSpec, echo=lambda *_: None) -> list[dict[str, Any]]:
                                             chunk, spec.vision_per_image, vision_cache, prefill, spec.flops))
                     except ValueError as err:  # e.g. eager attention with a layer-varying compressor
                         row["error"] = str(err)
-                    except Exception as err:  # noqa: BLE001 - e.g. a selection that reads values fake tensors lack
-                        row["error"] = f"{type(err).__name__}: {err}"[:300]
+                    except Exception as err:  # noqa: BLE001 - the row says why; the other rows go on
+                        row["error"] = unsimulated(err) or f"{type(err).__name__}: {err}"[:300]
                     echo(row)
                     rows.append(row)
     return rows

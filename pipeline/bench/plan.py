@@ -535,9 +535,7 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
                         steps, DTYPES[dtype], cfg.model.mlp_chunk_tokens, cfg.model.vision_per_image, cache,
                         cfg.model.prefill_mode)
 
-    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
-
-    from pipeline.config import CompressorConfig
+    from pipeline.memory.simulate import unsimulated
 
     sims = []
     for comp, budget in cfg.units():
@@ -546,16 +544,11 @@ def make_plan(options: PlanOptions, echo=lambda *_: None) -> dict[str, Any]:
             sims.append(run(comp, budget, decode_steps))
         except ValueError as err:  # e.g. eager attention with a layer-varying compressor, as in bench memory
             raise PlanProblems([f"{label}: cannot be simulated: {err}"]) from None
-        except (DataDependentOutputException, DynamicOutputShapeException):
-            # the method reads values fake tensors do not have (VL-Cache's sparsity splits the budget over
-            # layers; LOOK-M finds the evicted entries to merge): the total kept is the uniform one either way,
-            # so SnapKV at the same budget stands in
-            stand_in = CompressorConfig("snapkv", {"window_size": comp.build().window_size},
-                                        kv_quant=comp.kv_quant)
-            sims.append(run(stand_in, budget, decode_steps))
-            echo(f"  simulated {label} as snapkv at the same budget (what it computes depends on attention "
-                 "values a simulation does not have; it keeps the same total)")
-            continue
+        except Exception as err:  # noqa: BLE001 - only a read of absent values is named; the rest propagates
+            reason = unsimulated(err)
+            if reason is None:
+                raise
+            raise PlanProblems([f"{label}: cannot be simulated: {reason}"]) from None
         echo(f"  simulated {label}")
     growth = 0
     if decode_steps < max_new:

@@ -37,8 +37,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 #: Tensors with more elements than this never get a real shadow (only metadata-sized ones do).
 SHADOW_NUMEL_LIMIT = 1 << 20
 _SCALAR = torch.ops.aten._local_scalar_dense.default  # noqa: SLF001 - the aten op has no public alias
-#: ``Tensor.item`` reaches this mode whole when no mode above decomposes it (no flop counter in the stack)
-_READS = (_SCALAR, torch.ops.aten.item.default)
+#: ``Tensor.item`` and ``bool(tensor)`` reach this mode whole when no mode above decomposes them (no flop
+#: counter in the stack)
+_READS = (_SCALAR, torch.ops.aten.item.default, torch.ops.aten.is_nonzero.default)
 
 
 def _writes(func) -> list[int]:
@@ -106,6 +107,23 @@ class ShadowMode(TorchDispatchMode):
         args, kwargs = pytree.tree_unflatten(reals, spec)
         with no_dispatch():
             return func(*args, **kwargs)
+
+
+#: what a selection raises when its output shape or a Python branch needs values fake tensors lack
+VALUE_ERRORS = (DataDependentOutputException, DynamicOutputShapeException)
+
+
+def unsimulated(err: BaseException) -> str | None:
+    """Why a step cannot run on fake tensors, when ``err`` says it read values they lack; None otherwise.
+
+    ``bench memory`` and ``plan`` apply this one rule: such a unit is named with this reason, never stood in
+    by another method (another method's peak is not its peak: VL-Cache holds every layer's full cache).
+    """
+    if isinstance(err, VALUE_ERRORS):
+        op = getattr(err, "func", None)
+        return (f"its selection reads values fake tensors do not carry ({op if op is not None else type(err).__name__}); "
+                "a method whose shapes follow from the budget alone simulates")
+    return None
 
 
 @dataclass

@@ -144,3 +144,55 @@ def test_replayed_vision_tower_gives_the_same_rows(per_image):
                           vision_cache=cache)
         assert shared == fresh
     assert len(cache) == 1  # recorded by the first row, replayed by the others
+
+
+def test_every_registered_method_simulates_on_fake_tensors():
+    """Every method runs its selection on shapes alone (``unknown_reads`` counts the values some read: a
+    layer weight, the text prior's lift, AdaKV's head split); each keeps the budget's tokens."""
+    facts = load_facts("tiny")
+    inputs, layout = prompt_inputs(facts.processor, 2, (448, 336))
+    length = inputs["input_ids"].shape[1]
+    for name in starkv.available():
+        row = simulate(facts, inputs, layout, name, 20, "sdpa", decode_steps=1, dtype=torch.float32, flops=False)
+        assert row["peak_above_weights_bytes"] > row["kv_bytes"] > 0, name
+        if name != "full":
+            assert row["kept_tokens"] == int(length * 20 / 100), name
+
+
+@pytest.fixture
+def value_shaped(monkeypatch):
+    """A plugin that keeps every past token scoring above its head's mean: a count only score values decide."""
+    from baselines.scorers.snapkv import SnapKV
+    from starkv.compressor import COMPRESSORS
+
+    class AboveMean(SnapKV):
+        def select(self, ctx):
+            score = self.score(ctx)[0]
+            return torch.cat([(score > score.mean()).nonzero().squeeze(1),
+                              torch.arange(ctx.plan.past, ctx.length)]).expand(ctx.num_kv_heads, -1)
+
+    monkeypatch.setitem(COMPRESSORS, "test_above_mean", AboveMean)
+    AboveMean.name = "test_above_mean"
+    return "test_above_mean"
+
+
+def test_a_method_that_reads_values_is_named_by_bench_memory_and_plan(value_shaped, tmp_path, capsys):
+    """One rule in both commands: the unit is named with the reason, never simulated as another method."""
+    import yaml
+
+    from tests.fixtures.benchmarks import write_screenspot_v2
+
+    assert main(["bench", "memory", "--model", "tiny", "--screenshots", "1", "--compressors",
+                 f"snapkv,{value_shaped}", "--budgets", "20", "--decode-steps", "1", "--json"]) == 1  # a row failed
+    rows = {r["compressor"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["snapkv"]["error"] is None
+    reason = rows[value_shaped]["error"]
+    assert "reads values fake tensors do not carry (aten.nonzero" in reason
+    write_screenspot_v2(tmp_path / "ssv2", per_cell=1)
+    job = {"name": "plan-values", "model": {"path": "tiny", "max_new_tokens": 2},
+           "benchmark": {"name": "screenspot_v2", "path": str(tmp_path / "ssv2")},
+           "compressors": ["snapkv", value_shaped], "budgets": [20]}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["plan", str(tmp_path / "job.yaml"), "--gpu-memory", "80GiB"]) != 0
+    err = capsys.readouterr().err
+    assert f"{value_shaped}@20: cannot be simulated: {reason}" in err
