@@ -8,16 +8,12 @@ import torch
 import starkv
 from pipeline.memory.accounting import track_step
 from pipeline.memory.lowmem import chunked_mlp, vision_per_image
-from tests.helpers_model import Recording, prompt_inputs
+from tests.helpers_model import Recording, tiny_with_prompt
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from pipeline.models.loader import ModelSpec, load_model
-
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
-    return loaded, inputs, layout
+    return tiny_with_prompt(tiny_model_dir)
 
 
 def _run(tiny, name: str, chunk: int):

@@ -9,7 +9,7 @@ import torch
 
 import starkv
 from pipeline.memory.accounting import track_step
-from tests.helpers_model import prompt_inputs
+from tests.helpers_model import tiny_with_prompt
 
 
 def test_a_known_forward_is_counted_to_the_byte():
@@ -83,11 +83,7 @@ def test_a_process_wide_cache_filled_in_a_step_does_not_change_its_figures():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from pipeline.models.loader import ModelSpec, load_model
-
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
-    return loaded, inputs, layout
+    return tiny_with_prompt(tiny_model_dir)
 
 
 def _tracked_generate(loaded, inputs, layout, name: str, budget: float, tokens: int = 6):

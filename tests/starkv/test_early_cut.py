@@ -10,7 +10,7 @@ import torch
 import starkv
 from starkv.early_cut import capacity_bound, positions_in, superset
 from starkv.hook import allocate_layer_capacities
-from tests.helpers_model import prompt_inputs
+from tests.helpers_model import tiny_with_prompt
 
 
 @pytest.mark.parametrize("seed", range(200))
@@ -49,10 +49,7 @@ def test_superset_keeps_ties_and_positions_map_back():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from pipeline.models.loader import ModelSpec, load_model
-
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
+    loaded, inputs, layout = tiny_with_prompt(tiny_model_dir)
     return loaded, dict(inputs), layout
 
 

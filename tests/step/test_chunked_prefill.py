@@ -11,17 +11,14 @@ import torch
 import starkv
 from pipeline.step.chunked_prefill import ChunkTrace, chunk_bounds, chunked_generate
 from starkv.budget import capacity
-from tests.helpers_model import Recording, prompt_inputs
+from tests.helpers_model import Recording, prompt_inputs, tiny_with_prompt
 
 MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from pipeline.models.loader import ModelSpec, load_model
-
-    loaded = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32"))
-    inputs, layout = prompt_inputs(loaded.processor, num_images=3, size=(448, 336))
+    loaded, inputs, layout = tiny_with_prompt(tiny_model_dir)
     return loaded, dict(inputs), layout
 
 
