@@ -131,6 +131,13 @@ def _fresh_returns(func) -> bool:
     return all(r.alias_info is None for r in func._schema.returns)  # noqa: SLF001 - torch op schemas have no public accessor
 
 
+def _may_copy(func) -> bool:
+    """An op whose return may alias an input but which has no kernel of its own (``to``, ``contiguous``,
+    ``reshape``, ``flatten``): it returns its input or a copy. Ops with their own kernel and an aliasing
+    return (``view``, ``transpose``, ``slice`` ...) are views and never allocate."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")  # noqa: SLF001 - no public query of an op's kernels
+
+
 class _PartStack:
     """Which part of the model runs now, kept by pre/post forward hooks on a handful of modules."""
 
@@ -160,6 +167,7 @@ class StorageTracker(TorchDispatchMode):
         self._peak_part: dict[str, int] = {}
         self.active = True
         self._fresh: dict[Any, bool] = {}
+        self._copies: dict[Any, bool] = {}  # per op: may it return a copy where its schema says alias
         self._probe: list | None = None  # [entry total, entry counts, max total, counts at max, part at max]
 
     @classmethod
@@ -173,13 +181,19 @@ class StorageTracker(TorchDispatchMode):
         fresh = self._fresh.get(func)
         if fresh is None:
             fresh = self._fresh[func] = _fresh_returns(func)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
         if fresh:
-            for t in outs:
-                if isinstance(t, torch.Tensor):
-                    self._add(t)
-        else:  # may alias an input (``to``, ``contiguous``, ``reshape``): a copy it made is still a new allocation
-            for t in outs:
+            if isinstance(out, torch.Tensor):
+                self._add(out)
+            elif isinstance(out, (tuple, list)):
+                for t in out:
+                    if isinstance(t, torch.Tensor):
+                        self._add(t)
+            return out
+        copies = self._copies.get(func)
+        if copies is None:
+            copies = self._copies[func] = _may_copy(func)
+        if copies:  # ``to``, ``contiguous``, ``reshape``: a copy it made is still a new allocation
+            for t in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(t, torch.Tensor):
                     self._add_if_copy(t, args, kwargs)
         return out
