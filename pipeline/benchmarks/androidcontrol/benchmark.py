@@ -286,6 +286,12 @@ def build_episode(features: dict[str, Any], *, where: str, level: str, cache_roo
 # Scoring helpers
 # ---------------------------------------------------------------------------------------------------
 
+def pixel_threshold(width: float, height: float) -> float:
+    """The pixel protocol's L-inf distance (px) within which a point matches the ground truth: 72 px or a
+    tenth of the shorter screen side, whichever is larger."""
+    return max(72.0, 0.10 * min(width, height))
+
+
 def token_f1(pred: str, gt: str) -> float:
     """Token-set F1 of two strings (lowercased, whitespace tokens; both empty: 0)."""
     return common_token_f1(pred, gt, lowercase=True, both_empty=0.0)
@@ -561,7 +567,7 @@ class AndroidControlBenchmark(DriverBenchmark):
                 return False, f"type {pred_type} != {gt_type}"
             if action.point is None:
                 return False, f"{action.action_type} without a point"
-            thr = max(72.0, 0.10 * min(w, h))
+            thr = pixel_threshold(w, h)
             dx, dy = abs(action.point[0] * w - float(gt["x"])), abs(action.point[1] * h - float(gt["y"]))
             fields["distance"] = max(dx, dy)
             ok = dx <= thr and dy <= thr
@@ -572,7 +578,7 @@ class AndroidControlBenchmark(DriverBenchmark):
                 return False, f"type {pred_type} != {gt_type}"
             ok = typing_match(action.text or "", gt["text"])
             if ok and gt_type == "type" and action.point is not None:  # a typed-at point must be the GT's
-                thr = max(72.0, 0.10 * min(w, h))
+                thr = pixel_threshold(w, h)
                 ok = abs(action.point[0] * w - float(gt["x"])) <= thr and abs(action.point[1] * h - float(gt["y"])) <= thr
                 return ok, "" if ok else f"typed at a point farther than {thr:.1f}px (L-inf) from the GT"
             return ok, "" if ok else f"text {action.text!r} does not match {gt['text']!r}"
