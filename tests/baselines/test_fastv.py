@@ -322,3 +322,20 @@ def test_kv_quant_stores_every_layer_quantized(tiny):
     shared, att_shared, _ = _shared(loaded, inputs, layout, starkv.build("fastv").stored_as(storage), 50)
     assert att_shared.kv_bytes == att.kv_bytes and torch.equal(shared.sequences, out.sequences)
     assert all(type(layer) is KIVILayer for layer in shared.past_key_values.layers)
+
+
+def test_shared_prefill_slices_the_eager_mask_as_its_own_run(tiny, tiny_model_dir):
+    """Eager attention: the 4-D mask the record kept for layer K + 1 is sliced like the pruning hook's."""
+    from pipeline.models.loader import ModelSpec, load_model
+
+    _, inputs, layout, _ = tiny
+    eager = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
+                                 attn_implementation="eager"))
+    alone, att_alone, _ = _run(eager, inputs, layout, starkv.build("fastv"), 20)
+    shared, att, record = _shared(eager, inputs, layout, starkv.build("fastv"), 20)
+    mask = record.layer_inputs[2].kwargs.get("attention_mask")
+    assert isinstance(mask, torch.Tensor) and mask.ndim == 4  # eager hands the layers a 4-D mask
+    assert torch.equal(alone.sequences, shared.sequences)
+    for a, b in zip(alone.logits, shared.logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [s.kept_length for s in att.stats] == [s.kept_length for s in att_alone.stats]
