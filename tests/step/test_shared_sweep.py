@@ -193,7 +193,7 @@ def test_shared_rows_account_the_records(setup):
     loaded, bench, episode = setup
     episode = dataclasses.replace(episode, steps=episode.steps[:2])
     runner = EpisodeRunner(loaded, bench, AgentConfig(image_slots=3), max_new_tokens=2)
-    rows = run_sweep(runner, episode, _units([("snapkv", "snapkv", {}), ("guikv", "guikv", {})]))
+    rows = run_sweep(runner, episode, _units([("snapkv", "snapkv", {}), ("guikv", "guikv", {}), ("fastv", "fastv", {})]))
     import json
 
     for unit_rows in rows:
