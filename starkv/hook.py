@@ -192,11 +192,15 @@ def remove_attention_wrapper(attn_implementation: str) -> None:
             AttentionInterface._global_mapping.pop(attn_implementation, None)  # noqa: SLF001 - transformers' attention-function registry has no public setter
 
 
+def text_model(model):
+    """The language model of a Qwen2.5-VL (its ``model.language_model``), or a plain Qwen2's ``model``."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "language_model", inner)
+
+
 def decoder_layers(model) -> list:
     """The language-model decoder layers of a Qwen2.5-VL (or plain Qwen2) model."""
-    inner = getattr(model, "model", model)
-    language_model = getattr(inner, "language_model", inner)
-    layers = getattr(language_model, "layers", None)
+    layers = getattr(text_model(model), "layers", None)
     if layers is None:
         raise TypeError(f"{type(model).__name__} has no language_model.layers to attach a compressor to")
     return list(layers)
@@ -364,20 +368,25 @@ class _LayerHook:
             self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, layer.keys.shape[-2], before,
                                             _cache_bytes(layer.keys, layer.values)))
             return layer
+        return self._store(layer, ctx.layer_idx, ctx.length, ctx.group_size, idx, before)
+
+    def _store(self, layer, layer_idx: int, length: int, groups: int, idx: torch.Tensor | None, before: int):
+        """Gather ``layer`` to ``idx`` (None: every token) into the unit's storage form (``att.stored``, put in
+        the layer's place by the caller) and record its stat from the stored bytes."""
         from starkv.storage.layers import stored_layer  # transformers' cache classes, only when needed
 
+        storage = self.att.storage
         if storage.per_query_head:
-            keys, values = _gather_query_heads(layer.keys, layer.values, idx, ctx.group_size)
+            keys, values = _gather_query_heads(layer.keys, layer.values, idx, groups)
         elif idx is not None:
             keys, values = _gather(layer.keys, layer.values, idx)
         else:
             keys, values = layer.keys, layer.values
-        stored = stored_layer(keys, values, storage, ctx.group_size)
+        stored = stored_layer(keys, values, storage, groups)
         del keys, values
         layer.keys, layer.values = stored.keys, stored.values  # the full-precision gather is not kept
-        self.att.stored[ctx.layer_idx] = stored  # put in the layer's place by the caller
-        self.att.stats.append(LayerStat(ctx.layer_idx, ctx.length, stored.get_seq_length(), before,
-                                        stored.nbytes()))
+        self.att.stored[layer_idx] = stored
+        self.att.stats.append(LayerStat(layer_idx, length, stored.get_seq_length(), before, stored.nbytes()))
         return layer
 
     def _prune(self, ctx: LayerContext, layer) -> None:
@@ -410,21 +419,12 @@ class _LayerHook:
         state = self.att.prune
         kept = layer.keys.shape[-2]
         before = _cache_bytes(layer.keys, layer.values) // kept * state.length
-        storage = self.att.storage
-        if storage.default:
-            after = _cache_bytes(layer.keys, layer.values)
+        if self.att.storage.default:
+            self.att.stats.append(LayerStat(self.layer_idx, state.length, kept, before,
+                                            _cache_bytes(layer.keys, layer.values)))
         else:
-            from starkv.storage.layers import stored_layer  # transformers' cache classes, only when needed
-
             groups = module.config.num_attention_heads // module.config.num_key_value_heads
-            keys, values = layer.keys, layer.values
-            if storage.per_query_head:
-                keys, values = _gather_query_heads(keys, values, None, groups)
-            stored = stored_layer(keys, values, storage, groups)
-            layer.keys, layer.values = stored.keys, stored.values
-            self.att.stored[self.layer_idx] = stored
-            after = stored.nbytes()
-        self.att.stats.append(LayerStat(self.layer_idx, state.length, kept, before, after))
+            self._store(layer, self.layer_idx, state.length, groups, None, before)
         if self.layer_idx == self.num_layers - 1:
             state.finish()
         return layer

@@ -42,6 +42,7 @@ from starkv.hook import (
     layer_compressor,
     prune_layer_index,
     remove_attention_wrapper,
+    text_model,
 )
 from starkv.layout import PromptLayout
 from starkv.pruning import PruneState, ResumedPrefill
@@ -310,9 +311,7 @@ def resume_pruned(model, record: PrefillRecord, att: Attachment, flop_meter: Flo
 
 def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """The last position's logits from the last decoder layer's output (the text model's norm, then the head)."""
-    inner = getattr(model, "model", model)
-    text = getattr(inner, "language_model", inner)
-    return model.lm_head(text.norm(hidden)[:, -1:, :])
+    return model.lm_head(text_model(model).norm(hidden)[:, -1:, :])
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from starkv.hook import decoder_layers, install_attention_wrapper, remove_attention_wrapper
+from starkv.hook import decoder_layers, install_attention_wrapper, remove_attention_wrapper, text_model
 
 #: (device, dtype, in, out, bias, rows, threads) -> whether batched rows equal per-row ``F.linear`` (kernels
 #: are chosen by shape, dtype, device and threads, not by values, so one check per key holds for the process)
@@ -38,9 +38,7 @@ _EXACT: dict[tuple, bool] = {}
 
 def _linears(model) -> list[torch.nn.Linear]:
     """The language model's linear layers and the LM head (the vision tower never runs in decode)."""
-    inner = getattr(model, "model", model)
-    language_model = getattr(inner, "language_model", inner)
-    mods = [m for m in language_model.modules() if isinstance(m, torch.nn.Linear)]
+    mods = [m for m in text_model(model).modules() if isinstance(m, torch.nn.Linear)]
     head = getattr(model, "lm_head", None)
     return mods + ([head] if isinstance(head, torch.nn.Linear) else [])
 
