@@ -141,7 +141,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/benchmarks/test_androidcontrol_context.py",),
              "AndroidControl history frames: 2 instead of the driver's 4"),
     Mutation("accounting_ignores_copies", "pipeline/memory/accounting.py",
-             "        if copies:  # ``to``", "        if False:  # ``to``",
+             "        if kind == VIEW:\n", "        if kind != FRESH:\n",
              ("tests/memory/test_memory_accounting.py",),
              "a dtype change or a copy of a non-contiguous tensor is not counted as an allocation"),
     Mutation("shared_fastv_flops_from_zero", "starkv/shared.py",

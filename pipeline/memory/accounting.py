@@ -33,6 +33,8 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from starkv.hook import text_model
+
 #: The parts a live byte can belong to. ``kv_cache``: storages held by the cache after a decoder layer;
 #: ``inputs``: the step's input tensors; ``sweep_record``: a shared prefill's records (``starkv.shared``),
 #: held for every unit of a sweep; the others: where the storage was allocated.
@@ -126,16 +128,18 @@ def weights_bytes(model: torch.nn.Module) -> int:
     return storage_bytes([*model.parameters(), *model.buffers()])
 
 
-def _fresh_returns(func) -> bool:
-    """True when no return of the op aliases an input (its outputs are new allocations)."""
-    return all(r.alias_info is None for r in func._schema.returns)  # noqa: SLF001 - torch op schemas have no public accessor
+#: what an op's outputs are to the accounting: new allocations, views of an input, or either (``_op_kind``)
+FRESH, VIEW, MAY_COPY = 0, 1, 2
 
 
-def _may_copy(func) -> bool:
-    """An op whose return may alias an input but which has no kernel of its own (``to``, ``contiguous``,
-    ``reshape``, ``flatten``): it returns its input or a copy. Ops with their own kernel and an aliasing
-    return (``view``, ``transpose``, ``slice`` ...) are views and never allocate."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")  # noqa: SLF001 - no public query of an op's kernels
+def _op_kind(func) -> int:
+    """``FRESH`` when no return of the op aliases an input; else ``MAY_COPY`` for an op with no kernel of its
+    own (``to``, ``contiguous``, ``reshape``, ``flatten``: it returns its input or a copy), ``VIEW`` for an op
+    with its own kernel and an aliasing return (``view``, ``transpose``, ``slice`` …), which never allocates."""
+    if all(r.alias_info is None for r in func._schema.returns):  # noqa: SLF001 - torch op schemas have no public accessor
+        return FRESH
+    composite = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")  # noqa: SLF001 - no public query of an op's kernels
+    return MAY_COPY if composite else VIEW
 
 
 class _PartStack:
@@ -166,8 +170,7 @@ class StorageTracker(TorchDispatchMode):
         self._peak_counts: dict[str, list[int]] = {}
         self._peak_part: dict[str, int] = {}
         self.active = True
-        self._fresh: dict[Any, bool] = {}
-        self._copies: dict[Any, bool] = {}  # per op: may it return a copy where its schema says alias
+        self._kinds: dict[Any, int] = {}  # per op: ``_op_kind``
         self._probe: list | None = None  # [entry total, entry counts, max total, counts at max, part at max]
 
     @classmethod
@@ -178,23 +181,17 @@ class StorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        fresh = self._fresh.get(func)
-        if fresh is None:
-            fresh = self._fresh[func] = _fresh_returns(func)
-        if fresh:
-            if isinstance(out, torch.Tensor):
-                self._add(out)
-            elif isinstance(out, (tuple, list)):
-                for t in out:
-                    if isinstance(t, torch.Tensor):
-                        self._add(t)
+        kind = self._kinds.get(func)
+        if kind is None:
+            kind = self._kinds[func] = _op_kind(func)
+        if kind == VIEW:
             return out
-        copies = self._copies.get(func)
-        if copies is None:
-            copies = self._copies[func] = _may_copy(func)
-        if copies:  # ``to``, ``contiguous``, ``reshape``: a copy it made is still a new allocation
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor):
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for t in outs:
+            if isinstance(t, torch.Tensor):
+                if kind == FRESH:
+                    self._add(t)
+                else:  # ``to``, ``contiguous``, ``reshape``: a copy it made is still a new allocation
                     self._add_if_copy(t, args, kwargs)
         return out
 
@@ -314,7 +311,7 @@ class StorageTracker(TorchDispatchMode):
 def _part_modules(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
     """The modules whose forward defines a part (Qwen2.5-VL / Qwen2 layout; unknown models: none)."""
     inner = getattr(model, "model", model)
-    language_model = getattr(inner, "language_model", inner)
+    language_model = text_model(model)
     out: list[tuple[torch.nn.Module, str]] = []
     visual = getattr(inner, "visual", None)
     if visual is not None:
