@@ -392,8 +392,9 @@ def estimate(prompts: list[StepPrompt], units: int, sharing: int, decode_tokens:
     Per unit, every unit prefills every model call's prompt. With shared prefills the ``sharing`` units
     prefill each one-call step once together (``pipeline.step.sweep``); the others, and every call of a
     step that scrolls between views, prefill on their own. A pruning unit (FastV) shares too; its own later
-    layers on the kept tokens are not counted (less than one prefill of its budget's tokens). Every call decodes ``decode_tokens`` (the job's
-    max_new_tokens: an upper bound, a call stops at its end token). Hours = tokens / (tokens/s) / 3600.
+    layers on the kept tokens are not counted (less than one prefill of its budget's tokens). Every call
+    decodes ``decode_tokens`` (the job's max_new_tokens: an upper bound, a call stops at its end token).
+    Hours = tokens / (tokens/s) / 3600.
     """
     single = sum(p.prompt_tokens * p.calls for p in prompts if p.calls == 1)
     multi = sum(p.prompt_tokens * p.calls for p in prompts if p.calls > 1)

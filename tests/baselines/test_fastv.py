@@ -207,13 +207,17 @@ def test_pruned_prefill_matches_a_layer_by_layer_forward(tiny):
     torch.testing.assert_close(out.logits[0], logits, rtol=1e-5, atol=1e-5)
 
 
-def test_eager_attention_slices_the_mask(tiny, tiny_model_dir):
-    """Eager attention gets a 4-D mask: sliced to the kept tokens it gives what sdpa's causal attention does."""
+@pytest.fixture(scope="module")
+def eager(tiny_model_dir):
+    """The tiny model with eager attention (a 4-D attention mask handed to every decoder layer)."""
     from pipeline.models.loader import ModelSpec, load_model
 
+    return load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32", attn_implementation="eager"))
+
+
+def test_eager_attention_slices_the_mask(tiny, eager):
+    """Eager attention gets a 4-D mask: sliced to the kept tokens it gives what sdpa's causal attention does."""
     loaded, inputs, layout, _ = tiny
-    eager = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
-                                 attn_implementation="eager"))
     a, att_a, _ = _run(loaded, inputs, layout, starkv.build("fastv"), 20)
     b, att_b, _ = _run(eager, inputs, layout, starkv.build("fastv"), 20)
     assert [s.kept_length for s in att_a.stats] == [s.kept_length for s in att_b.stats]
@@ -324,13 +328,9 @@ def test_kv_quant_stores_every_layer_quantized(tiny):
     assert all(type(layer) is KIVILayer for layer in shared.past_key_values.layers)
 
 
-def test_shared_prefill_slices_the_eager_mask_as_its_own_run(tiny, tiny_model_dir):
+def test_shared_prefill_slices_the_eager_mask_as_its_own_run(tiny, eager):
     """Eager attention: the 4-D mask the record kept for layer K + 1 is sliced like the pruning hook's."""
-    from pipeline.models.loader import ModelSpec, load_model
-
     _, inputs, layout, _ = tiny
-    eager = load_model(ModelSpec(path=str(tiny_model_dir), device="cpu", dtype="float32",
-                                 attn_implementation="eager"))
     alone, att_alone, _ = _run(eager, inputs, layout, starkv.build("fastv"), 20)
     shared, att, record = _shared(eager, inputs, layout, starkv.build("fastv"), 20)
     mask = record.layer_inputs[2].kwargs.get("attention_mask")
